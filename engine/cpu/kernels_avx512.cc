@@ -1,0 +1,141 @@
+// AVX-512 kernels (compiled with -mavx512f -mavx512bw -mavx512vl -mfma).
+//
+// Register blocking: 4 weight rows x up to 4 tokens of accumulators, so each
+// decoded weight vector feeds several FMAs and batch-1 decode keeps four
+// independent dependency chains in flight. MXFP4 is decoded in registers:
+// the nibbles become dword indices into a 16-entry table of E2M1 values that
+// was scaled by the group's E8M0 scale (vpermps ignores the high index bits).
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "engine/cpu/kernels.h"
+
+namespace moeserve::cpu {
+namespace {
+
+constexpr int kRows = 4;
+constexpr int kTok = 4;
+
+inline __m512 LoadBf16(const uint16_t* p, __mmask16 m) {
+  __m256i h = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+template <typename W, int R, int T>
+inline void DenseTile(const W* w, int64_t k, const float* x, int64_t ldx, int64_t o, float* y, int64_t ldy) {
+  __m512 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < k; i += 16) {
+    const __mmask16 m = (k - i >= 16) ? 0xFFFF : static_cast<__mmask16>((1u << (k - i)) - 1);
+    __m512 xv[T];
+    for (int t = 0; t < T; ++t) xv[t] = _mm512_maskz_loadu_ps(m, x + t * ldx + i);
+    for (int r = 0; r < R; ++r) {
+      __m512 wv;
+      if constexpr (sizeof(W) == 2) {
+        wv = LoadBf16(reinterpret_cast<const uint16_t*>(w) + (o + r) * k + i, m);
+      } else {
+        wv = _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(w) + (o + r) * k + i);
+      }
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) y[t * ldy + o + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+template <typename W, int R>
+inline void DenseRows(const W* w, int64_t k, const float* x, int64_t ldx, int num_tokens, int64_t o, float* y,
+                      int64_t ldy) {
+  int t = 0;
+  for (; t + kTok <= num_tokens; t += kTok) DenseTile<W, R, kTok>(w, k, x + t * ldx, ldx, o, y + t * ldy, ldy);
+  switch (num_tokens - t) {
+    case 3: DenseTile<W, R, 3>(w, k, x + t * ldx, ldx, o, y + t * ldy, ldy); break;
+    case 2: DenseTile<W, R, 2>(w, k, x + t * ldx, ldx, o, y + t * ldy, ldy); break;
+    case 1: DenseTile<W, R, 1>(w, k, x + t * ldx, ldx, o, y + t * ldy, ldy); break;
+    default: break;
+  }
+}
+
+template <typename W>
+void Dense(const W* w, int64_t k, const float* x, int64_t ldx, int num_tokens, int64_t o_begin, int64_t o_end,
+           float* y, int64_t ldy) {
+  int64_t o = o_begin;
+  for (; o + kRows <= o_end; o += kRows) DenseRows<W, kRows>(w, k, x, ldx, num_tokens, o, y, ldy);
+  for (; o < o_end; ++o) DenseRows<W, 1>(w, k, x, ldx, num_tokens, o, y, ldy);
+}
+
+void GemmBf16(const uint16_t* w, int64_t k, const float* x, int64_t ldx, int num_tokens, int64_t o_begin,
+              int64_t o_end, float* y, int64_t ldy) {
+  Dense<uint16_t>(w, k, x, ldx, num_tokens, o_begin, o_end, y, ldy);
+}
+
+void GemmF32(const float* w, int64_t k, const float* x, int64_t ldx, int num_tokens, int64_t o_begin,
+             int64_t o_end, float* y, int64_t ldy) {
+  Dense<float>(w, k, x, ldx, num_tokens, o_begin, o_end, y, ldy);
+}
+
+struct ScaleTable {
+  float v[256];
+  ScaleTable() {
+    for (int s = 0; s < 256; ++s) v[s] = E8m0ToFloat(static_cast<uint8_t>(s));
+  }
+};
+
+template <int R, int T>
+inline void Mxfp4Tile(const uint8_t* blocks, const uint8_t* scales, int64_t groups, const float* x, int64_t ldx,
+                      int64_t o, float* y, int64_t ldy) {
+  static const ScaleTable kScales;
+  const __m512 table = _mm512_loadu_ps(kFp4Values);
+  __m512 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512 xlo[T], xhi[T];
+    for (int t = 0; t < T; ++t) {
+      xlo[t] = _mm512_loadu_ps(x + t * ldx + g * 32);
+      xhi[t] = _mm512_loadu_ps(x + t * ldx + g * 32 + 16);
+    }
+    for (int r = 0; r < R; ++r) {
+      const int64_t bi = (o + r) * groups + g;
+      const __m512 tab = _mm512_mul_ps(table, _mm512_set1_ps(kScales.v[scales[bi]]));
+      const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks + bi * 16)));
+      const __m512 wlo = _mm512_permutexvar_ps(idx, tab);
+      const __m512 whi = _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), tab);
+      for (int t = 0; t < T; ++t) {
+        acc[r][t] = _mm512_fmadd_ps(wlo, xlo[t], acc[r][t]);
+        acc[r][t] = _mm512_fmadd_ps(whi, xhi[t], acc[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) y[t * ldy + o + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+template <int R>
+inline void Mxfp4Rows(const uint8_t* blocks, const uint8_t* scales, int64_t groups, const float* x, int64_t ldx,
+                      int num_tokens, int64_t o, float* y, int64_t ldy) {
+  int t = 0;
+  for (; t + kTok <= num_tokens; t += kTok) Mxfp4Tile<R, kTok>(blocks, scales, groups, x + t * ldx, ldx, o, y + t * ldy, ldy);
+  switch (num_tokens - t) {
+    case 3: Mxfp4Tile<R, 3>(blocks, scales, groups, x + t * ldx, ldx, o, y + t * ldy, ldy); break;
+    case 2: Mxfp4Tile<R, 2>(blocks, scales, groups, x + t * ldx, ldx, o, y + t * ldy, ldy); break;
+    case 1: Mxfp4Tile<R, 1>(blocks, scales, groups, x + t * ldx, ldx, o, y + t * ldy, ldy); break;
+    default: break;
+  }
+}
+
+void GemmMxfp4(const uint8_t* blocks, const uint8_t* scales, int64_t k, const float* x_perm, int64_t ldx,
+               int num_tokens, int64_t o_begin, int64_t o_end, float* y, int64_t ldy) {
+  const int64_t groups = k / 32;
+  int64_t o = o_begin;
+  for (; o + kRows <= o_end; o += kRows) Mxfp4Rows<kRows>(blocks, scales, groups, x_perm, ldx, num_tokens, o, y, ldy);
+  for (; o < o_end; ++o) Mxfp4Rows<1>(blocks, scales, groups, x_perm, ldx, num_tokens, o, y, ldy);
+}
+
+}  // namespace
+
+const Kernels kAvx512Kernels = {"avx512", GemmBf16, GemmF32, GemmMxfp4};
+
+}  // namespace moeserve::cpu

@@ -1,0 +1,122 @@
+#include "engine/cpu/ops.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "engine/cpu/kernels.h"
+
+namespace moeserve::cpu {
+
+void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* y) {
+  double ss = 0.0;
+  for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+  const float r = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(n) + eps));
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] * r * w[i];
+}
+
+void Linear(ThreadPool& pool, const Matrix& w, const float* bias, const float* x, int64_t ldx, int num_tokens,
+            float* y, int64_t ldy) {
+  const Kernels& k = ActiveKernels();
+  // Grain of 16 rows keeps the 4-row register blocking and enough chunks to balance.
+  pool.ParallelFor(w.rows, 16, [&](int64_t b, int64_t e) {
+    if (w.dtype == DType::kBF16) {
+      k.gemm_bf16(static_cast<const uint16_t*>(w.data), w.cols, x, ldx, num_tokens, b, e, y, ldy);
+    } else {
+      k.gemm_f32(static_cast<const float*>(w.data), w.cols, x, ldx, num_tokens, b, e, y, ldy);
+    }
+    if (bias) {
+      for (int t = 0; t < num_tokens; ++t)
+        for (int64_t o = b; o < e; ++o) y[t * ldy + o] += bias[o];
+    }
+  });
+}
+
+void RopeCosSin(int64_t pos, const std::vector<float>& inv_freq, float mscale, float* cos, float* sin) {
+  for (size_t i = 0; i < inv_freq.size(); ++i) {
+    const float theta = static_cast<float>(pos) * inv_freq[i];
+    cos[i] = std::cos(theta) * mscale;
+    sin[i] = std::sin(theta) * mscale;
+  }
+}
+
+void ApplyRope(float* v, int num_heads, int head_dim, const float* cos, const float* sin) {
+  const int half = head_dim / 2;
+  for (int h = 0; h < num_heads; ++h) {
+    float* a = v + h * head_dim;
+    for (int i = 0; i < half; ++i) {
+      const float x1 = a[i], x2 = a[i + half];
+      a[i] = x1 * cos[i] - x2 * sin[i];
+      a[i + half] = x2 * cos[i] + x1 * sin[i];
+    }
+  }
+}
+
+void SwiGlu(const float* gate_up, int64_t n, float limit, float alpha, float* out) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float g = std::min(gate_up[2 * j], limit);
+    const float u = std::clamp(gate_up[2 * j + 1], -limit, limit);
+    out[j] = g / (1.0f + std::exp(-alpha * g)) * (u + 1.0f);
+  }
+}
+
+void TopKSoftmax(const float* logits, int num_experts, int k, int* idx, float* weight) {
+  // k is small (4): selection by repeated scans keeps the tie order stable.
+  std::vector<bool> taken(num_experts, false);
+  for (int s = 0; s < k; ++s) {
+    int best = -1;
+    for (int e = 0; e < num_experts; ++e) {
+      if (!taken[e] && (best < 0 || logits[e] > logits[best])) best = e;
+    }
+    taken[best] = true;
+    idx[s] = best;
+  }
+  const float m = logits[idx[0]];
+  float sum = 0.0f;
+  for (int s = 0; s < k; ++s) sum += weight[s] = std::exp(logits[idx[s]] - m);
+  for (int s = 0; s < k; ++s) weight[s] /= sum;
+}
+
+namespace {
+
+// Dense experts in HF layout W[in, out]: y[t, o] = sum_i x[t, i] W[i, o].
+template <typename T>
+void DenseExpert(const T* w, int64_t in, int64_t out, const float* x, int64_t ldx, int num_tokens, int64_t o_begin,
+                 int64_t o_end, float* y, int64_t ldy) {
+  const int64_t n = o_end - o_begin;
+  std::vector<float> acc(n);
+  for (int t = 0; t < num_tokens; ++t) {
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    const float* xt = x + t * ldx;
+    for (int64_t i = 0; i < in; ++i) {
+      const float xi = xt[i];
+      const T* row = w + i * out + o_begin;
+      for (int64_t o = 0; o < n; ++o) {
+        if constexpr (sizeof(T) == 2) acc[o] += Bf16ToF32(row[o]) * xi;
+        else acc[o] += row[o] * xi;
+      }
+    }
+    std::copy(acc.begin(), acc.end(), y + t * ldy + o_begin);
+  }
+}
+
+}  // namespace
+
+void ExpertGemm(const ExpertMatrix& m, int expert, const float* x, int64_t ldx, int num_tokens, int64_t o_begin,
+                int64_t o_end, float* y, int64_t ldy) {
+  if (m.mxfp4) {
+    const int64_t groups = m.cols / 32;
+    const size_t off = static_cast<size_t>(expert) * m.rows * groups;
+    ActiveKernels().gemm_mxfp4(m.blocks + off * 16, m.scales + off, m.cols, x, ldx, num_tokens, o_begin, o_end, y, ldy);
+  } else if (m.dtype == DType::kBF16) {
+    DenseExpert(static_cast<const uint16_t*>(m.dense) + static_cast<size_t>(expert) * m.rows * m.cols, m.cols, m.rows,
+                x, ldx, num_tokens, o_begin, o_end, y, ldy);
+  } else {
+    DenseExpert(static_cast<const float*>(m.dense) + static_cast<size_t>(expert) * m.rows * m.cols, m.cols, m.rows, x,
+                ldx, num_tokens, o_begin, o_end, y, ldy);
+  }
+  const float* b = m.bias.data() + static_cast<size_t>(expert) * m.rows;
+  for (int t = 0; t < num_tokens; ++t)
+    for (int64_t o = o_begin; o < o_end; ++o) y[t * ldy + o] += b[o];
+}
+
+}  // namespace moeserve::cpu

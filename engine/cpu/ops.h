@@ -1,0 +1,42 @@
+// CPU implementations of the gpt-oss ops the forward pass is written against.
+//
+// Shapes are in the comments; every row-major activation has an explicit
+// leading dimension. Functions that take a ThreadPool split their work over it;
+// the others work on one row and are called from parallel loops.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/thread_pool.h"
+#include "engine/weights.h"
+
+namespace moeserve::cpu {
+
+// y = x / sqrt(mean(x^2) + eps) * w          x, w, y: [n]
+void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* y);
+
+// y[t] = W x[t] + bias (bias may be null)    x: [num_tokens, ldx]  y: [num_tokens, ldy]
+void Linear(ThreadPool& pool, const Matrix& w, const float* bias, const float* x, int64_t ldx, int num_tokens,
+            float* y, int64_t ldy);
+
+// cos/sin of one position for every rotary pair, scaled by `mscale`.  cos, sin: [head_dim/2]
+void RopeCosSin(int64_t pos, const std::vector<float>& inv_freq, float mscale, float* cos, float* sin);
+// Half-split (NeoX) rotation of each head in place.   v: [num_heads, head_dim]
+void ApplyRope(float* v, int num_heads, int head_dim, const float* cos, const float* sin);
+
+// Clamped SwiGLU on interleaved gate/up: out[j] = g' * sigmoid(alpha g') * (u' + 1)
+// with g' = min(g, limit), u' = clamp(u, -limit, limit).   gate_up: [2n]  out: [n]
+void SwiGlu(const float* gate_up, int64_t n, float limit, float alpha, float* out);
+
+// Top-k experts by logit, then softmax over the selected logits.
+// idx, weight: [k], in descending logit order (ties: lower expert id first).
+void TopKSoftmax(const float* logits, int num_experts, int k, int* idx, float* weight);
+
+// One expert's projection for several tokens:  y[t] = W_e x[t] + b_e.
+// For MXFP4 experts x must be permuted (PermuteForMxfp4) per row. Rows
+// [o_begin, o_end) only; bias is added.
+void ExpertGemm(const ExpertMatrix& m, int expert, const float* x, int64_t ldx, int num_tokens, int64_t o_begin,
+                int64_t o_end, float* y, int64_t ldy);
+
+}  // namespace moeserve::cpu

@@ -1,0 +1,340 @@
+// The gpt-oss forward pass (spec §2), literal about the math:
+//   x = E[token]
+//   per layer: h = RMSNorm(x); q,k,v = W h + b; RoPE(q, k); write k,v to the paged
+//     cache; attention with per-head sinks (sliding window on sliding layers);
+//     x += Wo attn + bo; h = RMSNorm(x); top-4 of (Wr h + br), softmax;
+//     x += sum_e w_e (W2_e SwiGLU(W1_e h + b1_e) + b2_e)
+//   logits = lm_head RMSNorm(x)
+#include "engine/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "engine/cpu/kernels.h"
+#include "engine/cpu/ops.h"
+
+namespace moeserve {
+
+using cpu::Linear;
+
+Model::Model(std::unique_ptr<ModelWeights> weights, const ModelOptions& options)
+    : weights_(std::move(weights)),
+      options_(options),
+      pool_(options.num_threads),
+      kv_(weights_->config, options.kv) {
+  const ModelConfig& c = weights_->config;
+  inv_freq_ = c.RopeInvFreq(options.yarn_round_ramp);
+  mscale_ = c.RopeMscale();
+  expert_counts_.assign(c.num_hidden_layers * c.num_local_experts, 0);
+}
+
+absl::Status Model::Validate(std::span<const SequenceInput> batch) const {
+  const ModelConfig& c = config();
+  const int bs = kv_.block_size();
+  for (size_t s = 0; s < batch.size(); ++s) {
+    const SequenceInput& in = batch[s];
+    if (in.tokens.empty()) return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": no tokens"));
+    if (in.start_pos < 0 || in.start_pos + static_cast<int64_t>(in.tokens.size()) > (int64_t{1} << 30)) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": bad start position ", in.start_pos));
+    }
+    for (int32_t t : in.tokens) {
+      if (t < 0 || t >= c.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": token id ", t, " outside [0, ", c.vocab_size, ")"));
+      }
+    }
+    const int64_t end = in.start_pos + static_cast<int64_t>(in.tokens.size());  // one past the last position
+    for (int g = 0; g < kNumCacheGroups; ++g) {
+      if (kv_.num_layers_in_group(g) == 0) continue;
+      int64_t first = 0;
+      if (g == kSlidingGroup) first = std::max<int64_t>(0, in.start_pos - c.sliding_window + 1);
+      const int64_t b0 = first / bs, b1 = (end - 1) / bs;
+      if (static_cast<int64_t>(in.block_tables[g].size()) <= b1) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": block table of cache group ", g, " has ",
+                                                       in.block_tables[g].size(), " blocks, positions up to ", end - 1,
+                                                       " need ", b1 + 1));
+      }
+      for (int64_t b = b0; b <= b1; ++b) {
+        const int32_t id = in.block_tables[g][b];
+        if (id < 0 || id >= kv_.num_blocks(g)) {
+          return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": block id ", id, " of cache group ", g,
+                                                         " outside [0, ", kv_.num_blocks(g), ")"));
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Scores, sink-softmax and weighted values for one query row and one KV head
+// (all query heads of its GQA group at once).
+//   q: [group, head_dim] (RoPE applied)   out: [group, head_dim]
+template <typename KvT>
+void AttendOne(KvCache& kv, int64_t layer, std::span<const int32_t> table, int64_t first, int64_t last, int kv_head,
+               int head_dim, int group, const float* q, const float* sinks, float scale, float* out,
+               std::vector<float>& scores) {
+  const int bs = kv.block_size();
+  const int64_t n = last - first + 1;
+  scores.resize(static_cast<size_t>(group) * n);
+  std::vector<float> krow(head_dim);
+  for (int64_t j = first; j <= last; ++j) {
+    const KvT* k = static_cast<const KvT*>(kv.Row(layer, false, table[j / bs], j % bs)) + kv_head * head_dim;
+    for (int d = 0; d < head_dim; ++d) {
+      if constexpr (sizeof(KvT) == 2) krow[d] = Bf16ToF32(k[d]);
+      else krow[d] = k[d];
+    }
+    for (int h = 0; h < group; ++h) {
+      const float* qh = q + h * head_dim;
+      float dot = 0.0f;
+      for (int d = 0; d < head_dim; ++d) dot += qh[d] * krow[d];
+      scores[h * n + (j - first)] = dot * scale;
+    }
+  }
+  std::vector<float> denom(group);
+  for (int h = 0; h < group; ++h) {
+    float* sc = scores.data() + h * n;
+    float m = sinks[h];
+    for (int64_t j = 0; j < n; ++j) m = std::max(m, sc[j]);
+    float sum = std::exp(sinks[h] - m);
+    for (int64_t j = 0; j < n; ++j) sum += sc[j] = std::exp(sc[j] - m);
+    denom[h] = 1.0f / sum;
+  }
+  std::fill(out, out + group * head_dim, 0.0f);
+  for (int64_t j = first; j <= last; ++j) {
+    const KvT* v = static_cast<const KvT*>(kv.Row(layer, true, table[j / bs], j % bs)) + kv_head * head_dim;
+    for (int d = 0; d < head_dim; ++d) {
+      if constexpr (sizeof(KvT) == 2) krow[d] = Bf16ToF32(v[d]);
+      else krow[d] = v[d];
+    }
+    for (int h = 0; h < group; ++h) {
+      const float w = scores[h * n + (j - first)];
+      float* o = out + h * head_dim;
+      for (int d = 0; d < head_dim; ++d) o[d] += w * krow[d];
+    }
+  }
+  for (int h = 0; h < group; ++h)
+    for (int d = 0; d < head_dim; ++d) out[h * head_dim + d] *= denom[h];
+}
+
+}  // namespace
+
+void Model::Attention(int64_t layer, std::span<const SequenceInput> batch, const std::vector<int>& row_seq,
+                      const std::vector<int64_t>& row_pos, const float* q, float* out) {
+  const ModelConfig& c = config();
+  const int hd = static_cast<int>(c.head_dim);
+  const int kvh = static_cast<int>(c.num_key_value_heads);
+  const int group = static_cast<int>(c.num_attention_heads / c.num_key_value_heads);
+  const bool sliding = c.is_sliding(layer);
+  const int cache_group = kv_.group_of_layer(layer);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const float* sinks = weights_->layers[layer].sinks.data();
+  const int64_t num_rows = static_cast<int64_t>(row_seq.size());
+  const int64_t qd = c.q_dim();
+  pool_.Run(static_cast<int>(num_rows * kvh), [&](int task) {
+    thread_local std::vector<float> scores;
+    const int64_t r = task / kvh;
+    const int g = task % kvh;
+    const int64_t p = row_pos[r];
+    const int64_t first = sliding ? std::max<int64_t>(0, p - c.sliding_window + 1) : 0;
+    const auto table = batch[row_seq[r]].block_tables[cache_group];
+    const float* qr = q + r * qd + g * group * hd;
+    float* o = out + r * qd + g * group * hd;
+    if (kv_.f32()) {
+      AttendOne<float>(kv_, layer, table, first, p, g, hd, group, qr, sinks + g * group, scale, o, scores);
+    } else {
+      AttendOne<uint16_t>(kv_, layer, table, first, p, g, hd, group, qr, sinks + g * group, scale, o, scores);
+    }
+  });
+}
+
+void Model::Moe(const LayerWeights& lw, int64_t layer, const float* h, int num_rows, float* x) {
+  const ModelConfig& c = config();
+  const int64_t hs = c.hidden_size, inter = c.intermediate_size;
+  const int ne = static_cast<int>(c.num_local_experts), k = static_cast<int>(c.num_experts_per_tok);
+  const bool mxfp4 = lw.gate_up.mxfp4;
+
+  std::vector<float> router(static_cast<size_t>(num_rows) * ne);
+  Linear(pool_, lw.router, lw.router_bias.data(), h, hs, num_rows, router.data(), ne);
+
+  // Group (row, weight) pairs by expert.
+  std::vector<std::vector<std::pair<int, float>>> by_expert(ne);
+  std::vector<int> idx(k);
+  std::vector<float> wt(k);
+  for (int r = 0; r < num_rows; ++r) {
+    cpu::TopKSoftmax(router.data() + static_cast<size_t>(r) * ne, ne, k, idx.data(), wt.data());
+    for (int s = 0; s < k; ++s) {
+      by_expert[idx[s]].emplace_back(r, wt[s]);
+      ++expert_counts_[layer * ne + idx[s]];
+    }
+  }
+  struct Active {
+    int expert;
+    int offset;  // first row in the gathered buffers
+    int count;
+  };
+  std::vector<Active> active;
+  int total = 0;
+  for (int e = 0; e < ne; ++e) {
+    if (by_expert[e].empty()) continue;
+    active.push_back({e, total, static_cast<int>(by_expert[e].size())});
+    total += static_cast<int>(by_expert[e].size());
+  }
+  // Gather inputs (permuted for MXFP4 so nibbles meet contiguous activations).
+  std::vector<float> xin(static_cast<size_t>(total) * hs);
+  for (const Active& a : active) {
+    for (int i = 0; i < a.count; ++i) {
+      const float* src = h + static_cast<size_t>(by_expert[a.expert][i].first) * hs;
+      float* dst = xin.data() + static_cast<size_t>(a.offset + i) * hs;
+      if (mxfp4) cpu::PermuteForMxfp4(src, dst, hs);
+      else std::memcpy(dst, src, hs * sizeof(float));
+    }
+  }
+  // Runs `m` for every active expert, split into row chunks, in one parallel region.
+  auto run_experts = [&](const ExpertMatrix& m, const float* in, int64_t ld_in, float* outp, int64_t ld_out) {
+    constexpr int64_t kChunk = 64;
+    const int64_t chunks = (m.rows + kChunk - 1) / kChunk;
+    pool_.Run(static_cast<int>(active.size() * chunks), [&](int task) {
+      const Active& a = active[task / chunks];
+      const int64_t b = (task % chunks) * kChunk, e = std::min(m.rows, b + kChunk);
+      cpu::ExpertGemm(m, a.expert, in + static_cast<size_t>(a.offset) * ld_in, ld_in, a.count, b, e,
+                      outp + static_cast<size_t>(a.offset) * ld_out, ld_out);
+    });
+  };
+  std::vector<float> gate_up(static_cast<size_t>(total) * 2 * inter);
+  run_experts(lw.gate_up, xin.data(), hs, gate_up.data(), 2 * inter);
+
+  std::vector<float> act(static_cast<size_t>(total) * inter), tmp(inter);
+  const float limit = static_cast<float>(c.swiglu_limit), alpha = static_cast<float>(c.swiglu_alpha);
+  for (int r = 0; r < total; ++r) {
+    float* dst = act.data() + static_cast<size_t>(r) * inter;
+    if (mxfp4) {
+      cpu::SwiGlu(gate_up.data() + static_cast<size_t>(r) * 2 * inter, inter, limit, alpha, tmp.data());
+      cpu::PermuteForMxfp4(tmp.data(), dst, inter);
+    } else {
+      cpu::SwiGlu(gate_up.data() + static_cast<size_t>(r) * 2 * inter, inter, limit, alpha, dst);
+    }
+  }
+  std::vector<float> down(static_cast<size_t>(total) * hs);
+  run_experts(lw.down, act.data(), inter, down.data(), hs);
+
+  // x += sum_e w_e y_e, added in the token's top-k order for every batch shape.
+  std::vector<std::vector<std::pair<int, float>>> contrib(num_rows);  // (gathered row, weight) per token
+  for (const Active& a : active) {
+    for (int i = 0; i < a.count; ++i) contrib[by_expert[a.expert][i].first].emplace_back(a.offset + i, by_expert[a.expert][i].second);
+  }
+  for (int r = 0; r < num_rows; ++r) {
+    float* xr = x + static_cast<size_t>(r) * hs;
+    std::vector<float> sum(hs, 0.0f);
+    // Sum in descending-weight order so the result does not depend on the batch.
+    std::sort(contrib[r].begin(), contrib[r].end(), [](auto& a, auto& b) { return a.second > b.second; });
+    for (const auto& [row, w] : contrib[r]) {
+      const float* y = down.data() + static_cast<size_t>(row) * hs;
+      for (int64_t i = 0; i < hs; ++i) sum[i] += w * y[i];
+    }
+    for (int64_t i = 0; i < hs; ++i) xr[i] += sum[i];
+  }
+}
+
+absl::Status Model::Forward(std::span<const SequenceInput> batch, ForwardOutput* out) {
+  RETURN_IF_ERROR(Validate(batch));
+  const ModelConfig& c = config();
+  const ModelWeights& w = *weights_;
+  const int64_t hs = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), hd = c.head_dim;
+  const int bs = kv_.block_size();
+  const float eps = static_cast<float>(c.rms_norm_eps);
+
+  std::vector<int> row_seq;
+  std::vector<int64_t> row_pos;
+  for (size_t s = 0; s < batch.size(); ++s) {
+    for (size_t i = 0; i < batch[s].tokens.size(); ++i) {
+      row_seq.push_back(static_cast<int>(s));
+      row_pos.push_back(batch[s].start_pos + static_cast<int64_t>(i));
+    }
+  }
+  const int n = static_cast<int>(row_seq.size());
+
+  // Embedding.
+  std::vector<float> x(static_cast<size_t>(n) * hs);
+  {
+    int r = 0;
+    for (const SequenceInput& in : batch) {
+      for (int32_t t : in.tokens) {
+        const size_t off = static_cast<size_t>(t) * hs;
+        if (w.embed.dtype == DType::kBF16) {
+          ConvertToF32(DType::kBF16, static_cast<const uint16_t*>(w.embed.data) + off, x.data() + r * hs, hs);
+        } else {
+          std::memcpy(x.data() + r * hs, static_cast<const float*>(w.embed.data) + off, hs * sizeof(float));
+        }
+        ++r;
+      }
+    }
+  }
+
+  // RoPE tables for every row.
+  const int half = static_cast<int>(hd / 2);
+  std::vector<float> cosv(static_cast<size_t>(n) * half), sinv(static_cast<size_t>(n) * half);
+  for (int r = 0; r < n; ++r) cpu::RopeCosSin(row_pos[r], inv_freq_, mscale_, &cosv[r * half], &sinv[r * half]);
+
+  std::vector<float> h(static_cast<size_t>(n) * hs), q(static_cast<size_t>(n) * qd), k(static_cast<size_t>(n) * kvd),
+      v(static_cast<size_t>(n) * kvd), attn(static_cast<size_t>(n) * qd), o(static_cast<size_t>(n) * hs);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const LayerWeights& lw = w.layers[l];
+    for (int r = 0; r < n; ++r) cpu::RmsNorm(&x[r * hs], lw.attn_norm.data(), hs, eps, &h[r * hs]);
+    Linear(pool_, lw.q, lw.q_bias.data(), h.data(), hs, n, q.data(), qd);
+    Linear(pool_, lw.k, lw.k_bias.data(), h.data(), hs, n, k.data(), kvd);
+    Linear(pool_, lw.v, lw.v_bias.data(), h.data(), hs, n, v.data(), kvd);
+    const int g = kv_.group_of_layer(l);
+    for (int r = 0; r < n; ++r) {
+      cpu::ApplyRope(&q[r * qd], static_cast<int>(c.num_attention_heads), static_cast<int>(hd), &cosv[r * half],
+                     &sinv[r * half]);
+      cpu::ApplyRope(&k[r * kvd], static_cast<int>(c.num_key_value_heads), static_cast<int>(hd), &cosv[r * half],
+                     &sinv[r * half]);
+      const int64_t p = row_pos[r];
+      const int32_t block = batch[row_seq[r]].block_tables[g][p / bs];
+      void* kd = kv_.Row(l, false, block, static_cast<int>(p % bs));
+      void* vd = kv_.Row(l, true, block, static_cast<int>(p % bs));
+      if (kv_.f32()) {
+        std::memcpy(kd, &k[r * kvd], kvd * sizeof(float));
+        std::memcpy(vd, &v[r * kvd], kvd * sizeof(float));
+      } else {
+        for (int64_t i = 0; i < kvd; ++i) {
+          static_cast<uint16_t*>(kd)[i] = F32ToBf16(k[r * kvd + i]);
+          static_cast<uint16_t*>(vd)[i] = F32ToBf16(v[r * kvd + i]);
+        }
+      }
+    }
+    Attention(l, batch, row_seq, row_pos, q.data(), attn.data());
+    Linear(pool_, lw.o, lw.o_bias.data(), attn.data(), qd, n, o.data(), hs);
+    for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
+
+    for (int r = 0; r < n; ++r) cpu::RmsNorm(&x[r * hs], lw.mlp_norm.data(), hs, eps, &h[r * hs]);
+    Moe(lw, l, h.data(), n, x.data());
+  }
+
+  // Final norm and lm_head for the rows that return logits.
+  out->vocab_size = c.vocab_size;
+  out->first_row.clear();
+  out->num_rows.clear();
+  std::vector<float> xf;
+  int r0 = 0, rows = 0;
+  for (const SequenceInput& in : batch) {
+    const int cnt = static_cast<int>(in.tokens.size());
+    const int want = in.all_logits ? cnt : 1;
+    out->first_row.push_back(rows);
+    out->num_rows.push_back(want);
+    for (int i = cnt - want; i < cnt; ++i) {
+      xf.resize(static_cast<size_t>(rows + 1) * hs);
+      cpu::RmsNorm(&x[static_cast<size_t>(r0 + i) * hs], w.final_norm.data(), hs, eps, &xf[static_cast<size_t>(rows) * hs]);
+      ++rows;
+    }
+    r0 += cnt;
+  }
+  out->logits.resize(static_cast<size_t>(rows) * c.vocab_size);
+  Linear(pool_, w.lm_head, nullptr, xf.data(), hs, rows, out->logits.data(), c.vocab_size);
+  return absl::OkStatus();
+}
+
+}  // namespace moeserve

@@ -1,0 +1,391 @@
+// `moeserve`: the command-line entry point.
+//
+//   moeserve generate        generate text with a model (the demo model by default)
+//   moeserve gen-checkpoint  write a random-weight gpt-oss checkpoint
+//   moeserve to-gguf         convert a checkpoint to GGUF for llama.cpp
+//   moeserve logits          dump logits of a token sequence (for reference tests)
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "engine/model.h"
+#include "engine/sampler.h"
+#include "nlohmann/json.hpp"
+#include "tools/checkpoint_gen.h"
+#include "tools/gguf_writer.h"
+
+#ifndef MOESERVE_DEMO_MODEL_DIR
+#define MOESERVE_DEMO_MODEL_DIR "models/demo"
+#endif
+
+namespace moeserve {
+namespace {
+
+constexpr char kUsage[] = R"(usage: moeserve COMMAND [flags]
+
+commands:
+  generate         generate text from a prompt
+      --model DIR            model directory (default: the demo model)
+      --prompt TEXT          prompt text (default "Hello")
+      --prompt-ids IDS       prompt as comma-separated token ids instead
+      --max-tokens N         tokens to generate (default 32)
+      --temperature F --top-k N --top-p F --min-p F --seed N
+      --repetition-penalty F --presence-penalty F --frequency-penalty F
+      --threads N            CPU threads (default: all)
+  gen-checkpoint   write a random-weight gpt-oss checkpoint
+      --out DIR              output directory (required)
+      --preset NAME          tiny | demo | 20b | 120b (default tiny)
+      --seed N               (default 0)
+      --experts KIND         mxfp4 | bf16 | f32 (default mxfp4)
+      --dense KIND           bf16 | f32 (default bf16)
+      --expert-scale F       RMS of expert pre-activations (default 1; >3 hits the SwiGLU clamps)
+      --layers N --vocab N --sliding-window N --yarn-factor F   override the preset
+      --max-shard-mb N       shard size (default 4096)
+      --tokenizer FILE       tokenizer.json to copy in
+  to-gguf          convert a checkpoint to GGUF (llama.cpp)
+      --model DIR --out FILE --mode f32|native
+  logits           write logits for a token sequence (prefill, then one token per step)
+      --model DIR --tokens IDS --prefill N --out FILE [--kv-f32] [--yarn-round]
+)";
+
+using Flags = std::map<std::string, std::string>;
+
+absl::StatusOr<Flags> ParseFlags(int argc, char** argv, int first) {
+  static const char* kBool[] = {"--kv-f32", "--yarn-round", "--help"};
+  Flags f;
+  for (int i = first; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--", 0) != 0) return absl::InvalidArgumentError(absl::StrCat("unexpected argument \"", a, "\""));
+    if (auto eq = a.find('='); eq != std::string::npos) {
+      f[a.substr(0, eq)] = a.substr(eq + 1);
+      continue;
+    }
+    bool is_bool = false;
+    for (const char* b : kBool) is_bool |= a == b;
+    if (is_bool) {
+      f[a] = "1";
+    } else {
+      if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat("flag ", a, " needs a value"));
+      f[a] = argv[++i];
+    }
+  }
+  return f;
+}
+
+class FlagReader {
+ public:
+  explicit FlagReader(Flags f) : f_(std::move(f)) {}
+  std::string Str(const std::string& k, const std::string& def) {
+    used_.push_back(k);
+    auto it = f_.find(k);
+    return it == f_.end() ? def : it->second;
+  }
+  bool Has(const std::string& k) {
+    used_.push_back(k);
+    return f_.count(k) > 0;
+  }
+  template <typename T>
+  T Num(const std::string& k, T def) {
+    used_.push_back(k);
+    auto it = f_.find(k);
+    if (it == f_.end()) return def;
+    T v;
+    bool ok;
+    if constexpr (std::is_floating_point_v<T>) {
+      double d;
+      ok = absl::SimpleAtod(it->second, &d);
+      v = static_cast<T>(d);
+    } else {
+      int64_t i;
+      ok = absl::SimpleAtoi(it->second, &i);
+      v = static_cast<T>(i);
+    }
+    if (!ok && error_.ok()) error_ = absl::InvalidArgumentError(absl::StrCat("flag ", k, ": \"", it->second, "\" is not a number"));
+    return v;
+  }
+  // Errors for bad numbers and for flags nobody read.
+  absl::Status Finish() {
+    if (!error_.ok()) return error_;
+    for (const auto& [k, v] : f_) {
+      if (std::find(used_.begin(), used_.end(), k) == used_.end()) {
+        return absl::InvalidArgumentError(absl::StrCat("unknown flag ", k, " (see moeserve --help)"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  Flags f_;
+  std::vector<std::string> used_;
+  absl::Status error_;
+};
+
+absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& s) {
+  std::vector<int32_t> ids;
+  for (absl::string_view part : absl::StrSplit(s, ',', absl::SkipWhitespace())) {
+    int32_t v;
+    if (!absl::SimpleAtoi(part, &v)) return absl::InvalidArgumentError(absl::StrCat("bad token id \"", part, "\""));
+    ids.push_back(v);
+  }
+  return ids;
+}
+
+// Token id -> bytes from tokenizer.json (GPT-2 byte-level strings). Until the
+// text layer lands, prompts are encoded byte by byte with the single-byte
+// tokens; decoding is exact.
+class ByteVocab {
+ public:
+  absl::Status Load(const std::string& path, int64_t vocab_size) {
+    std::ifstream in(path);
+    if (!in) return absl::NotFoundError(path);
+    nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+    if (j.is_discarded()) return absl::DataLossError(absl::StrCat(path, ": not JSON"));
+    std::map<uint32_t, int> unicode_to_byte;
+    int extra = 0;
+    for (int b = 0; b < 256; ++b) {
+      const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+      unicode_to_byte[printable ? b : 256 + extra++] = b;
+    }
+    pieces_.assign(vocab_size, "");
+    for (auto& [tok, id] : j["model"]["vocab"].items()) {
+      const int64_t i = id.get<int64_t>();
+      if (i < 0 || i >= vocab_size) continue;
+      std::string bytes;
+      for (size_t p = 0; p < tok.size();) {  // decode UTF-8 code points
+        uint32_t cp = static_cast<uint8_t>(tok[p]);
+        int len = cp < 0x80 ? 1 : cp < 0xE0 ? 2 : cp < 0xF0 ? 3 : 4;
+        if (len > 1) cp &= (0xFF >> (len + 1));
+        for (int k = 1; k < len && p + k < tok.size(); ++k) cp = (cp << 6) | (static_cast<uint8_t>(tok[p + k]) & 0x3F);
+        p += len;
+        bytes.push_back(static_cast<char>(unicode_to_byte.count(cp) ? unicode_to_byte[cp] : '?'));
+      }
+      pieces_[i] = bytes;
+      if (bytes.size() == 1) byte_token_[static_cast<uint8_t>(bytes[0])] = static_cast<int32_t>(i);
+    }
+    for (auto& t : j["added_tokens"]) {
+      const int64_t i = t["id"].get<int64_t>();
+      if (i >= 0 && i < vocab_size) pieces_[i] = t["content"].get<std::string>();
+    }
+    return absl::OkStatus();
+  }
+  std::vector<int32_t> EncodeBytes(const std::string& s) const {
+    std::vector<int32_t> ids;
+    for (unsigned char ch : s) ids.push_back(byte_token_[ch]);
+    return ids;
+  }
+  std::string Decode(int32_t id) const {
+    if (id >= 0 && id < static_cast<int32_t>(pieces_.size()) && !pieces_[id].empty()) return pieces_[id];
+    return absl::StrCat("<|", id, "|>");
+  }
+
+ private:
+  std::vector<std::string> pieces_;
+  int32_t byte_token_[256] = {};
+};
+
+// Runs prefill then decode with a contiguous block table per sequence.
+struct SingleSequence {
+  std::vector<int32_t> table;
+  explicit SingleSequence(Model& m, int64_t max_len) {
+    const int64_t blocks = (max_len + m.kv_cache().block_size() - 1) / m.kv_cache().block_size();
+    for (int64_t i = 0; i < blocks; ++i) table.push_back(static_cast<int32_t>(i));
+  }
+  SequenceInput Input(std::span<const int32_t> tokens, int64_t pos, bool all) const {
+    SequenceInput in;
+    in.tokens = tokens;
+    in.start_pos = pos;
+    in.block_tables[kFullGroup] = table;
+    in.block_tables[kSlidingGroup] = table;
+    in.all_logits = all;
+    return in;
+  }
+};
+
+absl::StatusOr<std::unique_ptr<Model>> OpenModel(const std::string& dir, int threads, int64_t max_len, bool kv_f32,
+                                                 bool yarn_round) {
+  ASSIGN_OR_RETURN(auto w, LoadModelWeights(dir));
+  ModelOptions mo;
+  mo.num_threads = threads;
+  mo.yarn_round_ramp = yarn_round;
+  mo.kv.f32 = kv_f32;
+  const int64_t blocks = (max_len + mo.kv.block_size - 1) / mo.kv.block_size;
+  mo.kv.num_blocks[kFullGroup] = blocks;
+  mo.kv.num_blocks[kSlidingGroup] = blocks;
+  return std::make_unique<Model>(std::move(w), mo);
+}
+
+absl::Status Generate(FlagReader& f) {
+  const std::string dir = f.Str("--model", MOESERVE_DEMO_MODEL_DIR);
+  const std::string prompt = f.Str("--prompt", "Hello");
+  const std::string prompt_ids = f.Str("--prompt-ids", "");
+  const int max_tokens = f.Num<int>("--max-tokens", 32);
+  const int threads = f.Num<int>("--threads", 0);
+  SamplingParams sp;
+  sp.temperature = f.Num<float>("--temperature", 1.0f);
+  sp.top_k = f.Num<int>("--top-k", 0);
+  sp.top_p = f.Num<float>("--top-p", 1.0f);
+  sp.min_p = f.Num<float>("--min-p", 0.0f);
+  sp.repetition_penalty = f.Num<float>("--repetition-penalty", 1.0f);
+  sp.presence_penalty = f.Num<float>("--presence-penalty", 0.0f);
+  sp.frequency_penalty = f.Num<float>("--frequency-penalty", 0.0f);
+  sp.has_seed = f.Has("--seed");
+  sp.seed = f.Num<uint64_t>("--seed", 0);
+  RETURN_IF_ERROR(f.Finish());
+  RETURN_IF_ERROR(sp.Validate());
+  if (max_tokens < 1 || max_tokens > 1 << 20) return absl::InvalidArgumentError("--max-tokens must be in [1, 2^20]");
+
+  ASSIGN_OR_RETURN(auto cfg, LoadModelConfig(dir));
+  ByteVocab vocab;
+  const bool have_vocab = vocab.Load(dir + "/tokenizer.json", cfg.vocab_size).ok();
+  std::vector<int32_t> ids;
+  if (!prompt_ids.empty()) {
+    ASSIGN_OR_RETURN(ids, ParseIds(prompt_ids));
+  } else if (have_vocab) {
+    ids = vocab.EncodeBytes(prompt);
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(dir, " has no tokenizer.json: pass --prompt-ids"));
+  }
+  if (ids.empty()) return absl::InvalidArgumentError("empty prompt");
+  sp.stop_token_ids = {200002, 200012, 199999};
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(auto model, OpenModel(dir, threads, static_cast<int64_t>(ids.size()) + max_tokens, false, false));
+  const auto t1 = std::chrono::steady_clock::now();
+  SingleSequence seq(*model, static_cast<int64_t>(ids.size()) + max_tokens);
+  Sampler sampler(sp, ids);
+  ForwardOutput out;
+  std::vector<int32_t> step = ids;
+  int64_t pos = 0;
+  int generated = 0;
+  std::fprintf(stderr, "model %s loaded in %.2fs; prompt %zu tokens\n", dir.c_str(),
+               std::chrono::duration<double>(t1 - t0).count(), ids.size());
+  std::fputs(prompt_ids.empty() ? prompt.c_str() : "", stdout);
+  const auto t2 = std::chrono::steady_clock::now();
+  double prefill_s = 0;
+  while (generated < max_tokens) {
+    SequenceInput in = seq.Input(step, pos, false);
+    RETURN_IF_ERROR(model->Forward({&in, 1}, &out));
+    if (generated == 0) prefill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t2).count();
+    pos += static_cast<int64_t>(step.size());
+    SampleResult r = sampler.Sample(out.Row(0), out.vocab_size);
+    ++generated;
+    std::fputs(have_vocab ? vocab.Decode(r.token).c_str() : absl::StrCat(" ", r.token).c_str(), stdout);
+    std::fflush(stdout);
+    if (r.stop) break;
+    step.assign(1, r.token);
+  }
+  const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t2).count();
+  std::fprintf(stderr, "\n%d tokens; prefill %.1f tok/s, decode %.1f tok/s (%s kernels, %d threads)\n", generated,
+               ids.size() / prefill_s, generated > 1 ? (generated - 1) / (total - prefill_s) : 0.0,
+               "cpu", model->pool().num_threads());
+  return absl::OkStatus();
+}
+
+absl::Status GenCheckpoint(FlagReader& f) {
+  const std::string out = f.Str("--out", "");
+  ASSIGN_OR_RETURN(ModelConfig c, PresetConfig(f.Str("--preset", "tiny")));
+  CheckpointGenOptions o;
+  o.seed = f.Num<uint64_t>("--seed", 0);
+  o.experts = f.Str("--experts", "mxfp4");
+  o.dense = f.Str("--dense", "bf16");
+  o.expert_scale = f.Num<double>("--expert-scale", 1.0);
+  o.max_shard_bytes = f.Num<int64_t>("--max-shard-mb", 4096) << 20;
+  o.tokenizer_json = f.Str("--tokenizer", "");
+  if (f.Has("--layers")) {
+    c.num_hidden_layers = f.Num<int64_t>("--layers", 0);
+    c.layer_types.clear();
+    for (int64_t i = 0; i < c.num_hidden_layers && i < 4096; ++i) {
+      c.layer_types.push_back(i % 2 == 0 ? LayerType::kSlidingAttention : LayerType::kFullAttention);
+    }
+  }
+  c.vocab_size = f.Num<int64_t>("--vocab", c.vocab_size);
+  c.sliding_window = f.Num<int64_t>("--sliding-window", c.sliding_window);
+  if (f.Has("--yarn-factor")) {
+    const double factor = f.Num<double>("--yarn-factor", 1.0);
+    c.has_rope_scaling = factor > 1.0;
+    c.rope_scaling.factor = factor;
+  }
+  RETURN_IF_ERROR(f.Finish());
+  if (out.empty()) return absl::InvalidArgumentError("--out is required");
+  if (o.max_shard_bytes <= 0) return absl::InvalidArgumentError("--max-shard-mb must be positive");
+  o.config = c;
+  const auto t0 = std::chrono::steady_clock::now();
+  RETURN_IF_ERROR(GenerateCheckpoint(out, o));
+  std::fprintf(stderr, "wrote %s in %.1fs\n", out.c_str(),
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return absl::OkStatus();
+}
+
+absl::Status ToGguf(FlagReader& f) {
+  const std::string dir = f.Str("--model", ""), out = f.Str("--out", ""), mode = f.Str("--mode", "f32");
+  RETURN_IF_ERROR(f.Finish());
+  if (dir.empty() || out.empty()) return absl::InvalidArgumentError("--model and --out are required");
+  if (mode != "f32" && mode != "native") return absl::InvalidArgumentError("--mode must be f32 or native");
+  return WriteGguf(dir, out, mode == "f32" ? GgufMode::kF32 : GgufMode::kNative);
+}
+
+absl::Status Logits(FlagReader& f) {
+  const std::string dir = f.Str("--model", ""), out_path = f.Str("--out", "");
+  const std::string tokens = f.Str("--tokens", "");
+  const int64_t prefill = f.Num<int64_t>("--prefill", 0);
+  const int threads = f.Num<int>("--threads", 0);
+  const bool kv_f32 = f.Has("--kv-f32"), yarn_round = f.Has("--yarn-round");
+  RETURN_IF_ERROR(f.Finish());
+  ASSIGN_OR_RETURN(auto ids, ParseIds(tokens));
+  if (ids.empty() || prefill < 1 || prefill > static_cast<int64_t>(ids.size())) {
+    return absl::InvalidArgumentError("--tokens must be non-empty and 1 <= --prefill <= its length");
+  }
+  ASSIGN_OR_RETURN(auto model, OpenModel(dir, threads, static_cast<int64_t>(ids.size()), kv_f32, yarn_round));
+  SingleSequence seq(*model, static_cast<int64_t>(ids.size()));
+  std::ofstream o(out_path, std::ios::binary | std::ios::trunc);
+  if (!o) return absl::PermissionDeniedError(absl::StrCat("cannot write ", out_path));
+  ForwardOutput out;
+  SequenceInput in = seq.Input(std::span(ids).subspan(0, prefill), 0, true);
+  RETURN_IF_ERROR(model->Forward({&in, 1}, &out));
+  o.write(reinterpret_cast<const char*>(out.logits.data()), static_cast<std::streamsize>(out.logits.size() * 4));
+  for (size_t p = prefill; p < ids.size(); ++p) {
+    in = seq.Input(std::span(ids).subspan(p, 1), static_cast<int64_t>(p), true);
+    RETURN_IF_ERROR(model->Forward({&in, 1}, &out));
+    o.write(reinterpret_cast<const char*>(out.logits.data()), static_cast<std::streamsize>(out.logits.size() * 4));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace moeserve
+
+int main(int argc, char** argv) {
+  using namespace moeserve;
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  auto flags = ParseFlags(argc, argv, 2);
+  absl::Status st;
+  if (!flags.ok()) {
+    st = flags.status();
+  } else if (flags->count("--help")) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  } else {
+    FlagReader f(*flags);
+    if (cmd == "generate") st = Generate(f);
+    else if (cmd == "gen-checkpoint") st = GenCheckpoint(f);
+    else if (cmd == "to-gguf") st = ToGguf(f);
+    else if (cmd == "logits") st = Logits(f);
+    else st = absl::InvalidArgumentError(absl::StrCat("unknown command \"", cmd, "\" (see moeserve --help)"));
+  }
+  if (!st.ok()) {
+    std::fprintf(stderr, "moeserve: %s\n", std::string(st.message()).c_str());
+    return 1;
+  }
+  return 0;
+}
