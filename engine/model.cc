@@ -25,7 +25,7 @@ Model::Model(std::unique_ptr<ModelWeights> weights, const ModelOptions& options)
       pool_(options.num_threads),
       kv_(weights_->config, options.kv) {
   const ModelConfig& c = weights_->config;
-  inv_freq_ = c.RopeInvFreq(options.yarn_round_ramp);
+  inv_freq_ = c.RopeInvFreq(/*round_ramp=*/false);
   mscale_ = c.RopeMscale();
   expert_counts_.assign(c.num_hidden_layers * c.num_local_experts, 0);
 }
@@ -276,7 +276,22 @@ absl::Status Model::Forward(std::span<const SequenceInput> batch, ForwardOutput*
   // RoPE tables for every row.
   const int half = static_cast<int>(hd / 2);
   std::vector<float> cosv(static_cast<size_t>(n) * half), sinv(static_cast<size_t>(n) * half);
-  for (int r = 0; r < n; ++r) cpu::RopeCosSin(row_pos[r], inv_freq_, mscale_, &cosv[r * half], &sinv[r * half]);
+  for (int r = 0; r < n; ++r) {
+    if (options_.rope_ggml) {
+      const bool yarn = c.has_rope_scaling && c.rope_scaling.factor > 1.0;
+      const double d = static_cast<double>(hd);
+      auto corr = [&](double beta) {
+        return d * std::log(c.rope_scaling.original_max_position_embeddings / (beta * 2 * M_PI)) /
+               (2 * std::log(c.rope_theta));
+      };
+      const float low = static_cast<float>(std::max(0.0, std::floor(corr(c.rope_scaling.beta_fast))));
+      const float high = static_cast<float>(std::min(d - 1, std::ceil(corr(c.rope_scaling.beta_slow))));
+      cpu::RopeCosSinGgml(row_pos[r], static_cast<int>(hd), static_cast<float>(c.rope_theta), yarn,
+                          static_cast<float>(c.rope_scaling.factor), low, high, &cosv[r * half], &sinv[r * half]);
+    } else {
+      cpu::RopeCosSin(row_pos[r], inv_freq_, mscale_, &cosv[r * half], &sinv[r * half]);
+    }
+  }
 
   std::vector<float> h(static_cast<size_t>(n) * hs), q(static_cast<size_t>(n) * qd), k(static_cast<size_t>(n) * kvd),
       v(static_cast<size_t>(n) * kvd), attn(static_cast<size_t>(n) * qd), o(static_cast<size_t>(n) * hs);

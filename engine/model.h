@@ -44,7 +44,9 @@ struct ForwardOutput {
 struct ModelOptions {
   int num_threads = 0;          // 0: one per hardware thread
   KvCacheOptions kv;
-  bool yarn_round_ramp = false; // ggml's YaRN rounding (for llama.cpp comparisons)
+  // RoPE/YaRN computed as ggml does (rounded ramp ends, fp32 angle recurrence),
+  // for comparisons with llama.cpp. The default follows the OpenAI reference.
+  bool rope_ggml = false;
 };
 
 class Model {

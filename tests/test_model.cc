@@ -28,7 +28,7 @@ std::unique_ptr<Model> Open(const std::string& dir, bool kv_f32, int blocks = 64
   o.kv.f32 = kv_f32;
   o.kv.block_size = block_size;
   o.kv.num_blocks[0] = o.kv.num_blocks[1] = blocks;
-  o.yarn_round_ramp = round_yarn;
+  o.rope_ggml = round_yarn;
   return std::make_unique<Model>(std::move(*w), o);
 }
 

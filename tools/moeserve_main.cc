@@ -53,13 +53,14 @@ commands:
   to-gguf          convert a checkpoint to GGUF (llama.cpp)
       --model DIR --out FILE --mode f32|native
   logits           write logits for a token sequence (prefill, then one token per step)
-      --model DIR --tokens IDS --prefill N --out FILE [--kv-f32] [--yarn-round]
+      --model DIR --tokens IDS --prefill N --out FILE [--kv-f32]
+      [--rope-ggml]          RoPE/YaRN computed as ggml does (llama.cpp comparisons)
 )";
 
 using Flags = std::map<std::string, std::string>;
 
 absl::StatusOr<Flags> ParseFlags(int argc, char** argv, int first) {
-  static const char* kBool[] = {"--kv-f32", "--yarn-round", "--help"};
+  static const char* kBool[] = {"--kv-f32", "--rope-ggml", "--help"};
   Flags f;
   for (int i = first; i < argc; ++i) {
     std::string a = argv[i];
@@ -210,11 +211,11 @@ struct SingleSequence {
 };
 
 absl::StatusOr<std::unique_ptr<Model>> OpenModel(const std::string& dir, int threads, int64_t max_len, bool kv_f32,
-                                                 bool yarn_round) {
+                                                 bool rope_ggml) {
   ASSIGN_OR_RETURN(auto w, LoadModelWeights(dir));
   ModelOptions mo;
   mo.num_threads = threads;
-  mo.yarn_round_ramp = yarn_round;
+  mo.rope_ggml = rope_ggml;
   mo.kv.f32 = kv_f32;
   const int64_t blocks = (max_len + mo.kv.block_size - 1) / mo.kv.block_size;
   mo.kv.num_blocks[kFullGroup] = blocks;
@@ -336,13 +337,13 @@ absl::Status Logits(FlagReader& f) {
   const std::string tokens = f.Str("--tokens", "");
   const int64_t prefill = f.Num<int64_t>("--prefill", 0);
   const int threads = f.Num<int>("--threads", 0);
-  const bool kv_f32 = f.Has("--kv-f32"), yarn_round = f.Has("--yarn-round");
+  const bool kv_f32 = f.Has("--kv-f32"), rope_ggml = f.Has("--rope-ggml");
   RETURN_IF_ERROR(f.Finish());
   ASSIGN_OR_RETURN(auto ids, ParseIds(tokens));
   if (ids.empty() || prefill < 1 || prefill > static_cast<int64_t>(ids.size())) {
     return absl::InvalidArgumentError("--tokens must be non-empty and 1 <= --prefill <= its length");
   }
-  ASSIGN_OR_RETURN(auto model, OpenModel(dir, threads, static_cast<int64_t>(ids.size()), kv_f32, yarn_round));
+  ASSIGN_OR_RETURN(auto model, OpenModel(dir, threads, static_cast<int64_t>(ids.size()), kv_f32, rope_ggml));
   SingleSequence seq(*model, static_cast<int64_t>(ids.size()));
   std::ofstream o(out_path, std::ios::binary | std::ios::trunc);
   if (!o) return absl::PermissionDeniedError(absl::StrCat("cannot write ", out_path));

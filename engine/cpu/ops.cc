@@ -39,6 +39,26 @@ void RopeCosSin(int64_t pos, const std::vector<float>& inv_freq, float mscale, f
   }
 }
 
+void RopeCosSinGgml(int64_t pos, int head_dim, float base, bool yarn, float factor, float low, float high,
+                    float* cos, float* sin) {
+  const float theta_scale = std::pow(base, -2.0f / static_cast<float>(head_dim));
+  const float freq_scale = yarn ? 1.0f / factor : 1.0f;
+  const float mscale = yarn ? 1.0f + 0.1f * std::log(1.0f / freq_scale) : 1.0f;
+  float theta_extrap = static_cast<float>(pos);
+  for (int i = 0; i < head_dim / 2; ++i) {
+    const float theta_interp = freq_scale * theta_extrap;
+    float theta = theta_interp;
+    if (yarn) {
+      const float y = (static_cast<float>(i) - low) / std::max(0.001f, high - low);
+      const float ramp_mix = 1.0f - std::min(1.0f, std::max(0.0f, y));
+      theta = theta_interp * (1.0f - ramp_mix) + theta_extrap * ramp_mix;
+    }
+    cos[i] = std::cos(theta) * mscale;
+    sin[i] = std::sin(theta) * mscale;
+    theta_extrap *= theta_scale;
+  }
+}
+
 void ApplyRope(float* v, int num_heads, int head_dim, const float* cos, const float* sin) {
   const int half = head_dim / 2;
   for (int h = 0; h < num_heads; ++h) {

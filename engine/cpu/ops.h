@@ -22,6 +22,11 @@ void Linear(ThreadPool& pool, const Matrix& w, const float* bias, const float* x
 
 // cos/sin of one position for every rotary pair, scaled by `mscale`.  cos, sin: [head_dim/2]
 void RopeCosSin(int64_t pos, const std::vector<float>& inv_freq, float mscale, float* cos, float* sin);
+// The same quantities computed the way ggml does (llama.cpp comparisons only):
+// angles by repeated fp32 multiplication with base^(-2/d), ramp ends floored
+// and ceiled, the YaRN blend applied to angles. `yarn` false: plain RoPE.
+void RopeCosSinGgml(int64_t pos, int head_dim, float base, bool yarn, float factor, float low, float high,
+                    float* cos, float* sin);
 // Half-split (NeoX) rotation of each head in place.   v: [num_heads, head_dim]
 void ApplyRope(float* v, int num_heads, int head_dim, const float* cos, const float* sin);
 

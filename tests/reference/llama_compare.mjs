@@ -2,7 +2,7 @@
 // weights, at every position of a prompt and of a greedy continuation.
 //
 //   node llama_compare.mjs --gguf F --model DIR --moeserve BIN [--prompt-len 64]
-//        [--gen 16] [--tol 1e-4] [--seed 1] [--yarn-round] [--threads 2]
+//        [--gen 16] [--tol 1e-4] [--seed 1] [--rope-ggml] [--threads 2]
 //
 // llama.cpp runs with an F32 KV cache and flash attention off (its tightest
 // setting); moeserve with an F32 KV cache. Exits 1 when max |dlogit| > tol or
@@ -60,7 +60,7 @@ await model.dispose();
 const dir = mkdtempSync(join(tmpdir(), "moeserve-llama-"));
 const out = join(dir, "logits.bin");
 const cmd = [args.moeserve, ["logits", "--model", args.model, "--tokens", tokens.join(","), "--prefill", String(promptLen),
-  "--out", out, "--kv-f32", ...(args["yarn-round"] ? ["--yarn-round"] : [])]];
+  "--out", out, "--kv-f32", ...(args["rope-ggml"] ? ["--rope-ggml"] : [])]];
 const run = spawnSync(cmd[0], cmd[1], { stdio: ["ignore", "inherit", "inherit"] });
 if (run.status !== 0) { console.error("moeserve logits failed"); process.exit(1); }
 const ours = new Float32Array(readFileSync(out).buffer.slice(0));
