@@ -1,0 +1,164 @@
+// Engine benchmark in the manner of llama-bench: pp (prefill tokens/s),
+// tg (batch-1 decode tokens/s) and a decode batch sweep, on a model directory.
+// Prints one JSON object per measurement and the peak resident memory against
+// the size of the weight files.
+//
+//   moeserve_bench --model DIR [--pp 512] [--tg 128] [--batches 1,2,4,...,64]
+//                  [--sweep-steps 8] [--reps 2] [--threads N]
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "engine/cpu/kernels.h"
+#include "engine/model.h"
+
+namespace moeserve {
+namespace {
+
+double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+int64_t PeakRssBytes() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+struct Seq {
+  std::vector<int32_t> table;
+  int64_t pos = 0;
+};
+
+int Main(int argc, char** argv) {
+  std::string dir;
+  int pp = 512, tg = 128, reps = 2, threads = 0, sweep_steps = 8;
+  std::vector<int> batches = {1, 2, 4, 8, 16, 32, 64};
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--model") dir = v;
+    else if (k == "--pp") pp = std::stoi(v);
+    else if (k == "--tg") tg = std::stoi(v);
+    else if (k == "--reps") reps = std::stoi(v);
+    else if (k == "--threads") threads = std::stoi(v);
+    else if (k == "--sweep-steps") sweep_steps = std::stoi(v);
+    else if (k == "--batches") {
+      batches.clear();
+      for (absl::string_view s : absl::StrSplit(v, ',', absl::SkipEmpty())) {
+        int b;
+        if (absl::SimpleAtoi(s, &b) && b > 0) batches.push_back(b);
+      }
+    } else {
+      std::fprintf(stderr, "unknown flag %s\n", k.c_str());
+      return 2;
+    }
+  }
+  if (dir.empty()) {
+    std::fprintf(stderr, "usage: moeserve_bench --model DIR [--pp 512] [--tg 128] [--batches 1,2,4] [--reps 2]\n");
+    return 2;
+  }
+  const double t0 = Now();
+  auto w = LoadModelWeights(dir);
+  if (!w.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(w.status().message()).c_str());
+    return 1;
+  }
+  const size_t file_bytes = (*w)->checkpoint->total_file_bytes();
+  const int max_batch = batches.empty() ? 1 : *std::max_element(batches.begin(), batches.end());
+  ModelOptions mo;
+  mo.num_threads = threads;
+  mo.kv.block_size = 16;
+  const int64_t max_ctx = std::max<int64_t>(pp, tg + sweep_steps) + 16;
+  const int64_t blocks_per_seq = (max_ctx + 15) / 16;
+  mo.kv.num_blocks[0] = mo.kv.num_blocks[1] = blocks_per_seq * std::max(1, max_batch);
+  Model model(std::move(*w), mo);
+  const double load_s = Now() - t0;
+  std::printf("{\"what\":\"load\",\"seconds\":%.2f,\"kernels\":\"%s\",\"threads\":%d,\"weight_file_bytes\":%zu}\n",
+              load_s, cpu::ActiveKernels().name, model.pool().num_threads(), file_bytes);
+  std::fflush(stdout);
+  const int64_t vocab = model.config().vocab_size;
+  auto make_seqs = [&](int n) {
+    std::vector<Seq> s(n);
+    for (int i = 0; i < n; ++i)
+      for (int64_t b = 0; b < blocks_per_seq; ++b) s[i].table.push_back(static_cast<int32_t>(i * blocks_per_seq + b));
+    return s;
+  };
+  auto input = [](Seq& s, std::span<const int32_t> toks) {
+    SequenceInput in;
+    in.tokens = toks;
+    in.start_pos = s.pos;
+    in.block_tables[0] = s.table;
+    in.block_tables[1] = s.table;
+    return in;
+  };
+  ForwardOutput out;
+  std::vector<int32_t> prompt(pp);
+  for (int i = 0; i < pp; ++i) prompt[i] = static_cast<int32_t>((i * 7919 + 13) % (vocab - 16));
+
+  // Warm-up: touches every weight page once.
+  {
+    auto s = make_seqs(1);
+    std::vector<int32_t> t = {1};
+    SequenceInput in = input(s[0], t);
+    (void)model.Forward({&in, 1}, &out);
+  }
+  for (int r = 0; r < reps; ++r) {
+    auto s = make_seqs(1);
+    SequenceInput in = input(s[0], prompt);
+    const double a = Now();
+    if (!model.Forward({&in, 1}, &out).ok()) return 1;
+    const double dt = Now() - a;
+    std::printf("{\"what\":\"pp%d\",\"rep\":%d,\"tokens_per_s\":%.2f}\n", pp, r, pp / dt);
+    std::fflush(stdout);
+  }
+  for (int r = 0; r < reps; ++r) {
+    auto s = make_seqs(1);
+    int32_t tok = 1;
+    const double a = Now();
+    for (int i = 0; i < tg; ++i) {
+      SequenceInput in = input(s[0], {&tok, 1});
+      if (!model.Forward({&in, 1}, &out).ok()) return 1;
+      s[0].pos++;
+      tok = static_cast<int32_t>(std::max_element(out.logits.begin(), out.logits.begin() + vocab) - out.logits.begin());
+    }
+    const double dt = Now() - a;
+    std::printf("{\"what\":\"tg%d\",\"rep\":%d,\"tokens_per_s\":%.2f}\n", tg, r, tg / dt);
+    std::fflush(stdout);
+  }
+  for (int b : batches) {
+    auto s = make_seqs(b);
+    std::vector<int32_t> toks(b);
+    for (int i = 0; i < b; ++i) toks[i] = 1 + i;
+    double best = 0;
+    for (int r = 0; r < reps; ++r) {
+      for (auto& q : s) q.pos = 0;
+      const double a = Now();
+      for (int step = 0; step < sweep_steps; ++step) {
+        std::vector<SequenceInput> batch;
+        for (int i = 0; i < b; ++i) batch.push_back(input(s[i], {&toks[i], 1}));
+        if (!model.Forward(batch, &out).ok()) return 1;
+        for (auto& q : s) q.pos++;
+      }
+      best = std::max(best, b * sweep_steps / (Now() - a));
+    }
+    std::printf("{\"what\":\"decode_batch\",\"batch\":%d,\"tokens_per_s\":%.2f}\n", b, best);
+    std::fflush(stdout);
+  }
+  const int64_t rss = PeakRssBytes();
+  std::printf("{\"what\":\"memory\",\"peak_rss_bytes\":%lld,\"ratio_to_weight_files\":%.3f}\n",
+              static_cast<long long>(rss), static_cast<double>(rss) / file_bytes);
+  return 0;
+}
+
+}  // namespace
+}  // namespace moeserve
+
+int main(int argc, char** argv) { return moeserve::Main(argc, argv); }
