@@ -11,6 +11,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "engine/cpu/kernels.h"
 
@@ -25,30 +26,45 @@ inline __m512 LoadBf16(const uint16_t* p, __mmask16 m) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
+template <typename W>
+inline __m512 LoadW(const W* w, int64_t i, __mmask16 m) {
+  if constexpr (sizeof(W) == 2) return LoadBf16(reinterpret_cast<const uint16_t*>(w) + i, m);
+  else return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(w) + i);
+}
+
+// NOTE: every loop over R and T is unrolled so the R x T accumulators stay in
+// registers; without the pragmas GCC 12 spills them to the stack.
 template <typename W, int R, int T>
 inline void DenseTile(const W* w, int64_t k, const float* x, int64_t ldx, int64_t o, float* y, int64_t ldy) {
   __m512 acc[R][T];
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
   const char* next = reinterpret_cast<const char*>(w + (o + R) * k);  // the following tile
-  for (int64_t i = 0; i < k; i += 16) {
-    if ((i * static_cast<int64_t>(sizeof(W))) % 64 == 0) {
-      for (int r = 0; r < R; ++r) _mm_prefetch(next + (r * k + i) * static_cast<int64_t>(sizeof(W)), _MM_HINT_T0);
-    }
-    const __mmask16 m = (k - i >= 16) ? 0xFFFF : static_cast<__mmask16>((1u << (k - i)) - 1);
+  auto step = [&](int64_t i, __mmask16 m) __attribute__((always_inline)) {
     __m512 xv[T];
+#pragma GCC unroll 8
     for (int t = 0; t < T; ++t) xv[t] = _mm512_maskz_loadu_ps(m, x + t * ldx + i);
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      __m512 wv;
-      if constexpr (sizeof(W) == 2) {
-        wv = LoadBf16(reinterpret_cast<const uint16_t*>(w) + (o + r) * k + i, m);
-      } else {
-        wv = _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(w) + (o + r) * k + i);
-      }
+      const __m512 wv = LoadW(w + (o + r) * k, i, m);
+#pragma GCC unroll 8
       for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
     }
+  };
+  const int64_t k16 = k & ~int64_t{15};
+  for (int64_t i = 0; i < k16; i += 16) {
+    if ((i * static_cast<int64_t>(sizeof(W))) % 64 == 0) {
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) _mm_prefetch(next + (r * k + i) * static_cast<int64_t>(sizeof(W)), _MM_HINT_T0);
+    }
+    step(i, 0xFFFF);
   }
+  if (k16 < k) step(k16, static_cast<__mmask16>((1u << (k - k16)) - 1));
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
     for (int t = 0; t < T; ++t) y[t * ldy + o + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
@@ -73,9 +89,35 @@ void Dense(const W* w, int64_t k, const float* x, int64_t ldx, int num_tokens, i
   for (; o < o_end; ++o) DenseRows<W, 1>(w, k, x, ldx, num_tokens, o, y, ldy);
 }
 
+// Batches of at least this many tokens decode each 4-row tile of weights once
+// into an f32 scratch tile (L1/L2 resident) and run the f32 kernel over all
+// tokens: the decode is then amortised over the batch instead of being redone
+// for every 4 tokens.
+constexpr int kPredecodeTokens = 8;
+
+float* ScratchTile(int64_t k) {
+  thread_local std::vector<float> tile;
+  if (static_cast<int64_t>(tile.size()) < kRows * k) tile.resize(kRows * k);
+  return tile.data();
+}
+
 void GemmBf16(const uint16_t* w, int64_t k, const float* x, int64_t ldx, int num_tokens, int64_t o_begin,
               int64_t o_end, float* y, int64_t ldy) {
-  Dense<uint16_t>(w, k, x, ldx, num_tokens, o_begin, o_end, y, ldy);
+  if (num_tokens < kPredecodeTokens) {
+    Dense<uint16_t>(w, k, x, ldx, num_tokens, o_begin, o_end, y, ldy);
+    return;
+  }
+  float* tile = ScratchTile(k);
+  int64_t o = o_begin;
+  for (; o + kRows <= o_end; o += kRows) {
+    const uint16_t* src = w + o * k;
+    for (int64_t i = 0; i < kRows * k; i += 16) {
+      const __mmask16 m = (kRows * k - i >= 16) ? 0xFFFF : static_cast<__mmask16>((1u << (kRows * k - i)) - 1);
+      _mm512_mask_storeu_ps(tile + i, m, LoadBf16(src + i, m));
+    }
+    DenseRows<float, kRows>(tile, k, x, ldx, num_tokens, 0, y + o, ldy);
+  }
+  for (; o < o_end; ++o) DenseRows<uint16_t, 1>(w, k, x, ldx, num_tokens, o, y, ldy);
 }
 
 void GemmF32(const float* w, int64_t k, const float* x, int64_t ldx, int num_tokens, int64_t o_begin,
@@ -97,7 +139,9 @@ template <int R, int T>
 inline void Mxfp4Tile(const uint8_t* blocks, const uint8_t* scales, int64_t groups, const float* x, int64_t ldx,
                       int64_t o, float* y, int64_t ldy) {
   __m512 acc[R][T];
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
   const char* next = reinterpret_cast<const char*>(blocks + (o + R) * groups * 16);  // the following tile
   for (int64_t g = 0; g < groups; ++g) {
@@ -107,23 +151,28 @@ inline void Mxfp4Tile(const uint8_t* blocks, const uint8_t* scales, int64_t grou
     }
     if (g % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(scales + (o + R) * groups + g * R), _MM_HINT_T0);
     __m512 xlo[T], xhi[T];
+#pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
       xlo[t] = _mm512_loadu_ps(x + t * ldx + g * 32);
       xhi[t] = _mm512_loadu_ps(x + t * ldx + g * 32 + 16);
     }
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const int64_t bi = (o + r) * groups + g;
       const __m512 tab = _mm512_load_ps(kTables.t[scales[bi]]);
       const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks + bi * 16)));
       const __m512 wlo = _mm512_permutexvar_ps(idx, tab);
       const __m512 whi = _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), tab);
+#pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
         acc[r][t] = _mm512_fmadd_ps(wlo, xlo[t], acc[r][t]);
         acc[r][t] = _mm512_fmadd_ps(whi, xhi[t], acc[r][t]);
       }
     }
   }
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
     for (int t = 0; t < T; ++t) y[t * ldy + o + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
@@ -144,6 +193,22 @@ void GemmMxfp4(const uint8_t* blocks, const uint8_t* scales, int64_t k, const fl
                int num_tokens, int64_t o_begin, int64_t o_end, float* y, int64_t ldy) {
   const int64_t groups = k / 32;
   int64_t o = o_begin;
+  if (num_tokens >= kPredecodeTokens) {
+    // Decoded tile rows keep the permuted column order of x_perm.
+    float* tile = ScratchTile(k);
+    for (; o + kRows <= o_end; o += kRows) {
+      for (int r = 0; r < kRows; ++r) {
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t bi = (o + r) * groups + g;
+          const __m512 tab = _mm512_load_ps(kTables.t[scales[bi]]);
+          const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks + bi * 16)));
+          _mm512_storeu_ps(tile + r * k + g * 32, _mm512_permutexvar_ps(idx, tab));
+          _mm512_storeu_ps(tile + r * k + g * 32 + 16, _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), tab));
+        }
+      }
+      DenseRows<float, kRows>(tile, k, x_perm, ldx, num_tokens, 0, y + o, ldy);
+    }
+  }
   for (; o + kRows <= o_end; o += kRows) Mxfp4Rows<kRows>(blocks, scales, groups, x_perm, ldx, num_tokens, o, y, ldy);
   for (; o < o_end; ++o) Mxfp4Rows<1>(blocks, scales, groups, x_perm, ldx, num_tokens, o, y, ldy);
 }
