@@ -110,6 +110,15 @@ int Main(int argc, char** argv) {
     SequenceInput in = input(s[0], t);
     (void)model.Forward({&in, 1}, &out);
   }
+  auto print_phases = [&](const char* what, const int64_t* before, double tokens) {
+    std::printf("{\"what\":\"%s\"", what);
+    for (int p = 0; p < Model::kNumPhases; ++p) {
+      std::printf(",\"%s\":%.2f", Model::PhaseName(p), (model.phase_ns()[p] - before[p]) / 1e6 / tokens);
+    }
+    std::printf("}\n");
+  };
+  int64_t before[Model::kNumPhases];
+  std::copy(model.phase_ns(), model.phase_ns() + Model::kNumPhases, before);
   for (int r = 0; r < reps; ++r) {
     auto s = make_seqs(1);
     SequenceInput in = input(s[0], prompt);
@@ -119,6 +128,8 @@ int Main(int argc, char** argv) {
     std::printf("{\"what\":\"pp%d\",\"rep\":%d,\"tokens_per_s\":%.2f}\n", pp, r, pp / dt);
     std::fflush(stdout);
   }
+  print_phases("pp_phase_ms_per_token", before, static_cast<double>(reps) * pp);
+  std::copy(model.phase_ns(), model.phase_ns() + Model::kNumPhases, before);
   for (int r = 0; r < reps; ++r) {
     auto s = make_seqs(1);
     int32_t tok = 1;
@@ -133,6 +144,7 @@ int Main(int argc, char** argv) {
     std::printf("{\"what\":\"tg%d\",\"rep\":%d,\"tokens_per_s\":%.2f}\n", tg, r, tg / dt);
     std::fflush(stdout);
   }
+  print_phases("tg_phase_ms_per_token", before, static_cast<double>(reps) * tg);
   for (int b : batches) {
     auto s = make_seqs(b);
     std::vector<int32_t> toks(b);

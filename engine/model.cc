@@ -8,6 +8,7 @@
 #include "engine/model.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 
@@ -29,6 +30,18 @@ Model::Model(std::unique_ptr<ModelWeights> weights, const ModelOptions& options)
   mscale_ = c.RopeMscale();
   expert_counts_.assign(c.num_hidden_layers * c.num_local_experts, 0);
 }
+
+const char* Model::PhaseName(int p) {
+  static const char* kNames[] = {"embed", "qkv", "attention", "out", "router", "experts", "lm_head"};
+  return kNames[p];
+}
+
+namespace {
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
 
 absl::Status Model::Validate(std::span<const SequenceInput> batch) const {
   const ModelConfig& c = config();
@@ -156,8 +169,10 @@ void Model::Moe(const LayerWeights& lw, int64_t layer, const float* h, int num_r
   const int ne = static_cast<int>(c.num_local_experts), k = static_cast<int>(c.num_experts_per_tok);
   const bool mxfp4 = lw.gate_up.mxfp4;
 
+  // The router is tiny (E x H): one thread, no synchronisation.
   std::vector<float> router(static_cast<size_t>(num_rows) * ne);
-  Linear(pool_, lw.router, lw.router_bias.data(), h, hs, num_rows, router.data(), ne);
+  const int64_t t_router = NowNs();
+  cpu::LinearRows(lw.router, lw.router_bias.data(), h, hs, num_rows, 0, lw.router.rows, router.data(), ne);
 
   // Group (row, weight) pairs by expert.
   std::vector<std::vector<std::pair<int, float>>> by_expert(ne);
@@ -170,6 +185,8 @@ void Model::Moe(const LayerWeights& lw, int64_t layer, const float* h, int num_r
       ++expert_counts_[layer * ne + idx[s]];
     }
   }
+  phase_ns_[kRouter] += NowNs() - t_router;
+  phase_ns_[kExperts] -= NowNs() - t_router;  // counted by the caller's lap as experts
   struct Active {
     int expert;
     int offset;  // first row in the gathered buffers
@@ -194,7 +211,7 @@ void Model::Moe(const LayerWeights& lw, int64_t layer, const float* h, int num_r
   }
   // Runs `m` for every active expert, split into row chunks, in one parallel region.
   auto run_experts = [&](const ExpertMatrix& m, const float* in, int64_t ld_in, float* outp, int64_t ld_out) {
-    constexpr int64_t kChunk = 64;
+    constexpr int64_t kChunk = 128;
     const int64_t chunks = (m.rows + kChunk - 1) / kChunk;
     pool_.Run(static_cast<int>(active.size() * chunks), [&](int task) {
       const Active& a = active[task / chunks];
@@ -256,6 +273,12 @@ absl::Status Model::Forward(std::span<const SequenceInput> batch, ForwardOutput*
   }
   const int n = static_cast<int>(row_seq.size());
 
+  int64_t t_mark = NowNs();
+  auto lap = [&](Phase p) {
+    const int64_t t = NowNs();
+    phase_ns_[p] += t - t_mark;
+    t_mark = t;
+  };
   // Embedding.
   std::vector<float> x(static_cast<size_t>(n) * hs);
   {
@@ -297,10 +320,13 @@ absl::Status Model::Forward(std::span<const SequenceInput> batch, ForwardOutput*
       v(static_cast<size_t>(n) * kvd), attn(static_cast<size_t>(n) * qd), o(static_cast<size_t>(n) * hs);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& lw = w.layers[l];
+    lap(kEmbed);
     for (int r = 0; r < n; ++r) cpu::RmsNorm(&x[r * hs], lw.attn_norm.data(), hs, eps, &h[r * hs]);
-    Linear(pool_, lw.q, lw.q_bias.data(), h.data(), hs, n, q.data(), qd);
-    Linear(pool_, lw.k, lw.k_bias.data(), h.data(), hs, n, k.data(), kvd);
-    Linear(pool_, lw.v, lw.v_bias.data(), h.data(), hs, n, v.data(), kvd);
+    cpu::LinearMany(pool_, {{&lw.q, lw.q_bias.data(), q.data(), qd},
+                            {&lw.k, lw.k_bias.data(), k.data(), kvd},
+                            {&lw.v, lw.v_bias.data(), v.data(), kvd}},
+                    h.data(), hs, n);
+    lap(kQkv);
     const int g = kv_.group_of_layer(l);
     for (int r = 0; r < n; ++r) {
       cpu::ApplyRope(&q[r * qd], static_cast<int>(c.num_attention_heads), static_cast<int>(hd), &cosv[r * half],
@@ -322,11 +348,14 @@ absl::Status Model::Forward(std::span<const SequenceInput> batch, ForwardOutput*
       }
     }
     Attention(l, batch, row_seq, row_pos, q.data(), attn.data());
+    lap(kAttention);
     Linear(pool_, lw.o, lw.o_bias.data(), attn.data(), qd, n, o.data(), hs);
     for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
+    lap(kOut);
 
     for (int r = 0; r < n; ++r) cpu::RmsNorm(&x[r * hs], lw.mlp_norm.data(), hs, eps, &h[r * hs]);
     Moe(lw, l, h.data(), n, x.data());
+    lap(kExperts);
   }
 
   // Final norm and lm_head for the rows that return logits.
@@ -349,6 +378,7 @@ absl::Status Model::Forward(std::span<const SequenceInput> batch, ForwardOutput*
   }
   out->logits.resize(static_cast<size_t>(rows) * c.vocab_size);
   Linear(pool_, w.lm_head, nullptr, xf.data(), hs, rows, out->logits.data(), c.vocab_size);
+  lap(kLmHead);
   return absl::OkStatus();
 }
 

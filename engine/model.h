@@ -63,6 +63,11 @@ class Model {
   // Expert selections counted per [layer][expert] since construction.
   const std::vector<int64_t>& expert_counts() const { return expert_counts_; }
 
+  // Wall time spent per phase of Forward since construction, in nanoseconds.
+  enum Phase { kEmbed, kQkv, kAttention, kOut, kRouter, kExperts, kLmHead, kNumPhases };
+  static const char* PhaseName(int p);
+  const int64_t* phase_ns() const { return phase_ns_; }
+
  private:
   absl::Status Validate(std::span<const SequenceInput> batch) const;
   void Attention(int64_t layer, std::span<const SequenceInput> batch, const std::vector<int>& row_seq,
@@ -76,6 +81,7 @@ class Model {
   std::vector<float> inv_freq_;
   float mscale_;
   std::vector<int64_t> expert_counts_;
+  int64_t phase_ns_[kNumPhases] = {};
 };
 
 }  // namespace moeserve

@@ -101,6 +101,59 @@ float* ScratchTile(int64_t k) {
   return tile.data();
 }
 
+// y[t, o + r] = tile[r, :] . x[t, :] for an f32 tile of kRows rows, all tokens.
+// The k dimension is walked in blocks of kBlock so the tile block (16 KiB)
+// stays in L1 while every token tile reuses it; partial sums live in a small
+// vector buffer between blocks and are reduced once at the end.
+constexpr int64_t kBlock = 512;
+
+template <int T>
+inline void TileBlock(const float* tile, int64_t k, int64_t kb, int64_t ke, const float* x, int64_t ldx,
+                      __m512* part) {
+  __m512 acc[kRows][T];
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) acc[r][t] = kb == 0 ? _mm512_setzero_ps() : part[t * kRows + r];
+  for (int64_t i = kb; i < ke; i += 16) {
+    const __mmask16 m = (ke - i >= 16) ? 0xFFFF : static_cast<__mmask16>((1u << (ke - i)) - 1);
+    __m512 xv[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) xv[t] = _mm512_maskz_loadu_ps(m, x + t * ldx + i);
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) {
+      const __m512 wv = _mm512_maskz_loadu_ps(m, tile + r * k + i);
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) part[t * kRows + r] = acc[r][t];
+}
+
+void TileGemm(const float* tile, int64_t k, const float* x, int64_t ldx, int num_tokens, float* y, int64_t ldy) {
+  thread_local std::vector<__m512> part;
+  if (static_cast<int>(part.size()) < num_tokens * kRows) part.resize(num_tokens * kRows);
+  for (int64_t kb = 0; kb < k; kb += kBlock) {
+    const int64_t ke = std::min(k, kb + kBlock);
+    constexpr int kTileTok = kTok;
+    int t = 0;
+    for (; t + kTileTok <= num_tokens; t += kTileTok) {
+      TileBlock<kTileTok>(tile, k, kb, ke, x + t * ldx, ldx, &part[t * kRows]);
+    }
+    switch (num_tokens - t) {
+      case 3: TileBlock<3>(tile, k, kb, ke, x + t * ldx, ldx, &part[t * kRows]); break;
+      case 2: TileBlock<2>(tile, k, kb, ke, x + t * ldx, ldx, &part[t * kRows]); break;
+      case 1: TileBlock<1>(tile, k, kb, ke, x + t * ldx, ldx, &part[t * kRows]); break;
+      default: break;
+    }
+  }
+  for (int t = 0; t < num_tokens; ++t)
+    for (int r = 0; r < kRows; ++r) y[t * ldy + r] = _mm512_reduce_add_ps(part[t * kRows + r]);
+}
+
 void GemmBf16(const uint16_t* w, int64_t k, const float* x, int64_t ldx, int num_tokens, int64_t o_begin,
               int64_t o_end, float* y, int64_t ldy) {
   if (num_tokens < kPredecodeTokens) {
@@ -115,7 +168,7 @@ void GemmBf16(const uint16_t* w, int64_t k, const float* x, int64_t ldx, int num
       const __mmask16 m = (kRows * k - i >= 16) ? 0xFFFF : static_cast<__mmask16>((1u << (kRows * k - i)) - 1);
       _mm512_mask_storeu_ps(tile + i, m, LoadBf16(src + i, m));
     }
-    DenseRows<float, kRows>(tile, k, x, ldx, num_tokens, 0, y + o, ldy);
+    TileGemm(tile, k, x, ldx, num_tokens, y + o, ldy);
   }
   for (; o < o_end; ++o) DenseRows<uint16_t, 1>(w, k, x, ldx, num_tokens, o, y, ldy);
 }
@@ -143,13 +196,18 @@ inline void Mxfp4Tile(const uint8_t* blocks, const uint8_t* scales, int64_t grou
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  const char* next = reinterpret_cast<const char*>(blocks + (o + R) * groups * 16);  // the following tile
-  for (int64_t g = 0; g < groups; ++g) {
+  // Rows of a tile are consecutive: row r's blocks start r * groups * 16 bytes in.
+  const uint8_t* b = blocks + o * groups * 16;
+  const uint8_t* s = scales + o * groups;
+  const int64_t row_bytes = groups * 16;
+  const char* next = reinterpret_cast<const char*>(b + R * row_bytes);  // the following tile
+  const char* next_scales = reinterpret_cast<const char*>(s + R * groups);
+  const float* table = &kTables.t[0][0];
+  for (int64_t g = 0; g < groups; ++g, b += 16, ++s) {
     // This tile reads R * 16 bytes per group step; prefetch as much of the next.
-    if ((g * R * 16) % 64 == 0 || R * 16 >= 64) {
-      for (int r = 0; r < R * 16; r += 64) _mm_prefetch(next + g * R * 16 + r, _MM_HINT_T0);
-    }
-    if (g % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(scales + (o + R) * groups + g * R), _MM_HINT_T0);
+#pragma GCC unroll 8
+    for (int r = 0; r < R * 16; r += 64) _mm_prefetch(next + g * R * 16 + r, _MM_HINT_T0);
+    if (g % 16 == 0) _mm_prefetch(next_scales + g * R, _MM_HINT_T0);
     __m512 xlo[T], xhi[T];
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
@@ -158,9 +216,8 @@ inline void Mxfp4Tile(const uint8_t* blocks, const uint8_t* scales, int64_t grou
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const int64_t bi = (o + r) * groups + g;
-      const __m512 tab = _mm512_load_ps(kTables.t[scales[bi]]);
-      const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks + bi * 16)));
+      const __m512 tab = _mm512_load_ps(table + 16 * s[r * groups]);
+      const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + r * row_bytes)));
       const __m512 wlo = _mm512_permutexvar_ps(idx, tab);
       const __m512 whi = _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), tab);
 #pragma GCC unroll 8
@@ -206,7 +263,7 @@ void GemmMxfp4(const uint8_t* blocks, const uint8_t* scales, int64_t k, const fl
           _mm512_storeu_ps(tile + r * k + g * 32 + 16, _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), tab));
         }
       }
-      DenseRows<float, kRows>(tile, k, x_perm, ldx, num_tokens, 0, y + o, ldy);
+      TileGemm(tile, k, x_perm, ldx, num_tokens, y + o, ldy);
     }
   }
   for (; o + kRows <= o_end; o += kRows) Mxfp4Rows<kRows>(blocks, scales, groups, x_perm, ldx, num_tokens, o, y, ldy);

@@ -14,19 +14,38 @@ void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* y) {
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] * r * w[i];
 }
 
+void LinearRows(const Matrix& w, const float* bias, const float* x, int64_t ldx, int num_tokens, int64_t o_begin,
+                int64_t o_end, float* y, int64_t ldy) {
+  const Kernels& k = ActiveKernels();
+  if (w.dtype == DType::kBF16) {
+    k.gemm_bf16(static_cast<const uint16_t*>(w.data), w.cols, x, ldx, num_tokens, o_begin, o_end, y, ldy);
+  } else {
+    k.gemm_f32(static_cast<const float*>(w.data), w.cols, x, ldx, num_tokens, o_begin, o_end, y, ldy);
+  }
+  if (bias) {
+    for (int t = 0; t < num_tokens; ++t)
+      for (int64_t o = o_begin; o < o_end; ++o) y[t * ldy + o] += bias[o];
+  }
+}
+
 void Linear(ThreadPool& pool, const Matrix& w, const float* bias, const float* x, int64_t ldx, int num_tokens,
             float* y, int64_t ldy) {
-  const Kernels& k = ActiveKernels();
   // Grain of 16 rows keeps the 4-row register blocking and enough chunks to balance.
-  pool.ParallelFor(w.rows, 16, [&](int64_t b, int64_t e) {
-    if (w.dtype == DType::kBF16) {
-      k.gemm_bf16(static_cast<const uint16_t*>(w.data), w.cols, x, ldx, num_tokens, b, e, y, ldy);
-    } else {
-      k.gemm_f32(static_cast<const float*>(w.data), w.cols, x, ldx, num_tokens, b, e, y, ldy);
-    }
-    if (bias) {
-      for (int t = 0; t < num_tokens; ++t)
-        for (int64_t o = b; o < e; ++o) y[t * ldy + o] += bias[o];
+  pool.ParallelFor(w.rows, 16, [&](int64_t b, int64_t e) { LinearRows(w, bias, x, ldx, num_tokens, b, e, y, ldy); });
+}
+
+void LinearMany(ThreadPool& pool, std::initializer_list<LinearOut> outs, const float* x, int64_t ldx,
+                int num_tokens) {
+  // One row space over all outputs: [0, rows_0) [rows_0, rows_0 + rows_1) ...
+  std::vector<LinearOut> v(outs);
+  int64_t total = 0;
+  for (const LinearOut& o : v) total += o.w->rows;
+  pool.ParallelFor(total, 16, [&](int64_t b, int64_t e) {
+    int64_t base = 0;
+    for (const LinearOut& o : v) {
+      const int64_t lo = std::max(b, base), hi = std::min(e, base + o.w->rows);
+      if (lo < hi) LinearRows(*o.w, o.bias, x, ldx, num_tokens, lo - base, hi - base, o.y, o.ldy);
+      base += o.w->rows;
     }
   });
 }

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 #include "engine/thread_pool.h"
@@ -19,6 +20,19 @@ void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* y);
 // y[t] = W x[t] + bias (bias may be null)    x: [num_tokens, ldx]  y: [num_tokens, ldy]
 void Linear(ThreadPool& pool, const Matrix& w, const float* bias, const float* x, int64_t ldx, int num_tokens,
             float* y, int64_t ldy);
+
+// Rows [o_begin, o_end) of Linear on the calling thread.
+void LinearRows(const Matrix& w, const float* bias, const float* x, int64_t ldx, int num_tokens, int64_t o_begin,
+                int64_t o_end, float* y, int64_t ldy);
+
+// Several Linear ops on the same input in one parallel region (q, k and v).
+struct LinearOut {
+  const Matrix* w;
+  const float* bias;
+  float* y;     // [num_tokens, ldy]
+  int64_t ldy;
+};
+void LinearMany(ThreadPool& pool, std::initializer_list<LinearOut> outs, const float* x, int64_t ldx, int num_tokens);
 
 // cos/sin of one position for every rotary pair, scaled by `mscale`.  cos, sin: [head_dim/2]
 void RopeCosSin(int64_t pos, const std::vector<float>& inv_freq, float mscale, float* cos, float* sin);
