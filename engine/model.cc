@@ -80,60 +80,6 @@ absl::Status Model::Validate(std::span<const SequenceInput> batch) const {
   return absl::OkStatus();
 }
 
-namespace {
-
-// Scores, sink-softmax and weighted values for one query row and one KV head
-// (all query heads of its GQA group at once).
-//   q: [group, head_dim] (RoPE applied)   out: [group, head_dim]
-template <typename KvT>
-void AttendOne(KvCache& kv, int64_t layer, std::span<const int32_t> table, int64_t first, int64_t last, int kv_head,
-               int head_dim, int group, const float* q, const float* sinks, float scale, float* out,
-               std::vector<float>& scores) {
-  const int bs = kv.block_size();
-  const int64_t n = last - first + 1;
-  scores.resize(static_cast<size_t>(group) * n);
-  std::vector<float> krow(head_dim);
-  for (int64_t j = first; j <= last; ++j) {
-    const KvT* k = static_cast<const KvT*>(kv.Row(layer, false, table[j / bs], j % bs)) + kv_head * head_dim;
-    for (int d = 0; d < head_dim; ++d) {
-      if constexpr (sizeof(KvT) == 2) krow[d] = Bf16ToF32(k[d]);
-      else krow[d] = k[d];
-    }
-    for (int h = 0; h < group; ++h) {
-      const float* qh = q + h * head_dim;
-      float dot = 0.0f;
-      for (int d = 0; d < head_dim; ++d) dot += qh[d] * krow[d];
-      scores[h * n + (j - first)] = dot * scale;
-    }
-  }
-  std::vector<float> denom(group);
-  for (int h = 0; h < group; ++h) {
-    float* sc = scores.data() + h * n;
-    float m = sinks[h];
-    for (int64_t j = 0; j < n; ++j) m = std::max(m, sc[j]);
-    float sum = std::exp(sinks[h] - m);
-    for (int64_t j = 0; j < n; ++j) sum += sc[j] = std::exp(sc[j] - m);
-    denom[h] = 1.0f / sum;
-  }
-  std::fill(out, out + group * head_dim, 0.0f);
-  for (int64_t j = first; j <= last; ++j) {
-    const KvT* v = static_cast<const KvT*>(kv.Row(layer, true, table[j / bs], j % bs)) + kv_head * head_dim;
-    for (int d = 0; d < head_dim; ++d) {
-      if constexpr (sizeof(KvT) == 2) krow[d] = Bf16ToF32(v[d]);
-      else krow[d] = v[d];
-    }
-    for (int h = 0; h < group; ++h) {
-      const float w = scores[h * n + (j - first)];
-      float* o = out + h * head_dim;
-      for (int d = 0; d < head_dim; ++d) o[d] += w * krow[d];
-    }
-  }
-  for (int h = 0; h < group; ++h)
-    for (int d = 0; d < head_dim; ++d) out[h * head_dim + d] *= denom[h];
-}
-
-}  // namespace
-
 void Model::Attention(int64_t layer, std::span<const SequenceInput> batch, const std::vector<int>& row_seq,
                       const std::vector<int64_t>& row_pos, const float* q, float* out) {
   const ModelConfig& c = config();
@@ -143,23 +89,32 @@ void Model::Attention(int64_t layer, std::span<const SequenceInput> batch, const
   const bool sliding = c.is_sliding(layer);
   const int cache_group = kv_.group_of_layer(layer);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const int bs = kv_.block_size();
   const float* sinks = weights_->layers[layer].sinks.data();
   const int64_t num_rows = static_cast<int64_t>(row_seq.size());
   const int64_t qd = c.q_dim();
+  const size_t elt = kv_.f32() ? 4 : 2;
+  const cpu::Kernels& kern = cpu::ActiveKernels();
   pool_.Run(static_cast<int>(num_rows * kvh), [&](int task) {
     thread_local std::vector<float> scores;
+    thread_local std::vector<const void*> k_rows, v_rows;
     const int64_t r = task / kvh;
     const int g = task % kvh;
     const int64_t p = row_pos[r];
     const int64_t first = sliding ? std::max<int64_t>(0, p - c.sliding_window + 1) : 0;
+    const int64_t n = p - first + 1;
     const auto table = batch[row_seq[r]].block_tables[cache_group];
-    const float* qr = q + r * qd + g * group * hd;
-    float* o = out + r * qd + g * group * hd;
-    if (kv_.f32()) {
-      AttendOne<float>(kv_, layer, table, first, p, g, hd, group, qr, sinks + g * group, scale, o, scores);
-    } else {
-      AttendOne<uint16_t>(kv_, layer, table, first, p, g, hd, group, qr, sinks + g * group, scale, o, scores);
+    k_rows.resize(n);
+    v_rows.resize(n);
+    scores.resize(static_cast<size_t>(n) * group + 16);
+    for (int64_t j = first; j <= p; ++j) {
+      const int32_t block = table[j / bs];
+      const int slot = static_cast<int>(j % bs);
+      k_rows[j - first] = static_cast<const char*>(kv_.Row(layer, false, block, slot)) + g * hd * elt;
+      v_rows[j - first] = static_cast<const char*>(kv_.Row(layer, true, block, slot)) + g * hd * elt;
     }
+    kern.attend(q + r * qd + g * group * hd, group, hd, k_rows.data(), v_rows.data(), n, !kv_.f32(),
+                sinks + g * group, scale, scores.data(), out + r * qd + g * group * hd);
   });
 }
 

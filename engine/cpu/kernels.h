@@ -29,6 +29,14 @@ struct Kernels {
   // activations must be permuted with PermuteForMxfp4 first. k % 32 == 0.
   void (*gemm_mxfp4)(const uint8_t* blocks, const uint8_t* scales, int64_t k, const float* x_perm,
                      int64_t ldx, int num_tokens, int64_t o_begin, int64_t o_end, float* y, int64_t ldy);
+  // Attention of one query row against n keys for the query heads of one KV
+  // head (spec §2.4): scores q.k * scale, softmax with a per-head sink logit
+  // that has no value, weighted sum of values.
+  //   q: [group, head_dim]; k_rows[j], v_rows[j]: that KV head's row of key j
+  //   (bf16 or f32); sinks: [group]; scratch: >= group * n floats;
+  //   out: [group, head_dim]
+  void (*attend)(const float* q, int group, int head_dim, const void* const* k_rows, const void* const* v_rows,
+                 int64_t n, bool bf16, const float* sinks, float scale, float* scratch, float* out);
 };
 
 const Kernels& ActiveKernels();
@@ -44,6 +52,10 @@ void PermuteForMxfp4(const float* x, float* x_perm, int64_t k);
 // The 16 E2M1 values and the 256 E8M0 scales, exactly as the spec defines them.
 extern const float kFp4Values[16];
 float E8m0ToFloat(uint8_t s);
+
+// The portable attention, shared by the variants without their own.
+void AttendGeneric(const float* q, int group, int head_dim, const void* const* k_rows, const void* const* v_rows,
+                   int64_t n, bool bf16, const float* sinks, float scale, float* scratch, float* out);
 
 // Variants (defined in their own translation units).
 extern const Kernels kGenericKernels;

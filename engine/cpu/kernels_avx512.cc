@@ -11,6 +11,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "engine/cpu/kernels.h"
@@ -270,8 +271,130 @@ void GemmMxfp4(const uint8_t* blocks, const uint8_t* scales, int64_t k, const fl
   for (; o < o_end; ++o) Mxfp4Rows<1>(blocks, scales, groups, x_perm, ldx, num_tokens, o, y, ldy);
 }
 
+
+// ---- attention -------------------------------------------------------------
+
+// exp(x) for x <= 0 (softmax arguments), relative error ~2 ulp: x = k ln2 + r,
+// |r| <= ln2/2, exp(r) by a degree-6 polynomial, 2^k through the exponent.
+inline __m512 Exp(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.3981999507e-3f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, k);
+}
+
+template <bool kBf16>
+inline __m512 LoadKv(const void* row, int c) {
+  if constexpr (kBf16) {
+    const __m256i h = _mm256_loadu_si256(static_cast<const __m256i*>(row) + c);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  } else {
+    return _mm512_loadu_ps(static_cast<const float*>(row) + c * 16);
+  }
+}
+
+// Sums of each of 8 vectors: [sum(v0), ..., sum(v7)].
+inline __m256 Reduce8(const __m512* v) {
+  __m256 s[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) s[i] = _mm256_add_ps(_mm512_castps512_ps256(v[i]), _mm512_extractf32x8_ps(v[i], 1));
+  const __m256 h01 = _mm256_hadd_ps(s[0], s[1]), h23 = _mm256_hadd_ps(s[2], s[3]);
+  const __m256 h45 = _mm256_hadd_ps(s[4], s[5]), h67 = _mm256_hadd_ps(s[6], s[7]);
+  const __m256 a = _mm256_hadd_ps(h01, h23), b = _mm256_hadd_ps(h45, h67);
+  return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+}
+
+// Query heads in groups of 8 (gpt-oss: 64 heads over 8 KV heads), head_dim = 16 * C.
+// scores are kept key-major, [n][8], so a key's 8 scores are one ymm.
+template <bool kBf16, int C>
+void Attend8(const float* q, const void* const* k_rows, const void* const* v_rows, int64_t n, const float* sinks,
+             float scale, float* scores, float* out) {
+  constexpr int kG = 8;
+  const __m256 vscale = _mm256_set1_ps(scale);
+  __m256 vmax = _mm256_loadu_ps(sinks);
+  for (int64_t j = 0; j < n; ++j) {
+    __m512 kc[C];
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) kc[c] = LoadKv<kBf16>(k_rows[j], c);
+    __m512 acc[kG];
+#pragma GCC unroll 8
+    for (int h = 0; h < kG; ++h) {
+      acc[h] = _mm512_mul_ps(_mm512_loadu_ps(q + h * 16 * C), kc[0]);
+#pragma GCC unroll 8
+      for (int c = 1; c < C; ++c) acc[h] = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * 16 * C + c * 16), kc[c], acc[h]);
+    }
+    const __m256 sc = _mm256_mul_ps(Reduce8(acc), vscale);
+    _mm256_storeu_ps(scores + j * kG, sc);
+    vmax = _mm256_max_ps(vmax, sc);
+  }
+  // exp(s - max) in place, two keys (16 lanes) at a time, and the per-head sums.
+  const __m512 vmax2 = _mm512_insertf32x8(_mm512_castps256_ps512(vmax), vmax, 1);
+  __m512 vsum2 = _mm512_setzero_ps();
+  int64_t j = 0;
+  for (; j + 2 <= n; j += 2) {
+    const __m512 e = Exp(_mm512_sub_ps(_mm512_loadu_ps(scores + j * kG), vmax2));
+    _mm512_storeu_ps(scores + j * kG, e);
+    vsum2 = _mm512_add_ps(vsum2, e);
+  }
+  __m256 vsum = _mm256_add_ps(_mm512_castps512_ps256(vsum2), _mm512_extractf32x8_ps(vsum2, 1));
+  if (j < n) {
+    const __m512 e = Exp(_mm512_sub_ps(_mm512_castps256_ps512(_mm256_loadu_ps(scores + j * kG)), vmax2));
+    _mm256_storeu_ps(scores + j * kG, _mm512_castps512_ps256(e));
+    vsum = _mm256_add_ps(vsum, _mm512_castps512_ps256(e));
+  }
+  // The sink adds exp(sink - max) to each head's denominator and nothing to its output.
+  alignas(32) float sink_e[kG], mx[kG];
+  _mm256_store_ps(mx, vmax);
+  for (int h = 0; h < kG; ++h) sink_e[h] = std::exp(sinks[h] - mx[h]);
+  const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(vsum, _mm256_load_ps(sink_e)));
+  alignas(32) float inv_s[kG];
+  _mm256_store_ps(inv_s, inv);
+  // Weighted values, four heads per pass so the accumulators stay in registers.
+  for (int h0 = 0; h0 < kG; h0 += 4) {
+    __m512 o[4][C];
+#pragma GCC unroll 8
+    for (int h = 0; h < 4; ++h)
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) o[h][c] = _mm512_setzero_ps();
+    for (int64_t jj = 0; jj < n; ++jj) {
+      __m512 vc[C];
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) vc[c] = LoadKv<kBf16>(v_rows[jj], c);
+#pragma GCC unroll 8
+      for (int h = 0; h < 4; ++h) {
+        const __m512 w = _mm512_set1_ps(scores[jj * kG + h0 + h]);
+#pragma GCC unroll 8
+        for (int c = 0; c < C; ++c) o[h][c] = _mm512_fmadd_ps(w, vc[c], o[h][c]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int h = 0; h < 4; ++h)
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c)
+        _mm512_storeu_ps(out + (h0 + h) * 16 * C + c * 16, _mm512_mul_ps(o[h][c], _mm512_set1_ps(inv_s[h0 + h])));
+  }
+}
+
+void Attend(const float* q, int group, int head_dim, const void* const* k_rows, const void* const* v_rows, int64_t n,
+            bool bf16, const float* sinks, float scale, float* scratch, float* out) {
+  if (group == 8 && head_dim == 64) {
+    if (bf16) Attend8<true, 4>(q, k_rows, v_rows, n, sinks, scale, scratch, out);
+    else Attend8<false, 4>(q, k_rows, v_rows, n, sinks, scale, scratch, out);
+  } else {
+    AttendGeneric(q, group, head_dim, k_rows, v_rows, n, bf16, sinks, scale, scratch, out);
+  }
+}
+
 }  // namespace
 
-const Kernels kAvx512Kernels = {"avx512", GemmBf16, GemmF32, GemmMxfp4};
+const Kernels kAvx512Kernels = {"avx512", GemmBf16, GemmF32, GemmMxfp4, Attend};
 
 }  // namespace moeserve::cpu

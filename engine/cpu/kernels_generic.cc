@@ -3,6 +3,9 @@
 #include "engine/cpu/kernels.h"
 #include "engine/dtype.h"
 
+#include <algorithm>
+#include <cmath>
+
 namespace moeserve::cpu {
 namespace {
 
@@ -66,8 +69,47 @@ void GemmMxfp4(const uint8_t* blocks, const uint8_t* scales, int64_t k, const fl
   }
 }
 
+template <typename KvT>
+inline float KvAt(const void* row, int d) {
+  if constexpr (sizeof(KvT) == 2) return Bf16ToF32(static_cast<const uint16_t*>(row)[d]);
+  else return static_cast<const float*>(row)[d];
+}
+
+template <typename KvT>
+void Attend(const float* q, int group, int hd, const void* const* k_rows, const void* const* v_rows, int64_t n,
+            const float* sinks, float scale, float* scores, float* out) {
+  for (int64_t j = 0; j < n; ++j) {
+    for (int h = 0; h < group; ++h) {
+      const float* qh = q + h * hd;
+      float dot = 0.0f;
+      for (int d = 0; d < hd; ++d) dot += qh[d] * KvAt<KvT>(k_rows[j], d);
+      scores[h * n + j] = dot * scale;
+    }
+  }
+  for (int h = 0; h < group; ++h) {
+    float* sc = scores + h * n;
+    float m = sinks[h];
+    for (int64_t j = 0; j < n; ++j) m = std::max(m, sc[j]);
+    float sum = std::exp(sinks[h] - m);
+    for (int64_t j = 0; j < n; ++j) sum += sc[j] = std::exp(sc[j] - m);
+    const float inv = 1.0f / sum;
+    float* o = out + h * hd;
+    std::fill(o, o + hd, 0.0f);
+    for (int64_t j = 0; j < n; ++j) {
+      const float w = sc[j] * inv;
+      for (int d = 0; d < hd; ++d) o[d] += w * KvAt<KvT>(v_rows[j], d);
+    }
+  }
+}
+
 }  // namespace
 
-const Kernels kGenericKernels = {"generic", GemmBf16, GemmF32, GemmMxfp4};
+void AttendGeneric(const float* q, int group, int head_dim, const void* const* k_rows, const void* const* v_rows,
+                   int64_t n, bool bf16, const float* sinks, float scale, float* scratch, float* out) {
+  if (bf16) Attend<uint16_t>(q, group, head_dim, k_rows, v_rows, n, sinks, scale, scratch, out);
+  else Attend<float>(q, group, head_dim, k_rows, v_rows, n, sinks, scale, scratch, out);
+}
+
+const Kernels kGenericKernels = {"generic", GemmBf16, GemmF32, GemmMxfp4, AttendGeneric};
 
 }  // namespace moeserve::cpu
