@@ -11,6 +11,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <new>
 #include <cmath>
 #include <vector>
 
@@ -20,6 +21,18 @@ namespace moeserve::cpu {
 namespace {
 
 constexpr int kRows = 4;
+
+// 64-byte aligned storage for scratch panels.
+template <typename T>
+struct AlignedAlloc {
+  using value_type = T;
+  AlignedAlloc() = default;
+  template <typename U>
+  AlignedAlloc(const AlignedAlloc<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{64})); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t{64}); }
+  bool operator==(const AlignedAlloc&) const { return true; }
+};
 constexpr int kTok = 4;
 
 inline __m512 LoadBf16(const uint16_t* p, __mmask16 m) {
@@ -90,93 +103,167 @@ void Dense(const W* w, int64_t k, const float* x, int64_t ldx, int num_tokens, i
   for (; o < o_end; ++o) DenseRows<W, 1>(w, k, x, ldx, num_tokens, o, y, ldy);
 }
 
-// Batches of at least this many tokens decode each 4-row tile of weights once
-// into an f32 scratch tile (L1/L2 resident) and run the f32 kernel over all
-// tokens: the decode is then amortised over the batch instead of being redone
-// for every 4 tokens.
-constexpr int kPredecodeTokens = 8;
+// ---- batched path: transposed weight panels ---------------------------------
+//
+// With at least kPanelMinTokens tokens the weights are decoded (bf16 or
+// MXFP4 -> f32) 32 rows at a time into a transposed panel, wt[i][32], that
+// lives in L2 for as long as every token uses it. The micro-kernel then holds
+// 12 tokens x 32 rows of outputs in 24 registers and per k step does two panel
+// loads, 12 broadcasts and 24 FMAs: FMA-bound, and the outputs are stored as
+// vectors with no horizontal sums. (The GEMV path keeps 16 partial sums per
+// output instead, so batched and single-token results may differ in the last
+// bits of f32.)
+constexpr int kPanelMinTokens = 8;
+constexpr int kPanel = 32;
+constexpr int kPanelTok = 12;
 
-float* ScratchTile(int64_t k) {
-  thread_local std::vector<float> tile;
-  if (static_cast<int64_t>(tile.size()) < kRows * k) tile.resize(kRows * k);
-  return tile.data();
+float* PanelScratch(int64_t k) {
+  thread_local std::vector<float, AlignedAlloc<float>> panel;
+  if (static_cast<int64_t>(panel.size()) < kPanel * k) panel.resize(kPanel * k);
+  return panel.data();
 }
 
-// y[t, o + r] = tile[r, :] . x[t, :] for an f32 tile of kRows rows, all tokens.
-// The k dimension is walked in blocks of kBlock so the tile block (16 KiB)
-// stays in L1 while every token tile reuses it; partial sums live in a small
-// vector buffer between blocks and are reduced once at the end.
-constexpr int64_t kBlock = 512;
+// In-place transpose of a 16 x 16 block held in 16 registers.
+inline void Transpose16(__m512 r[16]) {
+  __m512 t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+    r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
+  }
+}
+
+// Writes 16 rows x 16 columns (one vector per row, columns [i0, i0 + 16)) into
+// the panel at row offset r0.
+inline void PutTransposed(__m512 v[16], float* wt, int64_t i0, int r0) {
+  Transpose16(v);
+#pragma GCC unroll 16
+  for (int c = 0; c < 16; ++c) _mm512_store_ps(wt + (i0 + c) * kPanel + r0, v[c]);
+}
+
+// NOTE: sums run in blocks of kSumBlock steps whose partial results are added
+// to totals kept in memory: a plain running sum over k = 2880 loses ~1e-6 of
+// relative precision; blocking keeps it near the GEMV path's 16-lane sums.
+constexpr int64_t kSumBlock = 128;
 
 template <int T>
-inline void TileBlock(const float* tile, int64_t k, int64_t kb, int64_t ke, const float* x, int64_t ldx,
-                      __m512* part) {
-  __m512 acc[kRows][T];
-#pragma GCC unroll 8
-  for (int r = 0; r < kRows; ++r)
-#pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) acc[r][t] = kb == 0 ? _mm512_setzero_ps() : part[t * kRows + r];
-  for (int64_t i = kb; i < ke; i += 16) {
-    const __mmask16 m = (ke - i >= 16) ? 0xFFFF : static_cast<__mmask16>((1u << (ke - i)) - 1);
-    __m512 xv[T];
-#pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) xv[t] = _mm512_maskz_loadu_ps(m, x + t * ldx + i);
-#pragma GCC unroll 8
-    for (int r = 0; r < kRows; ++r) {
-      const __m512 wv = _mm512_maskz_loadu_ps(m, tile + r * k + i);
-#pragma GCC unroll 8
-      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+inline void PanelTile(const float* wt, int64_t k, const float* x, int64_t ldx, float* y, int64_t ldy, __mmask16 m0,
+                      __mmask16 m1) {
+  __m512 tot[2 * T];
+#pragma GCC unroll 16
+  for (int t = 0; t < 2 * T; ++t) tot[t] = _mm512_setzero_ps();
+  for (int64_t i0 = 0; i0 < k; i0 += kSumBlock) {
+    const int64_t i1 = std::min(k, i0 + kSumBlock);
+    __m512 a0[T], a1[T];
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) a0[t] = a1[t] = _mm512_setzero_ps();
+    for (int64_t i = i0; i < i1; ++i) {
+      const __m512 w0 = _mm512_load_ps(wt + i * kPanel), w1 = _mm512_load_ps(wt + i * kPanel + 16);
+#pragma GCC unroll 16
+      for (int t = 0; t < T; ++t) {
+        const __m512 xb = _mm512_set1_ps(x[t * ldx + i]);
+        a0[t] = _mm512_fmadd_ps(xb, w0, a0[t]);
+        a1[t] = _mm512_fmadd_ps(xb, w1, a1[t]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) {
+      tot[2 * t] = _mm512_add_ps(tot[2 * t], a0[t]);
+      tot[2 * t + 1] = _mm512_add_ps(tot[2 * t + 1], a1[t]);
     }
   }
-#pragma GCC unroll 8
-  for (int r = 0; r < kRows; ++r)
-#pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) part[t * kRows + r] = acc[r][t];
+#pragma GCC unroll 16
+  for (int t = 0; t < T; ++t) {
+    _mm512_mask_storeu_ps(y + t * ldy, m0, tot[2 * t]);
+    _mm512_mask_storeu_ps(y + t * ldy + 16, m1, tot[2 * t + 1]);
+  }
 }
 
-void TileGemm(const float* tile, int64_t k, const float* x, int64_t ldx, int num_tokens, float* y, int64_t ldy) {
-  thread_local std::vector<__m512> part;
-  if (static_cast<int>(part.size()) < num_tokens * kRows) part.resize(num_tokens * kRows);
-  for (int64_t kb = 0; kb < k; kb += kBlock) {
-    const int64_t ke = std::min(k, kb + kBlock);
-    constexpr int kTileTok = kTok;
-    int t = 0;
-    for (; t + kTileTok <= num_tokens; t += kTileTok) {
-      TileBlock<kTileTok>(tile, k, kb, ke, x + t * ldx, ldx, &part[t * kRows]);
-    }
-    switch (num_tokens - t) {
-      case 3: TileBlock<3>(tile, k, kb, ke, x + t * ldx, ldx, &part[t * kRows]); break;
-      case 2: TileBlock<2>(tile, k, kb, ke, x + t * ldx, ldx, &part[t * kRows]); break;
-      case 1: TileBlock<1>(tile, k, kb, ke, x + t * ldx, ldx, &part[t * kRows]); break;
-      default: break;
+// y[t, 0 .. rows) for every token from one panel.
+void PanelGemm(const float* wt, int64_t k, const float* x, int64_t ldx, int num_tokens, int rows, float* y,
+               int64_t ldy) {
+  const __mmask16 m0 = rows >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << rows) - 1);
+  const __mmask16 m1 = rows >= 32 ? 0xFFFF : rows <= 16 ? 0 : static_cast<__mmask16>((1u << (rows - 16)) - 1);
+  int t = 0;
+  for (; t + kPanelTok <= num_tokens; t += kPanelTok) PanelTile<kPanelTok>(wt, k, x + t * ldx, ldx, y + t * ldy, ldy, m0, m1);
+  const float* xr = x + t * ldx;
+  float* yr = y + t * ldy;
+  switch (num_tokens - t) {
+    case 11: PanelTile<11>(wt, k, xr, ldx, yr, ldy, m0, m1); break;
+    case 10: PanelTile<10>(wt, k, xr, ldx, yr, ldy, m0, m1); break;
+    case 9: PanelTile<9>(wt, k, xr, ldx, yr, ldy, m0, m1); break;
+    case 8: PanelTile<8>(wt, k, xr, ldx, yr, ldy, m0, m1); break;
+    case 7: PanelTile<7>(wt, k, xr, ldx, yr, ldy, m0, m1); break;
+    case 6: PanelTile<6>(wt, k, xr, ldx, yr, ldy, m0, m1); break;
+    case 5: PanelTile<5>(wt, k, xr, ldx, yr, ldy, m0, m1); break;
+    case 4: PanelTile<4>(wt, k, xr, ldx, yr, ldy, m0, m1); break;
+    case 3: PanelTile<3>(wt, k, xr, ldx, yr, ldy, m0, m1); break;
+    case 2: PanelTile<2>(wt, k, xr, ldx, yr, ldy, m0, m1); break;
+    case 1: PanelTile<1>(wt, k, xr, ldx, yr, ldy, m0, m1); break;
+    default: break;
+  }
+}
+
+// Dense weights (bf16 or f32) rows [o, o + rows) -> transposed panel. Rows
+// past `rows` and columns past k (up to a multiple of 16) are zero.
+template <typename W>
+void DensePanel(const W* w, int64_t k, int64_t o, int rows, float* wt) {
+  for (int64_t i0 = 0; i0 < k; i0 += 16) {
+    const __mmask16 m = (k - i0 >= 16) ? 0xFFFF : static_cast<__mmask16>((1u << (k - i0)) - 1);
+    for (int r0 = 0; r0 < kPanel; r0 += 16) {
+      __m512 v[16];
+#pragma GCC unroll 16
+      for (int r = 0; r < 16; ++r) {
+        v[r] = r0 + r < rows ? LoadW(w + (o + r0 + r) * k, i0, m) : _mm512_setzero_ps();
+      }
+      Transpose16(v);
+      for (int c = 0; c < 16 && i0 + c < k; ++c) _mm512_store_ps(wt + (i0 + c) * kPanel + r0, v[c]);
     }
   }
-  for (int t = 0; t < num_tokens; ++t)
-    for (int r = 0; r < kRows; ++r) y[t * ldy + r] = _mm512_reduce_add_ps(part[t * kRows + r]);
+}
+
+template <typename W>
+void DenseBatched(const W* w, int64_t k, const float* x, int64_t ldx, int num_tokens, int64_t o_begin, int64_t o_end,
+                  float* y, int64_t ldy) {
+  float* wt = PanelScratch(k + 16);
+  for (int64_t o = o_begin; o < o_end; o += kPanel) {
+    const int rows = static_cast<int>(std::min<int64_t>(kPanel, o_end - o));
+    DensePanel(w, k, o, rows, wt);
+    PanelGemm(wt, k, x, ldx, num_tokens, rows, y + o, ldy);
+  }
 }
 
 void GemmBf16(const uint16_t* w, int64_t k, const float* x, int64_t ldx, int num_tokens, int64_t o_begin,
               int64_t o_end, float* y, int64_t ldy) {
-  if (num_tokens < kPredecodeTokens) {
-    Dense<uint16_t>(w, k, x, ldx, num_tokens, o_begin, o_end, y, ldy);
-    return;
-  }
-  float* tile = ScratchTile(k);
-  int64_t o = o_begin;
-  for (; o + kRows <= o_end; o += kRows) {
-    const uint16_t* src = w + o * k;
-    for (int64_t i = 0; i < kRows * k; i += 16) {
-      const __mmask16 m = (kRows * k - i >= 16) ? 0xFFFF : static_cast<__mmask16>((1u << (kRows * k - i)) - 1);
-      _mm512_mask_storeu_ps(tile + i, m, LoadBf16(src + i, m));
-    }
-    TileGemm(tile, k, x, ldx, num_tokens, y + o, ldy);
-  }
-  for (; o < o_end; ++o) DenseRows<uint16_t, 1>(w, k, x, ldx, num_tokens, o, y, ldy);
+  if (num_tokens >= kPanelMinTokens) DenseBatched(w, k, x, ldx, num_tokens, o_begin, o_end, y, ldy);
+  else Dense<uint16_t>(w, k, x, ldx, num_tokens, o_begin, o_end, y, ldy);
 }
 
 void GemmF32(const float* w, int64_t k, const float* x, int64_t ldx, int num_tokens, int64_t o_begin,
              int64_t o_end, float* y, int64_t ldy) {
-  Dense<float>(w, k, x, ldx, num_tokens, o_begin, o_end, y, ldy);
+  if (num_tokens >= kPanelMinTokens) DenseBatched(w, k, x, ldx, num_tokens, o_begin, o_end, y, ldy);
+  else Dense<float>(w, k, x, ldx, num_tokens, o_begin, o_end, y, ldy);
 }
 
 // E2M1 values times each of the 256 E8M0 scales.
@@ -251,21 +338,34 @@ void GemmMxfp4(const uint8_t* blocks, const uint8_t* scales, int64_t k, const fl
                int num_tokens, int64_t o_begin, int64_t o_end, float* y, int64_t ldy) {
   const int64_t groups = k / 32;
   int64_t o = o_begin;
-  if (num_tokens >= kPredecodeTokens) {
-    // Decoded tile rows keep the permuted column order of x_perm.
-    float* tile = ScratchTile(k);
-    for (; o + kRows <= o_end; o += kRows) {
-      for (int r = 0; r < kRows; ++r) {
-        for (int64_t g = 0; g < groups; ++g) {
-          const int64_t bi = (o + r) * groups + g;
-          const __m512 tab = _mm512_load_ps(kTables.t[scales[bi]]);
-          const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks + bi * 16)));
-          _mm512_storeu_ps(tile + r * k + g * 32, _mm512_permutexvar_ps(idx, tab));
-          _mm512_storeu_ps(tile + r * k + g * 32 + 16, _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), tab));
+  if (num_tokens >= kPanelMinTokens) {
+    // Panel columns follow x_perm's order: per group, even columns then odd.
+    float* wt = PanelScratch(k);
+    for (; o < o_end; o += kPanel) {
+      const int rows = static_cast<int>(std::min<int64_t>(kPanel, o_end - o));
+      for (int64_t g = 0; g < groups; ++g) {
+        for (int r0 = 0; r0 < kPanel; r0 += 16) {
+          __m512 lo[16], hi[16];
+#pragma GCC unroll 16
+          for (int r = 0; r < 16; ++r) {
+            if (r0 + r < rows) {
+              const int64_t bi = (o + r0 + r) * groups + g;
+              const __m512 tab = _mm512_load_ps(kTables.t[scales[bi]]);
+              const __m512i idx =
+                  _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks + bi * 16)));
+              lo[r] = _mm512_permutexvar_ps(idx, tab);
+              hi[r] = _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), tab);
+            } else {
+              lo[r] = hi[r] = _mm512_setzero_ps();
+            }
+          }
+          PutTransposed(lo, wt, g * 32, r0);
+          PutTransposed(hi, wt, g * 32 + 16, r0);
         }
       }
-      TileGemm(tile, k, x_perm, ldx, num_tokens, y + o, ldy);
+      PanelGemm(wt, k, x_perm, ldx, num_tokens, rows, y + o, ldy);
     }
+    return;
   }
   for (; o + kRows <= o_end; o += kRows) Mxfp4Rows<kRows>(blocks, scales, groups, x_perm, ldx, num_tokens, o, y, ldy);
   for (; o < o_end; ++o) Mxfp4Rows<1>(blocks, scales, groups, x_perm, ldx, num_tokens, o, y, ldy);
