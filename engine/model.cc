@@ -155,15 +155,17 @@ void Model::Moe(const LayerWeights& lw, int64_t layer, const float* h, int num_r
     total += static_cast<int>(by_expert[e].size());
   }
   // Gather inputs (permuted for MXFP4 so nibbles meet contiguous activations).
+  std::vector<std::pair<int, float>> gathered(total);  // (token row, weight) of each gathered row
+  for (const Active& a : active) std::copy(by_expert[a.expert].begin(), by_expert[a.expert].end(), &gathered[a.offset]);
   std::vector<float> xin(static_cast<size_t>(total) * hs);
-  for (const Active& a : active) {
-    for (int i = 0; i < a.count; ++i) {
-      const float* src = h + static_cast<size_t>(by_expert[a.expert][i].first) * hs;
-      float* dst = xin.data() + static_cast<size_t>(a.offset + i) * hs;
+  pool_.ParallelFor(total, 1, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const float* src = h + static_cast<size_t>(gathered[r].first) * hs;
+      float* dst = xin.data() + static_cast<size_t>(r) * hs;
       if (mxfp4) cpu::PermuteForMxfp4(src, dst, hs);
       else std::memcpy(dst, src, hs * sizeof(float));
     }
-  }
+  });
   // Runs `m` for every active expert, split into row chunks, in one parallel region.
   auto run_experts = [&](const ExpertMatrix& m, const float* in, int64_t ld_in, float* outp, int64_t ld_out) {
     constexpr int64_t kChunk = 128;
@@ -178,36 +180,42 @@ void Model::Moe(const LayerWeights& lw, int64_t layer, const float* h, int num_r
   std::vector<float> gate_up(static_cast<size_t>(total) * 2 * inter);
   run_experts(lw.gate_up, xin.data(), hs, gate_up.data(), 2 * inter);
 
-  std::vector<float> act(static_cast<size_t>(total) * inter), tmp(inter);
+  std::vector<float> act(static_cast<size_t>(total) * inter);
   const float limit = static_cast<float>(c.swiglu_limit), alpha = static_cast<float>(c.swiglu_alpha);
-  for (int r = 0; r < total; ++r) {
-    float* dst = act.data() + static_cast<size_t>(r) * inter;
-    if (mxfp4) {
-      cpu::SwiGlu(gate_up.data() + static_cast<size_t>(r) * 2 * inter, inter, limit, alpha, tmp.data());
-      cpu::PermuteForMxfp4(tmp.data(), dst, inter);
-    } else {
-      cpu::SwiGlu(gate_up.data() + static_cast<size_t>(r) * 2 * inter, inter, limit, alpha, dst);
+  pool_.ParallelFor(total, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> tmp(inter);
+    for (int64_t r = b; r < e; ++r) {
+      float* dst = act.data() + static_cast<size_t>(r) * inter;
+      const float* src = gate_up.data() + static_cast<size_t>(r) * 2 * inter;
+      if (mxfp4) {
+        cpu::SwiGlu(src, inter, limit, alpha, tmp.data());
+        cpu::PermuteForMxfp4(tmp.data(), dst, inter);
+      } else {
+        cpu::SwiGlu(src, inter, limit, alpha, dst);
+      }
     }
-  }
+  });
   std::vector<float> down(static_cast<size_t>(total) * hs);
   run_experts(lw.down, act.data(), inter, down.data(), hs);
 
-  // x += sum_e w_e y_e, added in the token's top-k order for every batch shape.
-  std::vector<std::vector<std::pair<int, float>>> contrib(num_rows);  // (gathered row, weight) per token
-  for (const Active& a : active) {
-    for (int i = 0; i < a.count; ++i) contrib[by_expert[a.expert][i].first].emplace_back(a.offset + i, by_expert[a.expert][i].second);
-  }
-  for (int r = 0; r < num_rows; ++r) {
-    float* xr = x + static_cast<size_t>(r) * hs;
-    std::vector<float> sum(hs, 0.0f);
-    // Sum in descending-weight order so the result does not depend on the batch.
-    std::sort(contrib[r].begin(), contrib[r].end(), [](auto& a, auto& b) { return a.second > b.second; });
-    for (const auto& [row, w] : contrib[r]) {
-      const float* y = down.data() + static_cast<size_t>(row) * hs;
-      for (int64_t i = 0; i < hs; ++i) sum[i] += w * y[i];
+  // x += sum_e w_e y_e, each token's terms added in descending weight order so
+  // the result does not depend on which other tokens share the batch.
+  std::vector<std::vector<std::pair<float, int>>> contrib(num_rows);  // (weight, gathered row) per token
+  for (int r = 0; r < total; ++r) contrib[gathered[r].first].emplace_back(gathered[r].second, r);
+  pool_.ParallelFor(num_rows, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> sum(hs);
+    for (int64_t t = b; t < e; ++t) {
+      auto& terms = contrib[t];
+      std::sort(terms.begin(), terms.end(), [](const auto& p, const auto& q) { return p.first > q.first; });
+      std::fill(sum.begin(), sum.end(), 0.0f);
+      for (const auto& [w, row] : terms) {
+        const float* y = down.data() + static_cast<size_t>(row) * hs;
+        for (int64_t i = 0; i < hs; ++i) sum[i] += w * y[i];
+      }
+      float* xr = x + static_cast<size_t>(t) * hs;
+      for (int64_t i = 0; i < hs; ++i) xr[i] += sum[i];
     }
-    for (int64_t i = 0; i < hs; ++i) xr[i] += sum[i];
-  }
+  });
 }
 
 absl::Status Model::Forward(std::span<const SequenceInput> batch, ForwardOutput* out) {

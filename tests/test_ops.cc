@@ -147,6 +147,20 @@ TEST_P(KernelTest, AttentionMatchesScalar) {
   }
 }
 
+TEST_P(KernelTest, SwiGluMatchesSpec) {
+  for (int64_t n : {1, 15, 16, 37, 2880}) {
+    auto gu = Random(2 * n, 7, -60, 60);
+    std::vector<float> out(n + 1, 5.0f);
+    k().swiglu(gu.data(), n, 7.0f, 1.702f, out.data());
+    EXPECT_EQ(out[n], 5.0f);
+    for (int64_t j = 0; j < n; ++j) {
+      const double g = std::min<double>(gu[2 * j], 7.0), u = std::clamp<double>(gu[2 * j + 1], -7.0, 7.0);
+      const double want = g / (1 + std::exp(-1.702 * g)) * (u + 1);
+      ASSERT_NEAR(out[j], want, 1e-6 * std::max(1.0, std::abs(want))) << k().name << " n " << n << " j " << j;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Isa, KernelTest, ::testing::Range(0, cpu::NumSupportedKernels()),
                          [](const auto& info) { return std::string(cpu::SupportedKernels(info.param).name); });
 

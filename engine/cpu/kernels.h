@@ -37,6 +37,9 @@ struct Kernels {
   //   out: [group, head_dim]
   void (*attend)(const float* q, int group, int head_dim, const void* const* k_rows, const void* const* v_rows,
                  int64_t n, bool bf16, const float* sinks, float scale, float* scratch, float* out);
+  // Clamped SwiGLU on interleaved gate/up (spec §2.5): out[j] = g' sigmoid(alpha g') (u' + 1),
+  // g' = min(g, limit), u' = clamp(u, -limit, limit).   gate_up: [2n]  out: [n]
+  void (*swiglu)(const float* gate_up, int64_t n, float limit, float alpha, float* out);
 };
 
 const Kernels& ActiveKernels();
@@ -56,6 +59,8 @@ float E8m0ToFloat(uint8_t s);
 // The portable attention, shared by the variants without their own.
 void AttendGeneric(const float* q, int group, int head_dim, const void* const* k_rows, const void* const* v_rows,
                    int64_t n, bool bf16, const float* sinks, float scale, float* scratch, float* out);
+
+void SwiGluGeneric(const float* gate_up, int64_t n, float limit, float alpha, float* out);
 
 // Variants (defined in their own translation units).
 extern const Kernels kGenericKernels;

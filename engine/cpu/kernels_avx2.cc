@@ -154,6 +154,6 @@ void GemmMxfp4(const uint8_t* blocks, const uint8_t* scales, int64_t k, const fl
 
 }  // namespace
 
-const Kernels kAvx2Kernels = {"avx2", GemmBf16, GemmF32, GemmMxfp4, AttendGeneric};
+const Kernels kAvx2Kernels = {"avx2", GemmBf16, GemmF32, GemmMxfp4, AttendGeneric, SwiGluGeneric};
 
 }  // namespace moeserve::cpu

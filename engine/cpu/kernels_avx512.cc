@@ -493,8 +493,28 @@ void Attend(const float* q, int group, int head_dim, const void* const* k_rows, 
   }
 }
 
+// 16 outputs per step: gate = even inputs, up = odd inputs.
+void SwiGlu(const float* gate_up, int64_t n, float limit, float alpha, float* out) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512 lim = _mm512_set1_ps(limit), nlim = _mm512_set1_ps(-limit), nalpha = _mm512_set1_ps(-alpha);
+  const __m512 one = _mm512_set1_ps(1.0f);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m512 a = _mm512_loadu_ps(gate_up + 2 * j), b = _mm512_loadu_ps(gate_up + 2 * j + 16);
+    const __m512 g = _mm512_min_ps(_mm512_permutex2var_ps(a, even, b), lim);
+    const __m512 u = _mm512_max_ps(_mm512_min_ps(_mm512_permutex2var_ps(a, odd, b), lim), nlim);
+    // exp argument -alpha * g >= -alpha * limit; large positive arguments (g very
+    // negative) overflow to inf and give g / inf = -0, as the scalar formula does.
+    const __m512 e = Exp(_mm512_min_ps(_mm512_mul_ps(nalpha, g), _mm512_set1_ps(88.0f)));
+    const __m512 sig = _mm512_div_ps(g, _mm512_add_ps(one, e));
+    _mm512_storeu_ps(out + j, _mm512_mul_ps(sig, _mm512_add_ps(u, one)));
+  }
+  if (j < n) SwiGluGeneric(gate_up + 2 * j, n - j, limit, alpha, out + j);
+}
+
 }  // namespace
 
-const Kernels kAvx512Kernels = {"avx512", GemmBf16, GemmF32, GemmMxfp4, Attend};
+const Kernels kAvx512Kernels = {"avx512", GemmBf16, GemmF32, GemmMxfp4, Attend, SwiGlu};
 
 }  // namespace moeserve::cpu

@@ -110,6 +110,14 @@ void AttendGeneric(const float* q, int group, int head_dim, const void* const* k
   else Attend<float>(q, group, head_dim, k_rows, v_rows, n, sinks, scale, scratch, out);
 }
 
-const Kernels kGenericKernels = {"generic", GemmBf16, GemmF32, GemmMxfp4, AttendGeneric};
+void SwiGluGeneric(const float* gate_up, int64_t n, float limit, float alpha, float* out) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float g = std::min(gate_up[2 * j], limit);
+    const float u = std::clamp(gate_up[2 * j + 1], -limit, limit);
+    out[j] = g / (1.0f + std::exp(-alpha * g)) * (u + 1.0f);
+  }
+}
+
+const Kernels kGenericKernels = {"generic", GemmBf16, GemmF32, GemmMxfp4, AttendGeneric, SwiGluGeneric};
 
 }  // namespace moeserve::cpu

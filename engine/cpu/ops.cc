@@ -91,11 +91,7 @@ void ApplyRope(float* v, int num_heads, int head_dim, const float* cos, const fl
 }
 
 void SwiGlu(const float* gate_up, int64_t n, float limit, float alpha, float* out) {
-  for (int64_t j = 0; j < n; ++j) {
-    const float g = std::min(gate_up[2 * j], limit);
-    const float u = std::clamp(gate_up[2 * j + 1], -limit, limit);
-    out[j] = g / (1.0f + std::exp(-alpha * g)) * (u + 1.0f);
-  }
+  ActiveKernels().swiglu(gate_up, n, limit, alpha, out);
 }
 
 void TopKSoftmax(const float* logits, int num_experts, int k, int* idx, float* weight) {
