@@ -32,7 +32,7 @@ class KernelTest : public ::testing::TestWithParam<int> {
 TEST_P(KernelTest, DenseGemmMatchesScalar) {
   for (int64_t kdim : {1, 7, 16, 33, 64, 100, 2880}) {
     for (int rows : {1, 3, 4, 9, 37}) {
-      for (int tokens : {1, 2, 3, 4, 5, 8, 9, 14}) {
+      for (int tokens : {1, 2, 3, 4, 5, 8, 9, 14, 24, 31}) {
         auto w = Random(rows * kdim, 1 + rows), x = Random(tokens * kdim, 2 + tokens);
         std::vector<uint16_t> wb(w.size());
         for (size_t i = 0; i < w.size(); ++i) wb[i] = F32ToBf16(w[i]);
@@ -68,7 +68,7 @@ TEST_P(KernelTest, Mxfp4GemmMatchesSpecDecode) {
   std::mt19937 g(5);
   for (int64_t kdim : {32, 64, 2880}) {
     for (int rows : {1, 4, 6, 13}) {
-      for (int tokens : {1, 3, 4, 7, 8, 13}) {
+      for (int tokens : {1, 3, 4, 7, 8, 12, 13, 29}) {
         const int64_t groups = kdim / 32;
         std::vector<uint8_t> blocks(rows * groups * 16), scales(rows * groups);
         for (auto& b : blocks) b = static_cast<uint8_t>(g());

@@ -105,7 +105,7 @@ void Dense(const W* w, int64_t k, const float* x, int64_t ldx, int num_tokens, i
 
 // ---- batched path: transposed weight panels ---------------------------------
 //
-// With at least kPanelMinTokens tokens the weights are decoded (bf16 or
+// With enough tokens (kPanelMinTokens*) the weights are decoded (bf16 or
 // MXFP4 -> f32) 32 rows at a time into a transposed panel, wt[i][32], that
 // lives in L2 for as long as every token uses it. The micro-kernel then holds
 // 12 tokens x 32 rows of outputs in 24 registers and per k step does two panel
@@ -113,7 +113,10 @@ void Dense(const W* w, int64_t k, const float* x, int64_t ldx, int num_tokens, i
 // vectors with no horizontal sums. (The GEMV path keeps 16 partial sums per
 // output instead, so batched and single-token results may differ in the last
 // bits of f32.)
-constexpr int kPanelMinTokens = 8;
+// Break-even batch sizes (bench/RESULTS.md): the panel costs ~0.5 ops per
+// weight to build once; the GEMV path redoes its cheaper decode every 4 tokens.
+constexpr int kPanelMinTokensDense = 24;
+constexpr int kPanelMinTokensMxfp4 = 12;
 constexpr int kPanel = 32;
 constexpr int kPanelTok = 12;
 
@@ -256,13 +259,13 @@ void DenseBatched(const W* w, int64_t k, const float* x, int64_t ldx, int num_to
 
 void GemmBf16(const uint16_t* w, int64_t k, const float* x, int64_t ldx, int num_tokens, int64_t o_begin,
               int64_t o_end, float* y, int64_t ldy) {
-  if (num_tokens >= kPanelMinTokens) DenseBatched(w, k, x, ldx, num_tokens, o_begin, o_end, y, ldy);
+  if (num_tokens >= kPanelMinTokensDense) DenseBatched(w, k, x, ldx, num_tokens, o_begin, o_end, y, ldy);
   else Dense<uint16_t>(w, k, x, ldx, num_tokens, o_begin, o_end, y, ldy);
 }
 
 void GemmF32(const float* w, int64_t k, const float* x, int64_t ldx, int num_tokens, int64_t o_begin,
              int64_t o_end, float* y, int64_t ldy) {
-  if (num_tokens >= kPanelMinTokens) DenseBatched(w, k, x, ldx, num_tokens, o_begin, o_end, y, ldy);
+  if (num_tokens >= kPanelMinTokensDense) DenseBatched(w, k, x, ldx, num_tokens, o_begin, o_end, y, ldy);
   else Dense<float>(w, k, x, ldx, num_tokens, o_begin, o_end, y, ldy);
 }
 
@@ -338,7 +341,7 @@ void GemmMxfp4(const uint8_t* blocks, const uint8_t* scales, int64_t k, const fl
                int num_tokens, int64_t o_begin, int64_t o_end, float* y, int64_t ldy) {
   const int64_t groups = k / 32;
   int64_t o = o_begin;
-  if (num_tokens >= kPanelMinTokens) {
+  if (num_tokens >= kPanelMinTokensMxfp4) {
     // Panel columns follow x_perm's order: per group, even columns then odd.
     float* wt = PanelScratch(k);
     for (; o < o_end; o += kPanel) {
