@@ -4,6 +4,7 @@
 //   moeserve gen-checkpoint  write a random-weight gpt-oss checkpoint
 //   moeserve to-gguf         convert a checkpoint to GGUF for llama.cpp
 //   moeserve logits          dump logits of a token sequence (for reference tests)
+//   moeserve tokenize        encode text with the o200k_harmony tokenizer
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -18,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
+#include "router/text/tokenizer.h"
 #include "nlohmann/json.hpp"
 #include "tools/checkpoint_gen.h"
 #include "tools/gguf_writer.h"
@@ -52,6 +54,10 @@ commands:
       --tokenizer FILE       tokenizer.json to copy in
   to-gguf          convert a checkpoint to GGUF (llama.cpp)
       --model DIR --out FILE --mode f32|native
+  tokenize         encode text with the o200k_harmony tokenizer
+      --tokenizer FILE       tokenizer.json (default: the demo model's)
+      --text TEXT            print the ids of TEXT (special tokens allowed with --specials)
+      --jsonl IN --out OUT   encode each JSON string line of IN; write {"ordinary":[..],"special":[..]} lines
   logits           write logits for a token sequence (prefill, then one token per step)
       --model DIR --tokens IDS --prefill N --out FILE [--kv-f32]
       [--rope-ggml]          RoPE/YaRN computed as ggml does (llama.cpp comparisons)
@@ -60,7 +66,7 @@ commands:
 using Flags = std::map<std::string, std::string>;
 
 absl::StatusOr<Flags> ParseFlags(int argc, char** argv, int first) {
-  static const char* kBool[] = {"--kv-f32", "--rope-ggml", "--help"};
+  static const char* kBool[] = {"--kv-f32", "--rope-ggml", "--help", "--specials"};
   Flags f;
   for (int i = first; i < argc; ++i) {
     std::string a = argv[i];
@@ -139,59 +145,6 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& s) {
   return ids;
 }
 
-// Token id -> bytes from tokenizer.json (GPT-2 byte-level strings). Until the
-// text layer lands, prompts are encoded byte by byte with the single-byte
-// tokens; decoding is exact.
-class ByteVocab {
- public:
-  absl::Status Load(const std::string& path, int64_t vocab_size) {
-    std::ifstream in(path);
-    if (!in) return absl::NotFoundError(path);
-    nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-    if (j.is_discarded()) return absl::DataLossError(absl::StrCat(path, ": not JSON"));
-    std::map<uint32_t, int> unicode_to_byte;
-    int extra = 0;
-    for (int b = 0; b < 256; ++b) {
-      const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
-      unicode_to_byte[printable ? b : 256 + extra++] = b;
-    }
-    pieces_.assign(vocab_size, "");
-    for (auto& [tok, id] : j["model"]["vocab"].items()) {
-      const int64_t i = id.get<int64_t>();
-      if (i < 0 || i >= vocab_size) continue;
-      std::string bytes;
-      for (size_t p = 0; p < tok.size();) {  // decode UTF-8 code points
-        uint32_t cp = static_cast<uint8_t>(tok[p]);
-        int len = cp < 0x80 ? 1 : cp < 0xE0 ? 2 : cp < 0xF0 ? 3 : 4;
-        if (len > 1) cp &= (0xFF >> (len + 1));
-        for (int k = 1; k < len && p + k < tok.size(); ++k) cp = (cp << 6) | (static_cast<uint8_t>(tok[p + k]) & 0x3F);
-        p += len;
-        bytes.push_back(static_cast<char>(unicode_to_byte.count(cp) ? unicode_to_byte[cp] : '?'));
-      }
-      pieces_[i] = bytes;
-      if (bytes.size() == 1) byte_token_[static_cast<uint8_t>(bytes[0])] = static_cast<int32_t>(i);
-    }
-    for (auto& t : j["added_tokens"]) {
-      const int64_t i = t["id"].get<int64_t>();
-      if (i >= 0 && i < vocab_size) pieces_[i] = t["content"].get<std::string>();
-    }
-    return absl::OkStatus();
-  }
-  std::vector<int32_t> EncodeBytes(const std::string& s) const {
-    std::vector<int32_t> ids;
-    for (unsigned char ch : s) ids.push_back(byte_token_[ch]);
-    return ids;
-  }
-  std::string Decode(int32_t id) const {
-    if (id >= 0 && id < static_cast<int32_t>(pieces_.size()) && !pieces_[id].empty()) return pieces_[id];
-    return absl::StrCat("<|", id, "|>");
-  }
-
- private:
-  std::vector<std::string> pieces_;
-  int32_t byte_token_[256] = {};
-};
-
 // Runs prefill then decode with a contiguous block table per sequence.
 struct SingleSequence {
   std::vector<int32_t> table;
@@ -244,13 +197,13 @@ absl::Status Generate(FlagReader& f) {
   if (max_tokens < 1 || max_tokens > 1 << 20) return absl::InvalidArgumentError("--max-tokens must be in [1, 2^20]");
 
   ASSIGN_OR_RETURN(auto cfg, LoadModelConfig(dir));
-  ByteVocab vocab;
-  const bool have_vocab = vocab.Load(dir + "/tokenizer.json", cfg.vocab_size).ok();
+  std::unique_ptr<text::Tokenizer> tok;
+  if (auto t = text::Tokenizer::FromTokenizerJson(dir + "/tokenizer.json", cfg.vocab_size); t.ok()) tok = std::move(*t);
   std::vector<int32_t> ids;
   if (!prompt_ids.empty()) {
     ASSIGN_OR_RETURN(ids, ParseIds(prompt_ids));
-  } else if (have_vocab) {
-    ids = vocab.EncodeBytes(prompt);
+  } else if (tok) {
+    ids = tok->EncodeWithSpecials(prompt);
   } else {
     return absl::InvalidArgumentError(absl::StrCat(dir, " has no tokenizer.json: pass --prompt-ids"));
   }
@@ -268,6 +221,8 @@ absl::Status Generate(FlagReader& f) {
   std::fprintf(stderr, "model %s loaded in %.2fs; prompt %zu tokens\n", dir.c_str(),
                std::chrono::duration<double>(t1 - t0).count(), ids.size());
   std::fputs(prompt_ids.empty() ? prompt.c_str() : "", stdout);
+  std::unique_ptr<text::IncrementalDecoder> detok;
+  if (tok) detok = std::make_unique<text::IncrementalDecoder>(*tok);
   const auto t2 = std::chrono::steady_clock::now();
   double prefill_s = 0;
   while (generated < max_tokens) {
@@ -277,11 +232,17 @@ absl::Status Generate(FlagReader& f) {
     pos += static_cast<int64_t>(step.size());
     SampleResult r = sampler.Sample(out.Row(0), out.vocab_size);
     ++generated;
-    std::fputs(have_vocab ? vocab.Decode(r.token).c_str() : absl::StrCat(" ", r.token).c_str(), stdout);
+    if (detok) {
+      ASSIGN_OR_RETURN(std::string piece, detok->Add(r.token));
+      std::fputs(piece.c_str(), stdout);
+    } else {
+      std::fputs(absl::StrCat(" ", r.token).c_str(), stdout);
+    }
     std::fflush(stdout);
     if (r.stop) break;
     step.assign(1, r.token);
   }
+  if (detok) std::fputs(detok->Flush().c_str(), stdout);
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t2).count();
   std::fprintf(stderr, "\n%d tokens; prefill %.1f tok/s, decode %.1f tok/s (%s kernels, %d threads)\n", generated,
                ids.size() / prefill_s, generated > 1 ? (generated - 1) / (total - prefill_s) : 0.0,
@@ -330,6 +291,37 @@ absl::Status ToGguf(FlagReader& f) {
   if (dir.empty() || out.empty()) return absl::InvalidArgumentError("--model and --out are required");
   if (mode != "f32" && mode != "native") return absl::InvalidArgumentError("--mode must be f32 or native");
   return WriteGguf(dir, out, mode == "f32" ? GgufMode::kF32 : GgufMode::kNative);
+}
+
+absl::Status Tokenize(FlagReader& f) {
+  const std::string path = f.Str("--tokenizer", std::string(MOESERVE_DEMO_MODEL_DIR) + "/tokenizer.json");
+  const std::string text = f.Str("--text", ""), in_path = f.Str("--jsonl", ""), out_path = f.Str("--out", "");
+  const bool specials = f.Has("--specials");
+  RETURN_IF_ERROR(f.Finish());
+  ASSIGN_OR_RETURN(auto tok, text::Tokenizer::FromTokenizerJson(path));
+  if (in_path.empty()) {
+    const auto ids = specials ? tok->EncodeWithSpecials(text) : tok->EncodeOrdinary(text);
+    std::string line;
+    for (int32_t id : ids) absl::StrAppend(&line, line.empty() ? "" : " ", id);
+    std::printf("%s\n", line.c_str());
+    return absl::OkStatus();
+  }
+  std::ifstream in(in_path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", in_path));
+  std::ofstream out(out_path.empty() ? "/dev/stdout" : out_path);
+  std::string line;
+  int64_t n = 0;
+  while (std::getline(in, line)) {
+    ++n;
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_string()) {
+      return absl::InvalidArgumentError(absl::StrCat(in_path, ":", n, ": not a JSON string"));
+    }
+    const std::string s = j.get<std::string>();
+    nlohmann::json o = {{"ordinary", tok->EncodeOrdinary(s)}, {"special", tok->EncodeWithSpecials(s)}};
+    out << o.dump() << "\n";
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Logits(FlagReader& f) {
@@ -382,6 +374,7 @@ int main(int argc, char** argv) {
     else if (cmd == "gen-checkpoint") st = GenCheckpoint(f);
     else if (cmd == "to-gguf") st = ToGguf(f);
     else if (cmd == "logits") st = Logits(f);
+    else if (cmd == "tokenize") st = Tokenize(f);
     else st = absl::InvalidArgumentError(absl::StrCat("unknown command \"", cmd, "\" (see moeserve --help)"));
   }
   if (!st.ok()) {

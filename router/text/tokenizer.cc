@@ -116,20 +116,22 @@ std::string SanitizeUtf8(const std::string& s) {
 }
 
 size_t CompleteUtf8Prefix(const std::string& s) {
-  // Only the last 3 bytes can start an incomplete character.
+  // Only the last 3 bytes can belong to an incomplete character.
   for (size_t back = 1; back <= 3 && back <= s.size(); ++back) {
     const uint8_t c = static_cast<uint8_t>(s[s.size() - back]);
     if ((c & 0xC0) == 0x80) continue;  // continuation byte: look further back
     const size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
-    if (c >= 0xC2 && c <= 0xF4 && need > back) {
-      // A lead byte whose character is not complete yet. Wait only if the bytes
-      // seen so far can still become a valid character.
-      uint32_t cp;
-      std::string tail = s.substr(s.size() - back);
-      tail.append(need - back, '\x80');
-      if (DecodeUtf8(tail, 0, &cp) == static_cast<int>(need) && cp != 0xFFFD) return s.size() - back;
+    if (c < 0xC2 || c > 0xF4 || need <= back) return s.size();  // complete, or invalid anyway
+    // A lead byte whose character is not complete: hold it back only if the
+    // bytes so far can still become a valid character (WHATWG second-byte
+    // ranges; later bytes are any continuation byte).
+    if (back >= 2) {
+      const uint8_t d = static_cast<uint8_t>(s[s.size() - back + 1]);
+      const uint8_t lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
+      const uint8_t hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+      if (d < lo || d > hi) return s.size();
     }
-    return s.size();
+    return s.size() - back;
   }
   return s.size();
 }
