@@ -19,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
+#include "router/text/harmony.h"
 #include "router/text/tokenizer.h"
 #include "nlohmann/json.hpp"
 #include "tools/checkpoint_gen.h"
@@ -58,6 +59,10 @@ commands:
       --tokenizer FILE       tokenizer.json (default: the demo model's)
       --text TEXT            print the ids of TEXT (special tokens allowed with --specials)
       --jsonl IN --out OUT   encode each JSON string line of IN; write {"ordinary":[..],"special":[..]} lines
+  harmony-render   render harmony conversations (openai/harmony JSON form) to prompt ids
+      --tokenizer FILE --jsonl IN --out OUT
+                             each IN line: {"conversation": {...}, "next_role": "assistant"|null,
+                             "auto_drop_analysis": bool}; each OUT line: {"ids": [...]} or {"error": "..."}
   logits           write logits for a token sequence (prefill, then one token per step)
       --model DIR --tokens IDS --prefill N --out FILE [--kv-f32]
       [--rope-ggml]          RoPE/YaRN computed as ggml does (llama.cpp comparisons)
@@ -324,6 +329,35 @@ absl::Status Tokenize(FlagReader& f) {
   return absl::OkStatus();
 }
 
+absl::Status HarmonyRender(FlagReader& f) {
+  const std::string path = f.Str("--tokenizer", std::string(MOESERVE_DEMO_MODEL_DIR) + "/tokenizer.json");
+  const std::string in_path = f.Str("--jsonl", ""), out_path = f.Str("--out", "");
+  RETURN_IF_ERROR(f.Finish());
+  ASSIGN_OR_RETURN(auto tok, text::Tokenizer::FromTokenizerJson(path));
+  std::ifstream in(in_path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", in_path));
+  std::ofstream out(out_path.empty() ? "/dev/stdout" : out_path);
+  std::string line;
+  while (std::getline(in, line)) {
+    nlohmann::ordered_json j = nlohmann::ordered_json::parse(line, nullptr, false);
+    nlohmann::json o;
+    auto result = [&]() -> absl::StatusOr<std::vector<int32_t>> {
+      if (j.is_discarded()) return absl::InvalidArgumentError("not JSON");
+      ASSIGN_OR_RETURN(auto msgs, text::MessagesFromHarmonyJson(j["conversation"]));
+      text::RenderConfig cfg;
+      cfg.auto_drop_analysis = j.value("auto_drop_analysis", false);
+      if (j.contains("next_role") && j["next_role"].is_string()) {
+        return text::RenderForCompletion(*tok, msgs, j["next_role"].get<std::string>(), cfg);
+      }
+      return text::RenderConversation(*tok, msgs, cfg);
+    }();
+    if (result.ok()) o["ids"] = *result;
+    else o["error"] = std::string(result.status().message());
+    out << o.dump() << "\n";
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Logits(FlagReader& f) {
   const std::string dir = f.Str("--model", ""), out_path = f.Str("--out", "");
   const std::string tokens = f.Str("--tokens", "");
@@ -375,6 +409,7 @@ int main(int argc, char** argv) {
     else if (cmd == "to-gguf") st = ToGguf(f);
     else if (cmd == "logits") st = Logits(f);
     else if (cmd == "tokenize") st = Tokenize(f);
+    else if (cmd == "harmony-render") st = HarmonyRender(f);
     else st = absl::InvalidArgumentError(absl::StrCat("unknown command \"", cmd, "\" (see moeserve --help)"));
   }
   if (!st.ok()) {
