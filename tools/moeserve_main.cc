@@ -19,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
+#include "router/text/chat.h"
 #include "router/text/harmony.h"
 #include "router/text/tokenizer.h"
 #include "nlohmann/json.hpp"
@@ -57,12 +58,14 @@ commands:
       --model DIR --out FILE --mode f32|native
   tokenize         encode text with the o200k_harmony tokenizer
       --tokenizer FILE       tokenizer.json (default: the demo model's)
+      --tiktoken FILE        a .tiktoken ranks file instead (harmony specials added)
       --text TEXT            print the ids of TEXT (special tokens allowed with --specials)
       --jsonl IN --out OUT   encode each JSON string line of IN; write {"ordinary":[..],"special":[..]} lines
   harmony-render   render harmony conversations (openai/harmony JSON form) to prompt ids
       --tokenizer FILE --jsonl IN --out OUT
                              each IN line: {"conversation": {...}, "next_role": "assistant"|null,
-                             "auto_drop_analysis": bool}; each OUT line: {"ids": [...]} or {"error": "..."}
+                             "auto_drop_analysis": bool} or {"chat": {"messages", "tools", "reasoning_effort",
+                             "date"}} (an OpenAI chat request); each OUT line: {"ids": [...]} or {"error": "..."}
   logits           write logits for a token sequence (prefill, then one token per step)
       --model DIR --tokens IDS --prefill N --out FILE [--kv-f32]
       [--rope-ggml]          RoPE/YaRN computed as ggml does (llama.cpp comparisons)
@@ -300,10 +303,12 @@ absl::Status ToGguf(FlagReader& f) {
 
 absl::Status Tokenize(FlagReader& f) {
   const std::string path = f.Str("--tokenizer", std::string(MOESERVE_DEMO_MODEL_DIR) + "/tokenizer.json");
+  const std::string tiktoken = f.Str("--tiktoken", "");
   const std::string text = f.Str("--text", ""), in_path = f.Str("--jsonl", ""), out_path = f.Str("--out", "");
   const bool specials = f.Has("--specials");
   RETURN_IF_ERROR(f.Finish());
-  ASSIGN_OR_RETURN(auto tok, text::Tokenizer::FromTokenizerJson(path));
+  ASSIGN_OR_RETURN(auto tok, tiktoken.empty() ? text::Tokenizer::FromTokenizerJson(path)
+                                               : text::Tokenizer::FromTiktoken(tiktoken));
   if (in_path.empty()) {
     const auto ids = specials ? tok->EncodeWithSpecials(text) : tok->EncodeOrdinary(text);
     std::string line;
@@ -343,6 +348,14 @@ absl::Status HarmonyRender(FlagReader& f) {
     nlohmann::json o;
     auto result = [&]() -> absl::StatusOr<std::vector<int32_t>> {
       if (j.is_discarded()) return absl::InvalidArgumentError("not JSON");
+      if (j.contains("chat")) {  // an OpenAI chat request
+        const auto& c = j["chat"];
+        text::ChatRenderOptions o;
+        o.reasoning_effort = c.value("reasoning_effort", "medium");
+        o.current_date = c.value("date", "");
+        return text::RenderChatRequest(*tok, c["messages"], c.contains("tools") ? c["tools"] : nlohmann::ordered_json(),
+                                       o);
+      }
       ASSIGN_OR_RETURN(auto msgs, text::MessagesFromHarmonyJson(j["conversation"]));
       text::RenderConfig cfg;
       cfg.auto_drop_analysis = j.value("auto_drop_analysis", false);

@@ -118,13 +118,58 @@ function randomConversation() {
   return { messages: m };
 }
 
+// OpenAI chat requests, mapped to harmony here by the rules documented in
+// router/text/chat.h and rendered by the reference.
+function chatToHarmony(req) {
+  const cap = e => e[0].toUpperCase() + e.slice(1);
+  const msgs = [{ role: "system", content: [{ type: "system_content",
+    model_identity: "You are ChatGPT, a large language model trained by OpenAI.", reasoning_effort: cap(req.reasoning_effort),
+    knowledge_cutoff: "2024-06", ...(req.date ? { conversation_start_date: req.date } : {}),
+    channel_config: { valid_channels: ["analysis", "commentary", "final"], channel_required: true } }] }];
+  const instr = req.messages.filter(m => m.role === "system" || m.role === "developer").map(m => m.content);
+  const fns = (req.tools ?? []).map(t => ({ name: t.function.name, description: t.function.description ?? "",
+    ...(t.function.parameters ? { parameters: t.function.parameters } : {}) }));
+  if (instr.length || fns.length) {
+    msgs.push({ role: "developer", content: [{ type: "developer_content", ...(instr.length ? { instructions: instr.join("\n\n") } : {}),
+      ...(fns.length ? { tools: { functions: { name: "functions", description: null, tools: fns } } } : {}) }] });
+  }
+  const names = {};
+  for (const m of req.messages) {
+    if (m.role === "user") msgs.push(user(m.content));
+    if (m.role === "assistant") {
+      if (m.reasoning_content) msgs.push(asst("analysis", m.reasoning_content));
+      for (const c of m.tool_calls ?? []) { names[c.id] = c.function.name; msgs.push(call(c.function.name, c.function.arguments)); }
+      if (m.content) msgs.push(asst("final", m.content));
+    }
+    if (m.role === "tool") msgs.push(result(names[m.tool_call_id], m.content));
+  }
+  return { messages: msgs };
+}
+const chatTools = [{ type: "function", function: weather }, { type: "function", function: now }];
+const chats = [];
+for (const effort of ["low", "medium", "high"]) {
+  chats.push({ reasoning_effort: effort, date: "2026-11-24", messages: [{ role: "user", content: "Hi" }] });
+  chats.push({ reasoning_effort: effort, messages: [{ role: "system", content: "Be brief." },
+    { role: "user", content: "Weather in Rome?" }], tools: chatTools });
+  chats.push({ reasoning_effort: effort, date: "2026-11-24", tools: chatTools, messages: [
+    { role: "system", content: "Be brief." }, { role: "developer", content: "Use metric units." },
+    { role: "user", content: "Weather in Rome?" },
+    { role: "assistant", reasoning_content: "Call the tool.", content: null,
+      tool_calls: [{ id: "call_1", type: "function", function: { name: "get_weather", arguments: "{\"location\":\"Rome\"}" } }] },
+    { role: "tool", tool_call_id: "call_1", content: "{\"temp\":18}" }] });
+  chats.push({ reasoning_effort: effort, messages: [{ role: "user", content: "Q1" },
+    { role: "assistant", reasoning_content: "old thoughts", content: "A1" }, { role: "user", content: "Q2" }] });
+}
+
 const cases = [];
 for (const c of fixed) for (const drop of [true, false]) cases.push({ conversation: c, next_role: "assistant", auto_drop_analysis: drop });
 const nRandom = Number(args.random ?? 1500);
 for (let i = 0; i < nRandom; i++) {
   cases.push({ conversation: randomConversation(), next_role: chance(0.8) ? "assistant" : null, auto_drop_analysis: chance(0.5) });
 }
+for (const c of chats) cases.push({ chat: c });
 const want = cases.map(c => {
+  if (c.chat) return Array.from(enc.renderConversationForCompletion(chatToHarmony(c.chat), "assistant", { auto_drop_analysis: true }));
   try {
     const cfg = { auto_drop_analysis: c.auto_drop_analysis };
     const ids = c.next_role ? enc.renderConversationForCompletion(c.conversation, c.next_role, cfg)
@@ -154,5 +199,5 @@ for (let i = 0; i < cases.length; i++) {
   }
 }
 console.log(`${bad ? "FAIL" : "PASS"}: ${cases.length} conversations (${fixed.length * 2} fixed, ${nRandom} random), ` +
-  `${bad} differ from openai/harmony; ${refErrors} rejected by the reference`);
+  `${bad} differ from openai/harmony (incl. ${chats.length} OpenAI chat requests); ${refErrors} rejected by the reference`);
 process.exit(bad ? 1 : 0);

@@ -1,0 +1,56 @@
+// OpenAI chat requests -> harmony conversations -> prompt token ids, the way
+// gpt-oss's chat template and openai/harmony render them.
+//
+//  * A harmony system message is always generated: model identity, knowledge
+//    cutoff, current date, "Reasoning: low|medium|high", valid channels, and the
+//    functions line when tools exist.
+//  * The request's system and developer messages become the developer
+//    message's "# Instructions" (joined by blank lines), followed by the tools
+//    (OpenAI "function" tools) in the "functions" namespace.
+//  * Assistant history: reasoning ("reasoning_content" or "reasoning") as an
+//    analysis message, content as a final message, each tool call as a
+//    commentary message to "functions.NAME" with content type
+//    "<|constrain|>json" ending in <|call|>. Tool results (role "tool", matched to
+//    the call by tool_call_id, or by "name") become "functions.NAME to=assistant"
+//    commentary messages. Past analysis is dropped as harmony does (before the
+//    first final answer, when the conversation's last assistant turn is final).
+//  * The prompt ends with "<|start|>assistant".
+//
+// Request validation happens here too: a malformed message is an
+// InvalidArgument naming its index, which the API maps to a 400.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
+#include "router/text/harmony.h"
+#include "router/text/tokenizer.h"
+
+namespace moeserve::text {
+
+struct ChatRenderOptions {
+  std::string reasoning_effort = "medium";  // low | medium | high
+  std::string current_date;                 // YYYY-MM-DD; empty: omitted
+  std::string model_identity = "You are ChatGPT, a large language model trained by OpenAI.";
+  std::string knowledge_cutoff = "2024-06";
+};
+
+// `messages` and `tools` as in the OpenAI chat completions request (`tools` may be null).
+absl::StatusOr<std::vector<Message>> ChatToHarmony(const nlohmann::ordered_json& messages,
+                                                   const nlohmann::ordered_json& tools,
+                                                   const ChatRenderOptions& options);
+absl::StatusOr<std::vector<int32_t>> RenderChatRequest(const Tokenizer& tok, const nlohmann::ordered_json& messages,
+                                                       const nlohmann::ordered_json& tools,
+                                                       const ChatRenderOptions& options);
+
+// The plain-completion path (/v1/completions): a text prompt is tokenized with
+// special-token text becoming special tokens (as HF tokenizers do for added
+// tokens); a token-id array is checked against the vocabulary.
+absl::StatusOr<std::vector<int32_t>> CompletionPromptTokens(const Tokenizer& tok, const nlohmann::ordered_json& prompt);
+
+// The stop tokens of an assistant turn: <|return|> and <|call|>.
+std::vector<int32_t> AssistantStopTokens();
+
+}  // namespace moeserve::text
