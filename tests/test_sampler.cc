@@ -62,7 +62,9 @@ void ExpectDistribution(const std::map<int, int>& h, const std::vector<double>& 
     const double expect = prob[t] * n, sigma = std::sqrt(n * prob[t] * (1 - prob[t])) + 1;
     const int got = h.count(t) ? h.at(t) : 0;
     EXPECT_NEAR(got, expect, 5 * sigma) << "token " << t;
-    if (prob[t] == 0) EXPECT_EQ(got, 0) << "token " << t;
+    if (prob[t] == 0) {
+      EXPECT_EQ(got, 0) << "token " << t;
+    }
   }
 }
 

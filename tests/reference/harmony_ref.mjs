@@ -10,7 +10,8 @@ import { fileURLToPath } from "node:url";
 const here = dirname(fileURLToPath(import.meta.url));
 const nm = join(here, "../node/node_modules");
 
-function tiktokenFile() {
+// OpenAI's o200k_base.tiktoken, regenerated from tiktoken's bundled ranks.
+export function tiktokenFile() {
   const o200k = JSON.parse(readFileSync(join(nm, "tiktoken/encoders/o200k_base.json"), "utf8"));
   const lines = [];
   for (const seg of o200k.bpe_ranks.split("\n")) {

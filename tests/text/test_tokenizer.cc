@@ -106,7 +106,9 @@ TEST(TokenizerTest, IncrementalDecoderNeverSplitsCharacters) {
   std::string got;
   for (size_t i = 0; i < ids.size(); ++i) {
     const std::string part = *dec.Add(ids[i]);
-    if (i + 1 < ids.size()) EXPECT_EQ(part, "") << i;
+    if (i + 1 < ids.size()) {
+      EXPECT_EQ(part, "") << i;
+    }
     got += part;
   }
   EXPECT_EQ(got + dec.Flush(), emoji);
