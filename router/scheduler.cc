@@ -1,0 +1,153 @@
+#include "router/scheduler.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "engine/status.h"
+
+namespace moeserve::router {
+
+Scheduler::Scheduler(const SchedulerConfig& config, const KvCacheConfig& kv) : config_(config), kv_(kv) {}
+
+absl::Status Scheduler::AddRequest(std::unique_ptr<Request> r) {
+  if (r->prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
+  if (r->max_tokens < 1) return absl::InvalidArgumentError("max_tokens must be at least 1");
+  const int64_t total = static_cast<int64_t>(r->prompt.size()) + r->max_tokens;
+  if (total > config_.max_model_len) {
+    return absl::InvalidArgumentError(absl::StrCat("this model's maximum context length is ", config_.max_model_len,
+                                                   " tokens; the prompt (", r->prompt.size(), ") plus max_tokens (",
+                                                   r->max_tokens, ") is ", total));
+  }
+  const auto need = kv_.BlocksNeeded(total);
+  for (int g = 0; g < kNumGroups; ++g) {
+    if (need[g] > kv_.pool(g).num_blocks()) {
+      return absl::InvalidArgumentError(absl::StrCat("the request needs ", need[g], " KV blocks; the worker has ",
+                                                     kv_.pool(g).num_blocks()));
+    }
+  }
+  if (static_cast<int32_t>(waiting_.size()) >= config_.max_num_queued_requests) {
+    return absl::ResourceExhaustedError("the waiting queue is full");
+  }
+  if (requests_.count(r->id)) return absl::AlreadyExistsError(absl::StrCat("request ", r->id, " exists"));
+  r->status = RequestStatus::kWaiting;
+  Request* p = r.get();
+  requests_[r->id] = std::move(r);
+  waiting_.push_back(p);
+  return absl::OkStatus();
+}
+
+void Scheduler::Preempt(Request* r, SchedulerOutput* out) {
+  kv_.Free(r->id);
+  r->status = RequestStatus::kPreempted;
+  r->num_computed = 0;
+  ++r->num_preemptions;
+  sent_whole_.erase(r->id);
+  running_.erase(std::find(running_.begin(), running_.end(), r));
+  waiting_.push_front(r);
+  out->preempted.push_back(r->id);
+}
+
+SchedulerOutput Scheduler::Schedule() {
+  SchedulerOutput out;
+  out.finished.swap(finished_since_last_step_);
+  int64_t budget = config_.max_num_batched_tokens;
+  std::vector<Request*> scheduled_running;
+
+  // 1. Running requests, oldest first.
+  for (size_t i = 0; i < running_.size() && budget > 0;) {
+    Request* r = running_[i];
+    const int64_t n = std::min(r->num_tokens() - r->num_computed, budget);
+    if (n <= 0) {
+      ++i;
+      continue;
+    }
+    bool fits = kv_.AllocateSlots(r->id, r->num_computed, n);
+    while (!fits) {
+      // Preempt the newest running request that is not already in this step.
+      Request* victim = running_.back();
+      if (std::find(scheduled_running.begin(), scheduled_running.end(), victim) != scheduled_running.end()) break;
+      Preempt(victim, &out);
+      if (victim == r) break;
+      fits = kv_.AllocateSlots(r->id, r->num_computed, n);
+    }
+    if (!fits) break;  // r was preempted, or nothing left to preempt
+    out.scheduled.push_back({r->id, r->num_computed, n, !sent_whole_[r->id], r->num_computed + n == r->num_tokens()});
+    sent_whole_[r->id] = true;
+    scheduled_running.push_back(r);
+    budget -= n;
+    ++i;
+  }
+
+  // 2. Waiting requests, in order, unless this step had to preempt.
+  while (out.preempted.empty() && budget > 0 && !waiting_.empty() &&
+         static_cast<int32_t>(running_.size()) < config_.max_num_seqs) {
+    Request* r = waiting_.front();
+    const int64_t n = std::min(r->num_tokens() - r->num_computed, budget);
+    if (!kv_.AllocateSlots(r->id, r->num_computed, n, config_.watermark_blocks)) break;
+    waiting_.pop_front();
+    r->status = RequestStatus::kRunning;
+    running_.push_back(r);
+    out.scheduled.push_back({r->id, r->num_computed, n, true, r->num_computed + n == r->num_tokens()});
+    sent_whole_[r->id] = true;
+    budget -= n;
+  }
+  out.num_batched_tokens = config_.max_num_batched_tokens - budget;
+  return out;
+}
+
+void Scheduler::Finish(Request* r, RequestStatus status) {
+  r->status = status;
+  kv_.Free(r->id);
+  sent_whole_.erase(r->id);
+  running_.erase(std::remove(running_.begin(), running_.end(), r), running_.end());
+  waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), r), waiting_.end());
+  finished_since_last_step_.push_back(r->id);
+}
+
+std::vector<int64_t> Scheduler::UpdateFromOutput(const SchedulerOutput& output,
+                                                 const std::map<int64_t, int32_t>& sampled) {
+  std::vector<int64_t> done;
+  for (const ScheduledSequence& s : output.scheduled) {
+    auto it = requests_.find(s.request_id);
+    if (it == requests_.end()) continue;
+    Request* r = it->second.get();
+    if (r->status != RequestStatus::kRunning) continue;  // aborted or preempted meanwhile
+    r->num_computed = s.start + s.num_tokens;
+    if (!s.samples) continue;
+    auto tok = sampled.find(s.request_id);
+    if (tok == sampled.end()) continue;
+    r->output.push_back(tok->second);
+    if (std::find(r->stop_token_ids.begin(), r->stop_token_ids.end(), tok->second) != r->stop_token_ids.end()) {
+      Finish(r, RequestStatus::kFinishedStopped);
+      done.push_back(r->id);
+    } else if (static_cast<int64_t>(r->output.size()) >= r->max_tokens || r->num_tokens() >= config_.max_model_len) {
+      Finish(r, RequestStatus::kFinishedLength);
+      done.push_back(r->id);
+    }
+  }
+  return done;
+}
+
+void Scheduler::FinishRequests(const std::vector<int64_t>& ids, RequestStatus status) {
+  MOE_CHECK(IsFinished(status));
+  for (int64_t id : ids) {
+    auto it = requests_.find(id);
+    if (it == requests_.end() || IsFinished(it->second->status)) continue;
+    Finish(it->second.get(), status);
+  }
+}
+
+std::unique_ptr<Request> Scheduler::Release(int64_t id) {
+  auto it = requests_.find(id);
+  if (it == requests_.end() || !IsFinished(it->second->status)) return nullptr;
+  auto r = std::move(it->second);
+  requests_.erase(it);
+  return r;
+}
+
+const Request* Scheduler::request(int64_t id) const {
+  auto it = requests_.find(id);
+  return it == requests_.end() ? nullptr : it->second.get();
+}
+
+}  // namespace moeserve::router
