@@ -42,6 +42,13 @@ Sampler::Sampler(const SamplingParams& params, std::vector<int32_t> prompt_token
   for (auto& w : state_) w = SplitMix64(s);
 }
 
+void Sampler::AddOutputHistory(const std::vector<int32_t>& tokens) {
+  for (int32_t t : tokens) {
+    output_.push_back(t);
+    ++output_counts_[t];
+  }
+}
+
 double Sampler::NextUniform() {
   // xoshiro256**
   const uint64_t result = Rotl(state_[1] * 5, 7) * 9;

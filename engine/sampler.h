@@ -51,6 +51,9 @@ class Sampler {
  public:
   Sampler(const SamplingParams& params, std::vector<int32_t> prompt_tokens);
 
+  // Records tokens generated earlier (a sequence recomputed after preemption)
+  // so penalties see them.
+  void AddOutputHistory(const std::vector<int32_t>& tokens);
   // Samples the next token from `logits` [vocab] and records it as output.
   SampleResult Sample(const float* logits, int64_t vocab);
   const SamplingParams& params() const { return params_; }

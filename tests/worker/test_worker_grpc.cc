@@ -1,0 +1,239 @@
+// The real moeserve-worker process over real gRPC on loopback: Describe,
+// Health, and an Execute stream carrying a chunked prefill, decode steps with
+// block-table diffs and a second sequence joining mid-way. Sampled tokens
+// must equal the same schedule run on the engine in this process; bad steps
+// get an error and the worker keeps serving.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <numeric>
+#include <thread>
+
+#include "engine/model.h"
+#include "engine/sampler.h"
+#include "moeserve/worker/v1/worker.grpc.pb.h"
+#include "tests/test_util.h"
+
+namespace moeserve {
+namespace {
+
+namespace v1 = moeserve::worker::v1;
+
+class WorkerProcess {
+ public:
+  explicit WorkerProcess(const std::string& model) {
+    int out[2];
+    EXPECT_EQ(pipe(out), 0);
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(out[1], STDOUT_FILENO);
+      close(out[0]);
+      execl(MOESERVE_WORKER_BIN, MOESERVE_WORKER_BIN, "--model", model.c_str(), "--port", "0", "--kv-cache-memory",
+            "16MiB", "--block-size", "4", "--max-num-seqs", "4", "--threads", "2", nullptr);
+      _exit(127);
+    }
+    close(out[1]);
+    FILE* f = fdopen(out[0], "r");
+    char line[256] = {};
+    if (fgets(line, sizeof(line), f)) {
+      std::string s(line);
+      const std::string prefix = "listening on ";
+      if (s.rfind(prefix, 0) == 0) address_ = s.substr(prefix.size(), s.find('\n') - prefix.size());
+    }
+  }
+  ~WorkerProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  const std::string& address() const { return address_; }
+
+ private:
+  pid_t pid_ = -1;
+  std::string address_;
+};
+
+TEST(WorkerGrpcTest, ExecutesStepsLikeTheEngine) {
+  const std::string dir = testing::TinyCheckpoint("worker", "mxfp4", "bf16", 1.0);
+  WorkerProcess proc(dir);
+  ASSERT_FALSE(proc.address().empty()) << "worker did not start";
+  auto channel = grpc::CreateChannel(proc.address(), grpc::InsecureChannelCredentials());
+  auto stub = v1::Worker::NewStub(channel);
+
+  {
+    grpc::ClientContext ctx;
+    v1::DescribeResponse d;
+    ASSERT_TRUE(stub->Describe(&ctx, v1::DescribeRequest(), &d).ok());
+    EXPECT_EQ(d.vocab_size(), 512);
+    EXPECT_EQ(d.block_size(), 4);
+    EXPECT_EQ(d.sliding_window(), 8);
+    EXPECT_GT(d.full().num_blocks(), 16);
+    EXPECT_EQ(d.sliding().num_blocks(), 4 * (2 + 2));
+    EXPECT_EQ(d.full().num_layers(), 2);
+    grpc::ClientContext hctx;
+    v1::HealthResponse h;
+    ASSERT_TRUE(stub->Health(&hctx, v1::HealthRequest(), &h).ok());
+    EXPECT_TRUE(h.ok());
+  }
+
+  // The schedule: sequence 1 (20 prompt tokens) prefills 12 + 8, then decodes;
+  // sequence 2 (5 tokens) joins at step 3. Greedy. Full blocks: seq 1 uses 0.., seq 2 uses 40..;
+  // sliding blocks (a pool of 16): seq 1 uses 0.., seq 2 uses 8..
+  const std::vector<int32_t> p1 = testing::RandomTokens(20, 500, 1), p2 = testing::RandomTokens(5, 500, 2);
+  const int kSteps = 8;
+  auto blocks_for = [](int base, int64_t tokens) {
+    std::vector<int32_t> b((tokens + 3) / 4);
+    std::iota(b.begin(), b.end(), base);
+    return b;
+  };
+
+  // Reference: the same steps on the engine in this process.
+  std::vector<int32_t> want1, want2;
+  {
+    auto w = LoadModelWeights(dir);
+    ModelOptions mo;
+    mo.num_threads = 2;
+    mo.kv.block_size = 4;
+    mo.kv.num_blocks[0] = mo.kv.num_blocks[1] = 64;
+    Model m(std::move(*w), mo);
+    std::vector<int32_t> t1 = p1, t2 = p2;
+    int64_t c1 = 0, c2 = 0;
+    for (int step = 0; step < kSteps; ++step) {
+      std::vector<SequenceInput> batch;
+      const int64_t n1 = step == 0 ? 12 : step == 1 ? 8 : 1;
+      auto tab1 = blocks_for(0, c1 + n1), tab2 = blocks_for(40, c2 + (step == 2 ? 5 : 1));
+      auto stab1 = blocks_for(0, c1 + n1), stab2 = blocks_for(8, c2 + (step == 2 ? 5 : 1));
+      SequenceInput a;
+      a.tokens = std::span<const int32_t>(t1).subspan(c1, n1);
+      a.start_pos = c1;
+      a.block_tables[0] = tab1;
+      a.block_tables[1] = stab1;
+      batch.push_back(a);
+      if (step >= 2) {
+        SequenceInput b;
+        const int64_t n2 = step == 2 ? 5 : 1;
+        b.tokens = std::span<const int32_t>(t2).subspan(c2, n2);
+        b.start_pos = c2;
+        b.block_tables[0] = tab2;
+        b.block_tables[1] = stab2;
+        batch.push_back(b);
+      }
+      ForwardOutput out;
+      ASSERT_TRUE(m.Forward(batch, &out).ok());
+      c1 += n1;
+      if (c1 == static_cast<int64_t>(t1.size())) {
+        const float* row = out.Row(0);
+        t1.push_back(static_cast<int32_t>(std::max_element(row, row + out.vocab_size) - row));
+        want1.push_back(t1.back());
+      }
+      if (step >= 2) {
+        c2 += step == 2 ? 5 : 1;
+        const float* row = out.Row(1);
+        t2.push_back(static_cast<int32_t>(std::max_element(row, row + out.vocab_size) - row));
+        want2.push_back(t2.back());
+      }
+    }
+  }
+
+  grpc::ClientContext ctx;
+  auto stream = stub->Execute(&ctx);
+  std::vector<int32_t> got1, got2;
+  int64_t c1 = 0, c2 = 0;
+  size_t blocks1 = 0, blocks2 = 0;
+  for (int step = 0; step < kSteps; ++step) {
+    v1::StepRequest req;
+    req.set_step_id(step);
+    const int64_t n1 = step == 0 ? 12 : step == 1 ? 8 : 1;
+    const auto tab1 = blocks_for(0, c1 + n1);
+    if (step == 0) {
+      v1::NewSequence* s = req.add_new_sequences();
+      s->set_id(1);
+      for (int32_t t : p1) s->add_tokens(t);
+      s->set_num_scheduled(n1);
+      s->set_num_prompt_tokens(20);
+      for (int32_t b : tab1) s->add_full_blocks(b), s->add_sliding_blocks(b);
+    } else {
+      v1::RunningSequence* s = req.add_running();
+      s->set_id(1);
+      s->set_num_scheduled(n1);
+      for (size_t b = blocks1; b < tab1.size(); ++b) s->add_new_full_blocks(tab1[b]), s->add_new_sliding_blocks(tab1[b]);
+    }
+    blocks1 = tab1.size();
+    if (step >= 2) {
+      const int64_t n2 = step == 2 ? 5 : 1;
+      const auto tab2 = blocks_for(40, c2 + n2);
+      if (step == 2) {
+        v1::NewSequence* s = req.add_new_sequences();
+        s->set_id(2);
+        for (int32_t t : p2) s->add_tokens(t);
+        s->set_num_scheduled(n2);
+        s->set_num_prompt_tokens(5);
+        for (int32_t b : tab2) s->add_full_blocks(b), s->add_sliding_blocks(b - 32);
+      } else {
+        v1::RunningSequence* s = req.add_running();
+        s->set_id(2);
+        s->set_num_scheduled(n2);
+        for (size_t b = blocks2; b < tab2.size(); ++b) s->add_new_full_blocks(tab2[b]), s->add_new_sliding_blocks(tab2[b] - 32);
+      }
+      blocks2 = tab2.size();
+      c2 += n2;
+    }
+    c1 += n1;
+    ASSERT_TRUE(stream->Write(req));
+    v1::StepResult res;
+    ASSERT_TRUE(stream->Read(&res));
+    ASSERT_EQ(res.error(), "") << "step " << step;
+    EXPECT_EQ(res.step_id(), static_cast<uint64_t>(step));
+    EXPECT_GT(res.total_ns(), 0);
+    for (const auto& s : res.samples()) (s.id() == 1 ? got1 : got2).push_back(s.token());
+  }
+  EXPECT_EQ(got1, want1);
+  EXPECT_EQ(got2, want2);
+  ASSERT_EQ(got1.size(), 7u);
+  ASSERT_EQ(got2.size(), 6u);
+
+  // Bad steps: an unknown sequence, a token outside the vocabulary, a block
+  // outside the pool. Each fails alone; then the worker still serves.
+  for (int bad = 0; bad < 3; ++bad) {
+    v1::StepRequest req;
+    req.set_step_id(100 + bad);
+    if (bad == 0) {
+      req.add_running()->set_id(77);
+      req.mutable_running(0)->set_num_scheduled(1);
+    } else {
+      v1::NewSequence* s = req.add_new_sequences();
+      s->set_id(50 + bad);
+      s->add_tokens(bad == 1 ? 100000 : 5);
+      s->set_num_scheduled(1);
+      s->add_full_blocks(bad == 2 ? 1 << 30 : 60);
+      s->add_sliding_blocks(0);
+    }
+    ASSERT_TRUE(stream->Write(req));
+    v1::StepResult res;
+    ASSERT_TRUE(stream->Read(&res));
+    EXPECT_NE(res.error(), "") << "bad step " << bad;
+    EXPECT_EQ(res.samples_size(), 0);
+  }
+  v1::StepRequest more;
+  more.set_step_id(200);
+  more.add_finished_ids(2);
+  v1::RunningSequence* s = more.add_running();
+  s->set_id(1);
+  s->set_num_scheduled(1);
+  const auto tab1 = blocks_for(0, c1 + 1);
+  for (size_t b = blocks1; b < tab1.size(); ++b) s->add_new_full_blocks(tab1[b]), s->add_new_sliding_blocks(tab1[b]);
+  ASSERT_TRUE(stream->Write(more));
+  v1::StepResult res;
+  ASSERT_TRUE(stream->Read(&res));
+  EXPECT_EQ(res.error(), "");
+  EXPECT_EQ(res.samples_size(), 1);
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+}  // namespace
+}  // namespace moeserve

@@ -1,0 +1,120 @@
+// moeserve-worker: serves one engine over gRPC (moeserve.worker.v1).
+//
+//   moeserve-worker --model DIR [--port 0] [--host 127.0.0.1] [--kv-cache-memory 1GiB]
+//                   [--block-size 16] [--max-num-seqs 64] [--max-model-len 8192]
+//                   [--threads 0] [--served-model-name NAME]
+// Prints "listening on HOST:PORT" once ready (port 0 picks a free port).
+#include <grpcpp/grpcpp.h>
+
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "worker/worker_service.h"
+
+namespace {
+
+constexpr char kUsage[] = R"(usage: moeserve-worker --model DIR [flags]
+  --model DIR               model directory (config.json + safetensors)
+  --host ADDR               listen address (default 127.0.0.1)
+  --port N                  port (default 0: a free one, printed at start)
+  --kv-cache-memory SIZE    bytes for the KV cache, e.g. 512MiB, 4GiB (default 1GiB)
+  --block-size N            tokens per KV block (default 16)
+  --max-num-seqs N          sequences the sliding-window pool is sized for (default 64)
+  --max-model-len N         longest sequence (default 8192)
+  --threads N               CPU threads (default: all)
+  --served-model-name NAME  model name reported to the router (default: the directory name)
+)";
+
+bool ParseSize(const std::string& s, int64_t* out) {
+  static const std::pair<const char*, int64_t> kUnits[] = {{"GiB", 1LL << 30}, {"MiB", 1LL << 20}, {"KiB", 1LL << 10},
+                                                           {"G", 1LL << 30},   {"M", 1LL << 20},   {"K", 1LL << 10}};
+  for (const auto& [u, m] : kUnits) {
+    const size_t n = std::strlen(u);
+    if (s.size() > n && s.compare(s.size() - n, n, u) == 0) {
+      double v;
+      if (!absl::SimpleAtod(s.substr(0, s.size() - n), &v) || v <= 0) return false;
+      *out = static_cast<int64_t>(v * m);
+      return true;
+    }
+  }
+  return absl::SimpleAtoi(s, out) && *out > 0;
+}
+
+int Fail(const std::string& msg) {
+  std::fprintf(stderr, "moeserve-worker: %s\n", msg.c_str());
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace moeserve;
+  std::map<std::string, std::string> f;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (a.rfind("--", 0) != 0 || i + 1 >= argc) return Fail(absl::StrCat("bad argument \"", a, "\" (see --help)"));
+    f[a] = argv[++i];
+  }
+  static const char* kKnown[] = {"--model", "--host", "--port", "--kv-cache-memory", "--block-size", "--max-num-seqs",
+                                 "--max-model-len", "--threads", "--served-model-name"};
+  for (const auto& [k, v] : f) {
+    bool ok = false;
+    for (const char* n : kKnown) ok |= k == n;
+    if (!ok) return Fail(absl::StrCat("unknown flag ", k, " (see --help)"));
+  }
+  auto get = [&](const char* k, const std::string& def) { return f.count(k) ? f[k] : def; };
+  const std::string dir = get("--model", "");
+  if (dir.empty()) return Fail("--model is required");
+  int64_t kv_bytes, port, block_size, max_seqs, max_len, threads;
+  if (!ParseSize(get("--kv-cache-memory", "1GiB"), &kv_bytes)) return Fail("bad --kv-cache-memory");
+  if (!absl::SimpleAtoi(get("--port", "0"), &port) || port < 0 || port > 65535) return Fail("bad --port");
+  if (!absl::SimpleAtoi(get("--block-size", "16"), &block_size) || block_size < 1 || block_size > 1024) {
+    return Fail("bad --block-size");
+  }
+  if (!absl::SimpleAtoi(get("--max-num-seqs", "64"), &max_seqs) || max_seqs < 1) return Fail("bad --max-num-seqs");
+  if (!absl::SimpleAtoi(get("--max-model-len", "8192"), &max_len) || max_len < 1) return Fail("bad --max-model-len");
+  if (!absl::SimpleAtoi(get("--threads", "0"), &threads) || threads < 0) return Fail("bad --threads");
+
+  auto weights = LoadModelWeights(dir);
+  if (!weights.ok()) return Fail(std::string(weights.status().message()));
+  const ModelConfig& c = (*weights)->config;
+  // Sliding pool: the window plus a chunk for every sequence; the rest is full-attention.
+  ModelOptions mo;
+  mo.num_threads = static_cast<int>(threads);
+  mo.kv.block_size = static_cast<int>(block_size);
+  const size_t full_b = KvCache::BytesPerBlock(c, kFullGroup, mo.kv.block_size, false);
+  const size_t slide_b = KvCache::BytesPerBlock(c, kSlidingGroup, mo.kv.block_size, false);
+  const int64_t slide_blocks = slide_b ? max_seqs * ((c.sliding_window + block_size - 1) / block_size + 2) : 0;
+  const int64_t left = kv_bytes - slide_blocks * static_cast<int64_t>(slide_b);
+  if (left <= 0 || (full_b && left / static_cast<int64_t>(full_b) < 1)) {
+    return Fail(absl::StrCat("--kv-cache-memory is too small: the sliding-window pool alone needs ",
+                             slide_blocks * slide_b, " bytes for ", max_seqs, " sequences"));
+  }
+  mo.kv.num_blocks[kFullGroup] = full_b ? left / static_cast<int64_t>(full_b) : 0;
+  mo.kv.num_blocks[kSlidingGroup] = slide_blocks;
+  worker::WorkerOptions wo;
+  wo.served_model_name = get("--served-model-name", dir.substr(dir.find_last_of('/') + 1));
+  wo.max_model_len = max_len;
+  worker::WorkerService service(std::make_unique<Model>(std::move(*weights), mo), wo);
+
+  grpc::ServerBuilder builder;
+  int selected = 0;
+  const std::string host = get("--host", "127.0.0.1");
+  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(), &selected);
+  builder.SetMaxReceiveMessageSize(256 << 20);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || selected == 0) return Fail(absl::StrCat("cannot listen on ", host, ":", port));
+  std::printf("listening on %s:%d\n", host.c_str(), selected);
+  std::fflush(stdout);
+  server->Wait();
+  return 0;
+}

@@ -1,0 +1,170 @@
+#include "worker/worker_service.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+
+namespace moeserve::worker {
+namespace {
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+SamplingParams FromProto(const v1::SamplingParams& p) {
+  SamplingParams s;
+  s.temperature = p.temperature();
+  s.top_k = p.top_k();
+  s.top_p = p.top_p() == 0.0f ? 1.0f : p.top_p();
+  s.min_p = p.min_p();
+  s.repetition_penalty = p.repetition_penalty() == 0.0f ? 1.0f : p.repetition_penalty();
+  s.presence_penalty = p.presence_penalty();
+  s.frequency_penalty = p.frequency_penalty();
+  s.has_seed = p.has_seed();
+  s.seed = p.seed();
+  s.logprobs = p.logprobs() ? p.top_logprobs() : -1;
+  return s;
+}
+
+}  // namespace
+
+WorkerService::WorkerService(std::unique_ptr<Model> model, const WorkerOptions& options)
+    : model_(std::move(model)), options_(options) {}
+
+grpc::Status WorkerService::Describe(grpc::ServerContext*, const v1::DescribeRequest*, v1::DescribeResponse* out) {
+  const ModelConfig& c = model_->config();
+  KvCache& kv = model_->kv_cache();
+  out->set_model(options_.served_model_name);
+  out->set_vocab_size(c.vocab_size);
+  out->set_num_layers(static_cast<int32_t>(c.num_hidden_layers));
+  out->set_max_model_len(options_.max_model_len);
+  out->set_block_size(kv.block_size());
+  out->set_sliding_window(c.sliding_window);
+  for (int g = 0; g < kNumCacheGroups; ++g) {
+    v1::CacheGroup* cg = g == kFullGroup ? out->mutable_full() : out->mutable_sliding();
+    cg->set_num_blocks(static_cast<int32_t>(kv.num_blocks(g)));
+    cg->set_bytes_per_block(static_cast<int64_t>(KvCache::BytesPerBlock(c, g, kv.block_size(), kv.f32())));
+    cg->set_num_layers(kv.num_layers_in_group(g));
+  }
+  out->set_rank(0);
+  out->set_world_size(1);
+  out->set_device("cpu");
+  out->add_eos_token_ids(200002);
+  out->add_eos_token_ids(200012);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::Init(grpc::ServerContext*, const v1::InitRequest* req, v1::InitResponse*) {
+  if (req->world_size() > 1) {
+    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "tensor/expert parallel groups need the CUDA backend");
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::Health(grpc::ServerContext*, const v1::HealthRequest*, v1::HealthResponse* out) {
+  out->set_ok(true);
+  return grpc::Status::OK;
+}
+
+v1::StepResult WorkerService::Step(const v1::StepRequest& req) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t t0 = NowNs();
+  v1::StepResult res;
+  res.set_step_id(req.step_id());
+  for (int64_t id : req.finished_ids()) sequences_.erase(id);
+
+  std::vector<int64_t> ids;  // sequences of this step, in batch order
+  auto fail = [&](const std::string& why) {
+    for (int64_t id : ids) sequences_.erase(id);
+    res.clear_samples();
+    res.set_error(why);
+    return res;
+  };
+  std::vector<int64_t> scheduled;
+  for (const v1::NewSequence& n : req.new_sequences()) {
+    ids.push_back(n.id());
+    Sequence s;
+    s.tokens.assign(n.tokens().begin(), n.tokens().end());
+    s.num_computed = n.num_computed();
+    s.tables[kFullGroup].assign(n.full_blocks().begin(), n.full_blocks().end());
+    s.tables[kSlidingGroup].assign(n.sliding_blocks().begin(), n.sliding_blocks().end());
+    const SamplingParams sp = FromProto(n.sampling());
+    if (absl::Status st = sp.Validate(); !st.ok()) return fail(absl::StrCat("sequence ", n.id(), ": ", st.message()));
+    const int32_t np = std::clamp<int32_t>(n.num_prompt_tokens(), 0, static_cast<int32_t>(s.tokens.size()));
+    s.sampler = std::make_unique<Sampler>(sp, std::vector<int32_t>(s.tokens.begin(), s.tokens.begin() + np));
+    s.sampler->AddOutputHistory(std::vector<int32_t>(s.tokens.begin() + np, s.tokens.end()));
+    s.logprobs = n.sampling().logprobs();
+    if (n.num_scheduled() < 1 || s.num_computed < 0 ||
+        s.num_computed + n.num_scheduled() > static_cast<int64_t>(s.tokens.size())) {
+      return fail(absl::StrCat("sequence ", n.id(), ": scheduled tokens outside the known tokens"));
+    }
+    sequences_[n.id()] = std::move(s);
+    scheduled.push_back(n.num_scheduled());
+  }
+  for (const v1::RunningSequence& r : req.running()) {
+    auto it = sequences_.find(r.id());
+    if (it == sequences_.end()) return fail(absl::StrCat("sequence ", r.id(), " is unknown to this worker"));
+    ids.push_back(r.id());
+    Sequence& s = it->second;
+    s.tables[kFullGroup].insert(s.tables[kFullGroup].end(), r.new_full_blocks().begin(), r.new_full_blocks().end());
+    s.tables[kSlidingGroup].insert(s.tables[kSlidingGroup].end(), r.new_sliding_blocks().begin(),
+                                   r.new_sliding_blocks().end());
+    for (int64_t b = 0; b < std::min<int64_t>(r.sliding_released_below(), s.tables[kSlidingGroup].size()); ++b) {
+      s.tables[kSlidingGroup][b] = -1;
+    }
+    if (r.num_scheduled() < 1 || s.num_computed + r.num_scheduled() > static_cast<int64_t>(s.tokens.size())) {
+      return fail(absl::StrCat("sequence ", r.id(), ": scheduled tokens outside the known tokens"));
+    }
+    scheduled.push_back(r.num_scheduled());
+  }
+  std::vector<SequenceInput> batch;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    Sequence& s = sequences_[ids[i]];
+    SequenceInput in;
+    in.tokens = std::span<const int32_t>(s.tokens).subspan(s.num_computed, scheduled[i]);
+    in.start_pos = s.num_computed;
+    in.block_tables[kFullGroup] = s.tables[kFullGroup];
+    in.block_tables[kSlidingGroup] = s.tables[kSlidingGroup];
+    batch.push_back(in);
+  }
+  ForwardOutput out;
+  if (!batch.empty()) {
+    if (absl::Status st = model_->Forward(batch, &out); !st.ok()) return fail(std::string(st.message()));
+  }
+  const int64_t t1 = NowNs();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    Sequence& s = sequences_[ids[i]];
+    s.num_computed += scheduled[i];
+    if (s.num_computed != static_cast<int64_t>(s.tokens.size())) continue;  // a prefill chunk: nothing to sample
+    const SampleResult r = s.sampler->Sample(out.Row(static_cast<int>(i)), out.vocab_size);
+    s.tokens.push_back(r.token);
+    v1::SampleOutput* o = res.add_samples();
+    o->set_id(ids[i]);
+    o->set_token(r.token);
+    if (s.logprobs) {
+      o->set_logprob(r.logprob);
+      for (const auto& t : r.top) {
+        v1::TokenLogprob* tl = o->add_top_logprobs();
+        tl->set_token(t.token);
+        tl->set_logprob(t.logprob);
+      }
+    }
+  }
+  const int64_t t2 = NowNs();
+  res.set_forward_ns(t1 - t0);
+  res.set_sample_ns(t2 - t1);
+  res.set_total_ns(t2 - t0);
+  return res;
+}
+
+grpc::Status WorkerService::Execute(grpc::ServerContext* ctx,
+                                    grpc::ServerReaderWriter<v1::StepResult, v1::StepRequest>* stream) {
+  v1::StepRequest req;
+  while (!ctx->IsCancelled() && stream->Read(&req)) {
+    if (!stream->Write(Step(req))) break;
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace moeserve::worker

@@ -1,0 +1,57 @@
+// The gRPC worker: one engine Model on one device, executing the router's
+// steps (proto/moeserve/worker/v1/worker.proto).
+//
+// Per sequence it keeps every known token, the block tables and the sampler;
+// the router sends new sequences whole once and running ones as diffs. A step
+// that fails (bad block table, bad token id) answers with an error naming the
+// cause and drops only that step's sequences; the worker keeps serving.
+//
+// Thread-safety: Execute streams are served one step at a time (a mutex
+// around the model); Describe and Health may run concurrently.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "engine/model.h"
+#include "engine/sampler.h"
+#include "moeserve/worker/v1/worker.grpc.pb.h"
+
+namespace moeserve::worker {
+
+struct WorkerOptions {
+  std::string served_model_name = "gpt-oss";
+  int64_t max_model_len = 8192;
+};
+
+class WorkerService final : public moeserve::worker::v1::Worker::Service {
+ public:
+  WorkerService(std::unique_ptr<Model> model, const WorkerOptions& options);
+
+  grpc::Status Describe(grpc::ServerContext*, const v1::DescribeRequest*, v1::DescribeResponse* out) override;
+  grpc::Status Init(grpc::ServerContext*, const v1::InitRequest* req, v1::InitResponse*) override;
+  grpc::Status Execute(grpc::ServerContext* ctx,
+                       grpc::ServerReaderWriter<v1::StepResult, v1::StepRequest>* stream) override;
+  grpc::Status Health(grpc::ServerContext*, const v1::HealthRequest*, v1::HealthResponse* out) override;
+
+  // One step, without gRPC (also used by tests).
+  v1::StepResult Step(const v1::StepRequest& req);
+
+ private:
+  struct Sequence {
+    std::vector<int32_t> tokens;
+    int64_t num_computed = 0;
+    std::vector<int32_t> tables[kNumCacheGroups];
+    std::unique_ptr<Sampler> sampler;
+    bool logprobs = false;
+  };
+
+  std::unique_ptr<Model> model_;
+  WorkerOptions options_;
+  std::mutex mu_;
+  std::unordered_map<int64_t, Sequence> sequences_;
+};
+
+}  // namespace moeserve::worker
