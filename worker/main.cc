@@ -23,6 +23,7 @@ constexpr char kUsage[] = R"(usage: moeserve-worker --model DIR [flags]
   --port N                  port (default 0: a free one, printed at start)
   --kv-cache-memory SIZE    bytes for the KV cache, e.g. 512MiB, 4GiB (default 1GiB)
   --block-size N            tokens per KV block (default 16)
+  --kv-cache-dtype T        bf16 (default) or f32
   --max-num-seqs N          sequences the sliding-window pool is sized for (default 64)
   --max-model-len N         longest sequence (default 8192)
   --threads N               CPU threads (default: all)
@@ -64,7 +65,7 @@ int main(int argc, char** argv) {
     f[a] = argv[++i];
   }
   static const char* kKnown[] = {"--model", "--host", "--port", "--kv-cache-memory", "--block-size", "--max-num-seqs",
-                                 "--max-model-len", "--threads", "--served-model-name"};
+                                 "--max-model-len", "--threads", "--served-model-name", "--kv-cache-dtype"};
   for (const auto& [k, v] : f) {
     bool ok = false;
     for (const char* n : kKnown) ok |= k == n;
@@ -87,11 +88,14 @@ int main(int argc, char** argv) {
   if (!weights.ok()) return Fail(std::string(weights.status().message()));
   const ModelConfig& c = (*weights)->config;
   // Sliding pool: the window plus a chunk for every sequence; the rest is full-attention.
+  const std::string kv_dtype = get("--kv-cache-dtype", "bf16");
+  if (kv_dtype != "bf16" && kv_dtype != "f32") return Fail("--kv-cache-dtype must be bf16 or f32");
   ModelOptions mo;
   mo.num_threads = static_cast<int>(threads);
   mo.kv.block_size = static_cast<int>(block_size);
-  const size_t full_b = KvCache::BytesPerBlock(c, kFullGroup, mo.kv.block_size, false);
-  const size_t slide_b = KvCache::BytesPerBlock(c, kSlidingGroup, mo.kv.block_size, false);
+  mo.kv.f32 = kv_dtype == "f32";
+  const size_t full_b = KvCache::BytesPerBlock(c, kFullGroup, mo.kv.block_size, mo.kv.f32);
+  const size_t slide_b = KvCache::BytesPerBlock(c, kSlidingGroup, mo.kv.block_size, mo.kv.f32);
   const int64_t slide_blocks = slide_b ? max_seqs * ((c.sliding_window + block_size - 1) / block_size + 2) : 0;
   const int64_t left = kv_bytes - slide_blocks * static_cast<int64_t>(slide_b);
   if (left <= 0 || (full_b && left / static_cast<int64_t>(full_b) < 1)) {

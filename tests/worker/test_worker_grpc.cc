@@ -16,50 +16,16 @@
 #include "engine/sampler.h"
 #include "moeserve/worker/v1/worker.grpc.pb.h"
 #include "tests/test_util.h"
+#include "tests/worker_process.h"
 
 namespace moeserve {
 namespace {
 
 namespace v1 = moeserve::worker::v1;
 
-class WorkerProcess {
- public:
-  explicit WorkerProcess(const std::string& model) {
-    int out[2];
-    EXPECT_EQ(pipe(out), 0);
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(out[1], STDOUT_FILENO);
-      close(out[0]);
-      execl(MOESERVE_WORKER_BIN, MOESERVE_WORKER_BIN, "--model", model.c_str(), "--port", "0", "--kv-cache-memory",
-            "16MiB", "--block-size", "4", "--max-num-seqs", "4", "--threads", "2", nullptr);
-      _exit(127);
-    }
-    close(out[1]);
-    FILE* f = fdopen(out[0], "r");
-    char line[256] = {};
-    if (fgets(line, sizeof(line), f)) {
-      std::string s(line);
-      const std::string prefix = "listening on ";
-      if (s.rfind(prefix, 0) == 0) address_ = s.substr(prefix.size(), s.find('\n') - prefix.size());
-    }
-  }
-  ~WorkerProcess() {
-    if (pid_ > 0) {
-      kill(pid_, SIGTERM);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-  const std::string& address() const { return address_; }
-
- private:
-  pid_t pid_ = -1;
-  std::string address_;
-};
-
 TEST(WorkerGrpcTest, ExecutesStepsLikeTheEngine) {
   const std::string dir = testing::TinyCheckpoint("worker", "mxfp4", "bf16", 1.0);
-  WorkerProcess proc(dir);
+  testing::WorkerProcess proc(dir, {"--kv-cache-memory", "16MiB", "--block-size", "4", "--max-num-seqs", "4"});
   ASSERT_FALSE(proc.address().empty()) << "worker did not start";
   auto channel = grpc::CreateChannel(proc.address(), grpc::InsecureChannelCredentials());
   auto stub = v1::Worker::NewStub(channel);

@@ -1,0 +1,235 @@
+#include "router/group_runner.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace moeserve::router {
+
+namespace v1 = moeserve::worker::v1;
+
+GroupRunner::GroupRunner(std::string worker_address, SchedulerConfig config)
+    : address_(std::move(worker_address)), config_(config) {}
+
+GroupRunner::~GroupRunner() { Stop(); }
+
+absl::Status GroupRunner::Start() {
+  auto channel = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
+  stub_ = v1::Worker::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  const grpc::Status st = stub_->Describe(&ctx, v1::DescribeRequest(), &description_);
+  if (!st.ok()) return absl::UnavailableError(absl::StrCat("worker ", address_, ": ", st.error_message()));
+  KvCacheConfig kv;
+  kv.block_size = description_.block_size();
+  kv.num_blocks = {description_.full().num_blocks(), description_.sliding().num_blocks()};
+  kv.sliding_window = description_.sliding_window();
+  config_.max_model_len = std::min<int64_t>(config_.max_model_len, description_.max_model_len());
+  scheduler_ = std::make_unique<Scheduler>(config_, kv);
+  stream_ctx_ = std::make_unique<grpc::ClientContext>();
+  stream_ = stub_->Execute(stream_ctx_.get());
+  thread_ = std::thread([this] { Loop(); });
+  return absl::OkStatus();
+}
+
+void GroupRunner::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  if (stream_) {
+    stream_->WritesDone();
+    stream_->Finish();
+    stream_.reset();
+  }
+  FailAll("the router is shutting down");
+}
+
+absl::StatusOr<int64_t> GroupRunner::Submit(GenerationRequest g, GenerationCallbacks callbacks) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stop_ || !scheduler_) return absl::UnavailableError("no worker group is running");
+  auto r = std::make_unique<Request>();
+  r->id = next_id_++;
+  r->prompt = std::move(g.prompt);
+  r->max_tokens = g.max_tokens;
+  r->stop_token_ids = std::move(g.stop_token_ids);
+  const int64_t id = r->id;
+  for (int32_t t : r->prompt) {
+    if (t < 0 || t >= description_.vocab_size()) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", t, " is outside the vocabulary"));
+    }
+  }
+  if (absl::Status st = scheduler_->AddRequest(std::move(r)); !st.ok()) return st;
+  live_[id] = Live{g.sampling, std::move(callbacks)};
+  cv_.notify_all();
+  return id;
+}
+
+void GroupRunner::Abort(int64_t id) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    aborts_.push_back(id);
+  }
+  cv_.notify_all();
+}
+
+int GroupRunner::num_running() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return scheduler_ ? scheduler_->num_running() : 0;
+}
+
+int GroupRunner::num_waiting() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return scheduler_ ? scheduler_->num_waiting() : 0;
+}
+
+int64_t GroupRunner::num_preemptions() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return num_preemptions_;
+}
+
+void GroupRunner::FailAll(const std::string& why) {
+  std::vector<GenerationCallbacks> failed;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<int64_t> ids;
+    for (auto& [id, l] : live_) {
+      ids.push_back(id);
+      failed.push_back(std::move(l.callbacks));
+    }
+    if (scheduler_) {
+      scheduler_->FinishRequests(ids, RequestStatus::kFinishedError);
+      for (int64_t id : ids) scheduler_->Release(id);
+    }
+    live_.clear();
+  }
+  for (auto& cb : failed) {
+    if (cb.on_finish) cb.on_finish(RequestStatus::kFinishedError, why);
+  }
+}
+
+void GroupRunner::Loop() {
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_for(lock, std::chrono::milliseconds(50), [&] {
+        return stop_ || !aborts_.empty() || scheduler_->num_running() + scheduler_->num_waiting() > 0;
+      });
+      if (stop_) return;
+    }
+    if (!RunStep()) {
+      FailAll(absl::StrCat("worker ", address_, " failed"));
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;  // marked down; reconnecting is the worker pool's job
+      return;
+    }
+  }
+}
+
+bool GroupRunner::RunStep() {
+  using Event = std::function<void()>;
+  std::vector<Event> events;
+  v1::StepRequest req;
+  SchedulerOutput out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    // Aborts first: their blocks return before this step is planned.
+    for (int64_t id : aborts_) {
+      auto it = live_.find(id);
+      if (it == live_.end()) continue;
+      scheduler_->FinishRequests({id}, RequestStatus::kFinishedAborted);
+      scheduler_->Release(id);
+      auto cb = std::move(it->second.callbacks);
+      live_.erase(it);
+      events.push_back([cb] {
+        if (cb.on_finish) cb.on_finish(RequestStatus::kFinishedAborted, "");
+      });
+    }
+    aborts_.clear();
+    out = scheduler_->Schedule();
+    req.set_step_id(++step_id_);
+    for (int64_t id : out.finished) req.add_finished_ids(id);
+    num_preemptions_ += static_cast<int64_t>(out.preempted.size());
+    for (int64_t id : out.preempted) {
+      req.add_finished_ids(id);
+      if (auto it = live_.find(id); it != live_.end()) it->second.blocks_sent[0] = it->second.blocks_sent[1] = 0;
+    }
+    for (const ScheduledSequence& s : out.scheduled) {
+      const Request* r = scheduler_->request(s.request_id);
+      Live& l = live_[s.request_id];
+      const BlockTables& t = scheduler_->kv().tables(s.request_id);
+      if (s.whole) {
+        v1::NewSequence* n = req.add_new_sequences();
+        n->set_id(s.request_id);
+        for (int64_t i = 0; i < r->num_tokens(); ++i) n->add_tokens(r->token_at(i));
+        n->set_num_computed(s.start);
+        n->set_num_scheduled(s.num_tokens);
+        for (int32_t b : t[kFullGroup]) n->add_full_blocks(b);
+        for (int32_t b : t[kSlidingGroup]) n->add_sliding_blocks(b);
+        *n->mutable_sampling() = l.sampling;
+        n->set_num_prompt_tokens(static_cast<int32_t>(r->prompt.size()));
+      } else {
+        v1::RunningSequence* n = req.add_running();
+        n->set_id(s.request_id);
+        n->set_num_scheduled(s.num_tokens);
+        for (size_t b = l.blocks_sent[kFullGroup]; b < t[kFullGroup].size(); ++b) n->add_new_full_blocks(t[kFullGroup][b]);
+        for (size_t b = l.blocks_sent[kSlidingGroup]; b < t[kSlidingGroup].size(); ++b) {
+          n->add_new_sliding_blocks(t[kSlidingGroup][b]);
+        }
+        int64_t released = 0;
+        while (released < static_cast<int64_t>(t[kSlidingGroup].size()) && t[kSlidingGroup][released] < 0) ++released;
+        n->set_sliding_released_below(released);
+      }
+      l.blocks_sent[kFullGroup] = t[kFullGroup].size();
+      l.blocks_sent[kSlidingGroup] = t[kSlidingGroup].size();
+    }
+  }
+  for (auto& e : events) e();
+  events.clear();
+  if (out.scheduled.empty() && out.finished.empty() && out.preempted.empty()) return true;
+
+  v1::StepResult res;
+  if (!stream_->Write(req) || !stream_->Read(&res)) return false;
+
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<int64_t> done;
+    if (!res.error().empty()) {
+      // The worker dropped this step's sequences: only they fail.
+      std::vector<int64_t> ids;
+      for (const auto& s : out.scheduled) ids.push_back(s.request_id);
+      scheduler_->FinishRequests(ids, RequestStatus::kFinishedError);
+      done = ids;
+    } else {
+      std::map<int64_t, int32_t> sampled;
+      for (const v1::SampleOutput& s : res.samples()) {
+        sampled[s.id()] = s.token();
+        auto it = live_.find(s.id());
+        if (it == live_.end()) continue;
+        auto cb = it->second.callbacks.on_token;
+        events.push_back([cb, s] {
+          if (cb) cb(s);
+        });
+      }
+      done = scheduler_->UpdateFromOutput(out, sampled);
+    }
+    for (int64_t id : done) {
+      auto it = live_.find(id);
+      if (it == live_.end()) continue;
+      const RequestStatus status = scheduler_->request(id)->status;
+      auto cb = std::move(it->second.callbacks);
+      live_.erase(it);
+      scheduler_->Release(id);
+      const std::string why = status == RequestStatus::kFinishedError ? res.error() : "";
+      events.push_back([cb, status, why] {
+        if (cb.on_finish) cb.on_finish(status, why);
+      });
+    }
+  }
+  for (auto& e : events) e();
+  return true;
+}
+
+}  // namespace moeserve::router

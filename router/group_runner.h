@@ -1,0 +1,93 @@
+// Drives one worker group: the thin loop around a Scheduler (DESIGN §3).
+//
+// It connects to the group's worker, sizes the scheduler's block pools from
+// Describe, and runs one thread that turns each Schedule() into a StepRequest
+// on the worker's Execute stream (new sequences whole once, running ones as
+// block-table diffs, finished and preempted ids to drop), reads the
+// StepResult, and feeds it back with UpdateFromOutput. Callers submit and
+// abort requests from any thread; their callbacks run on the loop thread.
+// If the worker fails, every request in flight ends with kFinishedError.
+#pragma once
+
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "moeserve/worker/v1/worker.grpc.pb.h"
+#include "router/scheduler.h"
+
+namespace moeserve::router {
+
+struct GenerationCallbacks {
+  // A sampled token (with its logprob info when requested).
+  std::function<void(const worker::v1::SampleOutput&)> on_token;
+  // The request ended: its status (stop, length, abort, error) and a message for errors.
+  std::function<void(RequestStatus, const std::string&)> on_finish;
+};
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;
+  int64_t max_tokens = 16;
+  std::vector<int32_t> stop_token_ids;
+  worker::v1::SamplingParams sampling;
+};
+
+class GroupRunner {
+ public:
+  GroupRunner(std::string worker_address, SchedulerConfig config);
+  ~GroupRunner();
+
+  // Connects (Describe) and starts the loop.
+  absl::Status Start();
+  void Stop();
+
+  // Queues a request; errors (too long, queue full) come back at once.
+  absl::StatusOr<int64_t> Submit(GenerationRequest request, GenerationCallbacks callbacks);
+  void Abort(int64_t id);
+
+  const worker::v1::DescribeResponse& description() const { return description_; }
+  int num_running() const;
+  int num_waiting() const;
+  int64_t num_preemptions() const;
+
+ private:
+  struct Pending {
+    std::unique_ptr<Request> request;
+    worker::v1::SamplingParams sampling;
+    GenerationCallbacks callbacks;
+  };
+  struct Live {
+    worker::v1::SamplingParams sampling;
+    GenerationCallbacks callbacks;
+    size_t blocks_sent[kNumGroups] = {0, 0};
+  };
+  void Loop();
+  bool RunStep();  // false when the worker failed
+  void FailAll(const std::string& why);
+
+  std::string address_;
+  SchedulerConfig config_;
+  worker::v1::DescribeResponse description_;
+  std::unique_ptr<worker::v1::Worker::Stub> stub_;
+  std::unique_ptr<grpc::ClientContext> stream_ctx_;
+  std::unique_ptr<grpc::ClientReaderWriter<worker::v1::StepRequest, worker::v1::StepResult>> stream_;
+  std::unique_ptr<Scheduler> scheduler_;  // loop thread only (under mu_ for Submit's checks)
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<int64_t> aborts_;
+  std::map<int64_t, Live> live_;
+  bool stop_ = false;
+  int64_t next_id_ = 1;
+  uint64_t step_id_ = 0;
+  int64_t num_preemptions_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace moeserve::router
