@@ -1,0 +1,519 @@
+#include "router/gateway.h"
+
+#include <boost/asio.hpp>
+#include <boost/beast.hpp>
+#include <chrono>
+#include <deque>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+#include "router/text/chat.h"
+#include "router/text/harmony_parser.h"
+
+namespace moeserve::router {
+namespace {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+using json = nlohmann::ordered_json;
+
+struct ApiError {
+  http::status status = http::status::bad_request;
+  std::string message;
+  std::string type = "invalid_request_error";
+  std::string param;
+  std::string code;
+};
+
+std::string ErrorBody(const ApiError& e) {
+  json j = {{"error",
+             {{"message", e.message},
+              {"type", e.type},
+              {"param", e.param.empty() ? json(nullptr) : json(e.param)},
+              {"code", e.code.empty() ? json(nullptr) : json(e.code)}}}};
+  return j.dump();
+}
+
+ApiError FromStatus(const absl::Status& st) {
+  ApiError e;
+  e.message = std::string(st.message());
+  switch (st.code()) {
+    case absl::StatusCode::kResourceExhausted:
+      e.status = http::status::too_many_requests;
+      e.type = "rate_limit_error";
+      break;
+    case absl::StatusCode::kUnavailable:
+      e.status = http::status::service_unavailable;
+      e.type = "server_error";
+      break;
+    case absl::StatusCode::kInvalidArgument:
+      break;
+    default:
+      e.status = http::status::internal_server_error;
+      e.type = "server_error";
+  }
+  return e;
+}
+
+int64_t UnixNow() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// Reads an optional number field with a range; returns an error naming the param.
+template <typename T>
+bool Num(const json& j, const char* key, T lo, T hi, T* out, ApiError* err) {
+  if (!j.contains(key) || j[key].is_null()) return true;
+  const json& v = j[key];
+  const bool ok = std::is_integral_v<T> ? v.is_number_integer() : v.is_number();
+  if (!ok || v.get<double>() < static_cast<double>(lo) || v.get<double>() > static_cast<double>(hi)) {
+    err->message = absl::StrCat("'", key, "' must be a ", std::is_integral_v<T> ? "integer" : "number", " in [", lo,
+                                ", ", hi, "]");
+    err->param = key;
+    return false;
+  }
+  *out = v.get<T>();
+  return true;
+}
+
+}  // namespace
+
+struct Gateway::Impl {
+  GatewayOptions opts;
+  GroupRunner* runner;
+  const text::Tokenizer* tok;
+  net::io_context ioc;
+  std::unique_ptr<tcp::acceptor> acceptor;
+  std::vector<std::thread> threads;
+  std::atomic<int64_t> next_response{1};
+
+  void Accept();
+};
+
+namespace {
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket socket, Gateway::Impl* gw) : stream_(std::move(socket)), gw_(gw) {}
+  void Start() { Read(); }
+
+ private:
+  struct Generation {
+    bool chat = true;
+    bool stream = false;
+    bool include_usage = false;
+    int64_t id = -1;
+    std::string response_id;
+    int64_t created = 0;
+    int64_t prompt_tokens = 0;
+    std::vector<int32_t> tokens;
+    std::unique_ptr<text::HarmonyStreamParser> parser;
+    std::unique_ptr<text::IncrementalDecoder> decoder;
+    std::map<int, std::string> call_ids;
+    bool finished = false;
+  };
+
+  void Read() {
+    parser_.emplace();
+    parser_->body_limit(gw_->opts.max_body_bytes);
+    stream_.expires_after(std::chrono::seconds(60));  // slow or silent clients are dropped
+    http::async_read(stream_, buffer_, *parser_,
+                     [self = shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
+  }
+
+  void OnRead(beast::error_code ec) {
+    if (ec == http::error::body_limit) {
+      ApiError e{http::status::payload_too_large, "request body too large"};
+      return Reply(e.status, ErrorBody(e), false);
+    }
+    if (ec) return Close();
+    stream_.expires_never();
+    req_ = parser_->release();
+    Handle();
+  }
+
+  void Reply(http::status status, std::string body, bool keep_alive, int retry_after = 0) {
+    auto res = std::make_shared<http::response<http::string_body>>(status, 11);
+    res->set(http::field::content_type, "application/json");
+    res->set(http::field::server, "moeserve");
+    if (retry_after > 0) res->set(http::field::retry_after, std::to_string(retry_after));
+    res->keep_alive(keep_alive);
+    res->body() = std::move(body);
+    res->prepare_payload();
+    http::async_write(stream_, *res, [self = shared_from_this(), res, keep_alive](beast::error_code ec, size_t) {
+      if (ec || !keep_alive) return self->Close();
+      self->Read();
+    });
+  }
+
+  void ReplyError(const ApiError& e) {
+    Reply(e.status, ErrorBody(e), req_.keep_alive(), e.status == http::status::too_many_requests ? 1 : 0);
+  }
+
+  void Close() {
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
+    stream_.socket().close(ec);
+    if (gen_ && !gen_->finished && gen_->id >= 0) gw_->runner->Abort(gen_->id);  // the client went away
+  }
+
+  void Handle() {
+    const std::string target(req_.target());
+    const std::string path = target.substr(0, target.find('?'));
+    if (path == "/health") return Reply(http::status::ok, "{}", req_.keep_alive());
+    if (path == "/ready") {
+      return Reply(http::status::ok, json{{"ready", true}}.dump(), req_.keep_alive());
+    }
+    if (!gw_->opts.api_key.empty()) {
+      const std::string auth(req_[http::field::authorization]);
+      if (auth != "Bearer " + gw_->opts.api_key) {
+        return ReplyError({http::status::unauthorized, "Incorrect API key provided.", "invalid_request_error", "",
+                           "invalid_api_key"});
+      }
+    }
+    if (path == "/v1/models") {
+      if (req_.method() != http::verb::get) return ReplyError({http::status::method_not_allowed, "use GET"});
+      json j = {{"object", "list"},
+                {"data", json::array({{{"id", gw_->opts.served_model_name}, {"object", "model"}, {"created", 0},
+                                       {"owned_by", "moeserve"}}})}};
+      return Reply(http::status::ok, j.dump(), req_.keep_alive());
+    }
+    if (path == "/v1/chat/completions" || path == "/v1/completions") {
+      if (req_.method() != http::verb::post) return ReplyError({http::status::method_not_allowed, "use POST"});
+      return Generate(path == "/v1/chat/completions");
+    }
+    ReplyError({http::status::not_found, absl::StrCat("no route ", path), "invalid_request_error", "", "not_found"});
+  }
+
+  void Generate(bool chat) {
+    json body = json::parse(req_.body(), nullptr, false);
+    if (body.is_discarded() || !body.is_object()) return ReplyError({http::status::bad_request, "the body is not a JSON object"});
+    ApiError err;
+    if (body.contains("model") && (!body["model"].is_string() || body["model"] != gw_->opts.served_model_name)) {
+      return ReplyError({http::status::not_found,
+                         absl::StrCat("The model `", body["model"].is_string() ? body["model"].get<std::string>() : "?",
+                                      "` does not exist."),
+                         "invalid_request_error", "model", "model_not_found"});
+    }
+    auto g = std::make_unique<Generation>();
+    g->chat = chat;
+    GenerationRequest gr;
+    if (chat) {
+      text::ChatRenderOptions o;
+      o.current_date = gw_->opts.current_date;
+      if (body.contains("reasoning_effort") && !body["reasoning_effort"].is_null()) {
+        if (!body["reasoning_effort"].is_string()) return ReplyError({http::status::bad_request, "'reasoning_effort' must be a string", "invalid_request_error", "reasoning_effort"});
+        o.reasoning_effort = body["reasoning_effort"].get<std::string>();
+      }
+      if (!body.contains("messages")) return ReplyError({http::status::bad_request, "'messages' is required", "invalid_request_error", "messages"});
+      auto ids = text::RenderChatRequest(*gw_->tok, body["messages"], body.contains("tools") ? body["tools"] : json(), o);
+      if (!ids.ok()) return ReplyError(FromStatus(ids.status()));
+      gr.prompt = std::move(*ids);
+      gr.stop_token_ids = text::AssistantStopTokens();
+      g->parser = std::make_unique<text::HarmonyStreamParser>(*gw_->tok);
+    } else {
+      if (!body.contains("prompt")) return ReplyError({http::status::bad_request, "'prompt' is required", "invalid_request_error", "prompt"});
+      auto ids = text::CompletionPromptTokens(*gw_->tok, body["prompt"]);
+      if (!ids.ok()) return ReplyError({http::status::bad_request, std::string(ids.status().message()), "invalid_request_error", "prompt"});
+      if (ids->empty()) return ReplyError({http::status::bad_request, "the prompt is empty", "invalid_request_error", "prompt"});
+      gr.prompt = std::move(*ids);
+      gr.stop_token_ids = {199999, 200002, 200012};
+      g->decoder = std::make_unique<text::IncrementalDecoder>(*gw_->tok);
+    }
+    float temperature = 1.0f, top_p = 1.0f, min_p = 0.0f, presence = 0.0f, frequency = 0.0f;
+    int64_t top_k = 0, seed = 0, n = 1, top_logprobs = 0;
+    int64_t max_tokens = std::max<int64_t>(1, gw_->runner->description().max_model_len() - static_cast<int64_t>(gr.prompt.size()));
+    if (!Num(body, "temperature", 0.0f, 2.0f, &temperature, &err) || !Num(body, "top_p", 0.0f, 1.0f, &top_p, &err) ||
+        !Num(body, "min_p", 0.0f, 1.0f, &min_p, &err) || !Num(body, "presence_penalty", -2.0f, 2.0f, &presence, &err) ||
+        !Num(body, "frequency_penalty", -2.0f, 2.0f, &frequency, &err) ||
+        !Num<int64_t>(body, "top_k", -1, 1 << 20, &top_k, &err) ||
+        !Num<int64_t>(body, "seed", INT64_MIN, INT64_MAX, &seed, &err) || !Num<int64_t>(body, "n", 1, 1, &n, &err) ||
+        !Num<int64_t>(body, "max_tokens", 1, 1 << 30, &max_tokens, &err) ||
+        !Num<int64_t>(body, "max_completion_tokens", 1, 1 << 30, &max_tokens, &err) ||
+        !Num<int64_t>(body, "top_logprobs", 0, 20, &top_logprobs, &err)) {
+      return ReplyError(err);
+    }
+    if (body.contains("stop") && !body["stop"].is_null() && !(body["stop"].is_array() && body["stop"].empty())) {
+      return ReplyError({http::status::bad_request, "stop strings are not supported yet; use stop_token_ids",
+                         "invalid_request_error", "stop"});
+    }
+    if (body.contains("stop_token_ids") && body["stop_token_ids"].is_array()) {
+      for (const json& t : body["stop_token_ids"]) {
+        if (!t.is_number_integer()) return ReplyError({http::status::bad_request, "'stop_token_ids' must be integers", "invalid_request_error", "stop_token_ids"});
+        gr.stop_token_ids.push_back(t.get<int32_t>());
+      }
+    }
+    if (body.contains("stream") && !body["stream"].is_null() && !body["stream"].is_boolean()) {
+      return ReplyError({http::status::bad_request, "'stream' must be a boolean", "invalid_request_error", "stream"});
+    }
+    g->stream = body.value("stream", false);
+    if (body.contains("stream_options") && body["stream_options"].is_object()) {
+      g->include_usage = body["stream_options"].value("include_usage", false);
+    }
+    gr.max_tokens = max_tokens;
+    gr.sampling.set_temperature(temperature);
+    gr.sampling.set_top_p(top_p);
+    gr.sampling.set_top_k(static_cast<int32_t>(top_k < 0 ? 0 : top_k));
+    gr.sampling.set_min_p(min_p);
+    gr.sampling.set_presence_penalty(presence);
+    gr.sampling.set_frequency_penalty(frequency);
+    if (body.contains("seed") && !body["seed"].is_null()) {
+      gr.sampling.set_has_seed(true);
+      gr.sampling.set_seed(static_cast<uint64_t>(seed));
+    }
+    g->prompt_tokens = static_cast<int64_t>(gr.prompt.size());
+    g->created = UnixNow();
+    g->response_id = absl::StrCat(chat ? "chatcmpl-" : "cmpl-", gw_->next_response++);
+    gen_ = std::move(g);
+
+    // The callbacks own the session until the request ends: with no read or
+    // write outstanding, nothing else keeps it alive while it waits.
+    GenerationCallbacks cb;
+    auto self = shared_from_this();
+    auto exec = stream_.get_executor();
+    cb.on_token = [self, exec](const worker::v1::SampleOutput& s) {
+      net::post(exec, [self, token = s.token()] { self->OnToken(token); });
+    };
+    cb.on_finish = [self, exec](RequestStatus st, const std::string& why) {
+      net::post(exec, [self, st, why] { self->OnFinish(st, why); });
+    };
+    auto id = gw_->runner->Submit(std::move(gr), std::move(cb));
+    if (!id.ok()) {
+      gen_.reset();
+      return ReplyError(FromStatus(id.status()));
+    }
+    gen_->id = *id;
+    if (gen_->stream) {
+      Write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n");
+      if (chat) Event(Chunk(json{{"role", "assistant"}, {"content", ""}}, nullptr));
+    }
+  }
+
+  json Chunk(json delta, json finish_reason) {
+    if (gen_->chat) {
+      return {{"id", gen_->response_id}, {"object", "chat.completion.chunk"}, {"created", gen_->created},
+              {"model", gw_->opts.served_model_name},
+              {"choices", json::array({{{"index", 0}, {"delta", std::move(delta)}, {"logprobs", nullptr},
+                                        {"finish_reason", std::move(finish_reason)}}})}};
+    }
+    return {{"id", gen_->response_id}, {"object", "text_completion"}, {"created", gen_->created},
+            {"model", gw_->opts.served_model_name},
+            {"choices", json::array({{{"index", 0}, {"text", delta.value("text", "")}, {"logprobs", nullptr},
+                                      {"finish_reason", std::move(finish_reason)}}})}};
+  }
+
+  // Deltas of one token as chat-chunk deltas (or completion text).
+  std::vector<json> Deltas(const std::vector<text::HarmonyDelta>& ds) {
+    std::vector<json> out;
+    for (const auto& d : ds) {
+      switch (d.kind) {
+        case text::HarmonyDelta::Kind::kContent: out.push_back({{"content", d.text}}); break;
+        case text::HarmonyDelta::Kind::kReasoning:
+          out.push_back({{"reasoning", d.text}, {"reasoning_content", d.text}});
+          break;
+        case text::HarmonyDelta::Kind::kToolCallBegin: {
+          const std::string call_id = absl::StrCat("call_", gen_->response_id, "_", d.tool_index);
+          gen_->call_ids[d.tool_index] = call_id;
+          out.push_back({{"tool_calls", json::array({{{"index", d.tool_index}, {"id", call_id}, {"type", "function"},
+                                                      {"function", {{"name", d.tool_name}, {"arguments", ""}}}}})}});
+          break;
+        }
+        case text::HarmonyDelta::Kind::kToolCallArguments:
+          out.push_back({{"tool_calls", json::array({{{"index", d.tool_index}, {"function", {{"arguments", d.text}}}}})}});
+          break;
+        case text::HarmonyDelta::Kind::kFinish: finish_hint_ = d.text; break;
+      }
+    }
+    return out;
+  }
+
+  void OnToken(int32_t token) {
+    if (!gen_ || gen_->finished) return;
+    gen_->tokens.push_back(token);
+    if (!gen_->stream) return;
+    if (gen_->chat) {
+      std::vector<text::HarmonyDelta> ds;
+      gen_->parser->Push(token, &ds);
+      for (json& d : Deltas(ds)) Event(Chunk(std::move(d), nullptr));
+    } else {
+      auto t = gen_->decoder->Add(token);
+      if (t.ok() && !t->empty() && !IsStop(token)) Event(Chunk(json{{"text", *t}}, nullptr));
+    }
+  }
+
+  bool IsStop(int32_t token) const { return token == 199999 || token == 200002 || token == 200012; }
+
+  void OnFinish(RequestStatus st, const std::string& why) {
+    if (!gen_ || gen_->finished) return;
+    gen_->finished = true;
+    std::string finish = st == RequestStatus::kFinishedLength ? "length" : "stop";
+    const int64_t completion = static_cast<int64_t>(gen_->tokens.size());
+    const json usage = {{"prompt_tokens", gen_->prompt_tokens}, {"completion_tokens", completion},
+                        {"total_tokens", gen_->prompt_tokens + completion}};
+    if (st == RequestStatus::kFinishedError || st == RequestStatus::kFinishedAborted) {
+      ApiError e{http::status::internal_server_error, why.empty() ? "the request was aborted" : why, "server_error"};
+      if (gen_->stream) {
+        Event(json::parse(ErrorBody(e)));
+        Write("data: [DONE]\n\n", /*last=*/true);
+      } else {
+        ReplyError(e);
+      }
+      return;
+    }
+    if (gen_->chat) {
+      std::vector<text::HarmonyDelta> ds;
+      gen_->parser->Finish(st == RequestStatus::kFinishedLength, &ds);
+      std::vector<json> tail = Deltas(ds);
+      if (finish_hint_ == "tool_calls") finish = "tool_calls";
+      if (gen_->stream) {
+        for (json& d : tail) Event(Chunk(std::move(d), nullptr));
+        Event(Chunk(json::object(), finish));
+      } else {
+        // Re-parse the whole output for the message.
+        text::HarmonyStreamParser p(*gw_->tok);
+        std::vector<text::HarmonyDelta> all;
+        for (int32_t t : gen_->tokens) p.Push(t, &all);
+        p.Finish(st == RequestStatus::kFinishedLength, &all);
+        std::string content, reasoning;
+        json calls = json::array();
+        for (const auto& d : all) {
+          if (d.kind == text::HarmonyDelta::Kind::kContent) content += d.text;
+          if (d.kind == text::HarmonyDelta::Kind::kReasoning) reasoning += d.text;
+          if (d.kind == text::HarmonyDelta::Kind::kToolCallBegin) {
+            calls.push_back({{"id", absl::StrCat("call_", gen_->response_id, "_", d.tool_index)}, {"type", "function"},
+                             {"function", {{"name", d.tool_name}, {"arguments", ""}}}});
+          }
+          if (d.kind == text::HarmonyDelta::Kind::kToolCallArguments && !calls.empty()) {
+            calls.back()["function"]["arguments"] = calls.back()["function"]["arguments"].get<std::string>() + d.text;
+          }
+        }
+        json msg = {{"role", "assistant"}, {"content", content}};
+        if (!reasoning.empty()) {
+          msg["reasoning"] = reasoning;
+          msg["reasoning_content"] = reasoning;
+        }
+        if (!calls.empty()) msg["tool_calls"] = calls;
+        json res = {{"id", gen_->response_id}, {"object", "chat.completion"}, {"created", gen_->created},
+                    {"model", gw_->opts.served_model_name},
+                    {"choices", json::array({{{"index", 0}, {"message", msg}, {"logprobs", nullptr},
+                                              {"finish_reason", finish}}})},
+                    {"usage", usage}};
+        return Reply(http::status::ok, res.dump(), req_.keep_alive());
+      }
+    } else {
+      std::string text;
+      if (!gen_->stream) {
+        std::vector<int32_t> out;
+        for (int32_t t : gen_->tokens)
+          if (!IsStop(t)) out.push_back(t);
+        text = text::SanitizeUtf8(*gw_->tok->Decode(out));
+        json res = {{"id", gen_->response_id}, {"object", "text_completion"}, {"created", gen_->created},
+                    {"model", gw_->opts.served_model_name},
+                    {"choices", json::array({{{"index", 0}, {"text", text}, {"logprobs", nullptr},
+                                              {"finish_reason", finish}}})},
+                    {"usage", usage}};
+        return Reply(http::status::ok, res.dump(), req_.keep_alive());
+      }
+      const std::string rest = gen_->decoder->Flush();
+      if (!rest.empty()) Event(Chunk(json{{"text", rest}}, nullptr));
+      Event(Chunk(json{{"text", ""}}, finish));
+    }
+    if (gen_->include_usage) {
+      json u = Chunk(json::object(), nullptr);
+      u["choices"] = json::array();
+      u["usage"] = usage;
+      Event(u);
+    }
+    Write("data: [DONE]\n\n", /*last=*/true);
+  }
+
+  void Event(const json& j) { Write(absl::StrCat("data: ", j.dump(), "\n\n")); }
+
+  // Queues raw bytes on the socket (SSE); `last` closes the connection after.
+  void Write(std::string data, bool last = false) {
+    queue_.push_back(std::make_shared<std::string>(std::move(data)));
+    if (last) close_after_ = true;
+    if (!writing_) WriteNext();
+  }
+
+  void WriteNext() {
+    if (queue_.empty()) {
+      writing_ = false;
+      if (close_after_) Close();
+      return;
+    }
+    writing_ = true;
+    auto buf = queue_.front();
+    queue_.pop_front();
+    net::async_write(stream_.socket(), net::buffer(*buf), [self = shared_from_this(), buf](beast::error_code ec, size_t) {
+      if (ec) {
+        self->queue_.clear();
+        self->writing_ = false;
+        return self->Close();  // aborts the generation if it is still running
+      }
+      self->WriteNext();
+    });
+  }
+
+  beast::tcp_stream stream_;
+  Gateway::Impl* gw_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  http::request<http::string_body> req_;
+  std::unique_ptr<Generation> gen_;
+  std::deque<std::shared_ptr<std::string>> queue_;
+  bool writing_ = false, close_after_ = false;
+  std::string finish_hint_;
+};
+
+}  // namespace
+
+void Gateway::Impl::Accept() {
+  acceptor->async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
+    if (ec) return;
+    std::make_shared<Session>(std::move(socket), this)->Start();
+    Accept();
+  });
+}
+
+Gateway::Gateway(GatewayOptions options, GroupRunner* runner, const text::Tokenizer* tokenizer)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->opts = std::move(options);
+  impl_->runner = runner;
+  impl_->tok = tokenizer;
+}
+
+Gateway::~Gateway() { Stop(); }
+
+absl::StatusOr<int> Gateway::Start() {
+  beast::error_code ec;
+  auto addr = net::ip::make_address(impl_->opts.host, ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("bad --host ", impl_->opts.host));
+  impl_->acceptor = std::make_unique<tcp::acceptor>(impl_->ioc);
+  tcp::endpoint ep(addr, static_cast<uint16_t>(impl_->opts.port));
+  impl_->acceptor->open(ep.protocol(), ec);
+  if (!ec) impl_->acceptor->set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) impl_->acceptor->bind(ep, ec);
+  if (!ec) impl_->acceptor->listen(net::socket_base::max_listen_connections, ec);
+  if (ec) return absl::UnavailableError(absl::StrCat("cannot listen on ", impl_->opts.host, ":", impl_->opts.port, ": ", ec.message()));
+  impl_->Accept();
+  for (int i = 0; i < std::max(1, impl_->opts.io_threads); ++i) impl_->threads.emplace_back([this] { impl_->ioc.run(); });
+  return impl_->acceptor->local_endpoint().port();
+}
+
+void Gateway::Stop() {
+  if (!impl_) return;
+  impl_->ioc.stop();
+  for (auto& t : impl_->threads)
+    if (t.joinable()) t.join();
+  impl_->threads.clear();
+}
+
+void Gateway::Wait() {
+  for (auto& t : impl_->threads)
+    if (t.joinable()) t.join();
+}
+
+}  // namespace moeserve::router

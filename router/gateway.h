@@ -1,0 +1,49 @@
+// The OpenAI-compatible HTTP gateway (DESIGN §3), on Boost.Beast.
+//
+//   GET  /health /ready /v1/models
+//   POST /v1/chat/completions   (stream or not; harmony rendering and parsing)
+//   POST /v1/completions        (text or token-id prompts)
+//
+// Every error is OpenAI-shaped JSON with a precise status. Streams are SSE
+// ending in "data: [DONE]"; a client that goes away has its request aborted.
+// Thread-safety: the server runs its own I/O threads; generation callbacks
+// arrive on the group loop thread and are posted to each connection's strand.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "router/group_runner.h"
+#include "router/text/tokenizer.h"
+
+namespace moeserve::router {
+
+struct GatewayOptions {
+  std::string host = "127.0.0.1";
+  int port = 0;                      // 0: pick a free port
+  std::string served_model_name = "gpt-oss";
+  std::string api_key;               // empty: no authentication
+  int64_t max_body_bytes = 8 << 20;
+  int io_threads = 2;
+  std::string current_date;          // rendered into the harmony system message
+};
+
+class Gateway {
+ public:
+  Gateway(GatewayOptions options, GroupRunner* runner, const text::Tokenizer* tokenizer);
+  ~Gateway();
+  // Binds and starts serving; returns the port.
+  absl::StatusOr<int> Start();
+  void Stop();
+  // Blocks until Stop().
+  void Wait();
+
+  struct Impl;  // the server state (public so connection objects can reach it)
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace moeserve::router

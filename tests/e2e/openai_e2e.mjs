@@ -1,0 +1,168 @@
+// End to end with the official npm `openai` client against real processes on
+// loopback: moeserve-worker (the demo model: random weights, real tokenizer)
+// and moeserve-router.
+//   node openai_e2e.mjs --worker BIN --router BIN --model DIR
+import { spawn } from "node:child_process";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import assert from "node:assert/strict";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const { default: OpenAI } = await import(join(here, "../node/node_modules/openai/index.mjs"));
+const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) => {
+  if (a.startsWith("--")) acc.push([a.slice(2), all[i + 1]]);
+  return acc;
+}, []));
+
+const children = [];
+function start(bin, flags) {
+  return new Promise((resolve, reject) => {
+    const p = spawn(bin, flags, { stdio: ["ignore", "pipe", "inherit"] });
+    children.push(p);
+    let out = "";
+    p.stdout.on("data", d => {
+      out += d;
+      const m = out.match(/listening on (\S+)/);
+      if (m) resolve(m[1]);
+    });
+    p.on("exit", code => reject(new Error(`${bin} exited with ${code}`)));
+  });
+}
+const cleanup = () => { for (const c of children) c.kill("SIGKILL"); };
+process.on("exit", cleanup);
+
+let failures = 0, passed = 0;
+async function check(name, fn) {
+  try {
+    await fn();
+    passed++;
+    console.log(`ok - ${name}`);
+  } catch (e) {
+    failures++;
+    console.log(`FAIL - ${name}: ${e?.stack ?? e}`);
+  }
+}
+
+const workerAddr = await start(args.worker, ["--model", args.model, "--port", "0", "--kv-cache-memory", "64MiB",
+  "--max-num-seqs", "32", "--max-model-len", "2048", "--kv-cache-dtype", "f32"]);
+const routerAddr = await start(args.router, ["--worker", workerAddr, "--model", args.model, "--port", "0",
+  "--api-key", "sk-moeserve-test", "--max-num-batched-tokens", "256"]);
+const model = args.model.replace(/\/+$/, "").split("/").pop();
+const client = new OpenAI({ baseURL: `http://${routerAddr}/v1`, apiKey: "sk-moeserve-test", maxRetries: 0 });
+
+async function chatText(messages, extra = {}) {
+  const r = await client.chat.completions.create({ model, messages, max_tokens: 12, temperature: 0, ...extra });
+  const m = r.choices[0].message;
+  return { r, text: (m.reasoning_content ?? "") + "|" + (m.content ?? "") + "|" + JSON.stringify(m.tool_calls ?? []) };
+}
+async function streamText(messages, extra = {}) {
+  const s = await client.chat.completions.create({ model, messages, max_tokens: 12, temperature: 0, stream: true,
+    stream_options: { include_usage: true }, ...extra });
+  let reasoning = "", content = "", finish = null, usage = null;
+  const calls = [];
+  for await (const c of s) {
+    if (c.usage) usage = c.usage;
+    const ch = c.choices[0];
+    if (!ch) continue;
+    reasoning += ch.delta.reasoning_content ?? "";
+    content += ch.delta.content ?? "";
+    for (const t of ch.delta.tool_calls ?? []) {
+      calls[t.index] ??= { id: t.id, type: "function", function: { name: t.function?.name ?? "", arguments: "" } };
+      calls[t.index].function.arguments += t.function?.arguments ?? "";
+    }
+    if (ch.finish_reason) finish = ch.finish_reason;
+  }
+  return { text: reasoning + "|" + content + "|" + JSON.stringify(calls.length ? calls : []), finish, usage };
+}
+
+await check("models.list", async () => {
+  const list = await client.models.list();
+  assert.deepEqual(list.data.map(m => m.id), [model]);
+});
+await check("chat, each reasoning effort, usage and finish reason", async () => {
+  for (const effort of ["low", "medium", "high"]) {
+    const { r } = await chatText([{ role: "user", content: "Hello!" }], { reasoning_effort: effort });
+    assert.equal(r.object, "chat.completion");
+    assert.ok(["stop", "length", "tool_calls"].includes(r.choices[0].finish_reason));
+    assert.ok(r.usage.completion_tokens >= 1 && r.usage.completion_tokens <= 12);
+    assert.ok(r.usage.prompt_tokens > 20);
+  }
+});
+await check("streamed chat equals the non-streamed greedy answer", async () => {
+  const msgs = [{ role: "system", content: "Be brief." }, { role: "user", content: "Name a colour." }];
+  const a = await chatText(msgs);
+  const b = await streamText(msgs);
+  assert.equal(b.text, a.text);
+  assert.equal(b.finish, a.r.choices[0].finish_reason);
+  assert.equal(b.usage.completion_tokens, a.r.usage.completion_tokens);
+});
+const tools = [{ type: "function", function: { name: "get_weather", description: "Weather of a city.",
+  parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] } } }];
+await check("tool-call round trip is accepted and rendered", async () => {
+  const first = await chatText([{ role: "user", content: "Weather in Oslo?" }], { tools });
+  assert.ok(first.r.choices[0].message);
+  const second = await chatText([
+    { role: "user", content: "Weather in Oslo?" },
+    { role: "assistant", content: null, tool_calls: [{ id: "call_1", type: "function",
+      function: { name: "get_weather", arguments: "{\"city\":\"Oslo\"}" } }] },
+    { role: "tool", tool_call_id: "call_1", content: "{\"temp\": 3}" }], { tools });
+  assert.ok(second.r.usage.prompt_tokens > first.r.usage.prompt_tokens);
+});
+await check("completions with text and with token ids", async () => {
+  const a = await client.completions.create({ model, prompt: "Once upon a time", max_tokens: 6, temperature: 0 });
+  assert.equal(a.object, "text_completion");
+  assert.equal(typeof a.choices[0].text, "string");
+  const b = await client.completions.create({ model, prompt: [12194, 9598, 261, 1058], max_tokens: 6, temperature: 0 });
+  assert.equal(b.usage.prompt_tokens, 4);
+  const s = await client.completions.create({ model, prompt: "Once upon a time", max_tokens: 6, temperature: 0, stream: true });
+  let text = "";
+  for await (const c of s) text += c.choices[0]?.text ?? "";
+  assert.equal(text, a.choices[0].text);
+});
+await check("16 concurrent greedy streams equal each alone", async () => {
+  const prompts = Array.from({ length: 16 }, (_, i) => [{ role: "user", content: `Question number ${i}: ${"why ".repeat(i)}` }]);
+  const alone = [];
+  for (const p of prompts) alone.push((await chatText(p)).text);
+  const together = await Promise.all(prompts.map(p => streamText(p)));
+  together.forEach((t, i) => assert.equal(t.text, alone[i], `request ${i}`));
+});
+async function expectStatus(status, fn) {
+  try {
+    await fn();
+  } catch (e) {
+    assert.equal(e.status, status, String(e));
+    assert.ok(e.error?.message ?? e.message);
+    return;
+  }
+  assert.fail(`expected HTTP ${status}`);
+}
+await check("errors: 401, 404, 400", async () => {
+  const bad = new OpenAI({ baseURL: `http://${routerAddr}/v1`, apiKey: "wrong", maxRetries: 0 });
+  await expectStatus(401, () => bad.models.list());
+  await expectStatus(404, () => client.chat.completions.create({ model: "nope", messages: [{ role: "user", content: "x" }] }));
+  await expectStatus(400, () => client.chat.completions.create({ model, messages: [{ role: "user", content: "x" }], temperature: 5 }));
+  await expectStatus(400, () => client.chat.completions.create({ model, messages: [] }));
+  await expectStatus(400, () => client.chat.completions.create({ model, messages: [{ role: "user", content: "x" }], max_tokens: 100000 }));
+  await expectStatus(400, () => client.completions.create({ model, prompt: [1, 999999], max_tokens: 3 }));
+});
+await check("429 when the queue is full", async () => {
+  const r2 = await start(args.router, ["--worker", workerAddr, "--model", args.model, "--port", "0",
+    "--max-num-queued-requests", "0"]);
+  const c2 = new OpenAI({ baseURL: `http://${r2}/v1`, apiKey: "x", maxRetries: 0 });
+  await expectStatus(429, () => c2.chat.completions.create({ model, messages: [{ role: "user", content: "x" }] }));
+});
+await check("a client dropping mid-stream does not disturb others", async () => {
+  const ctrl = new AbortController();
+  const s = await client.chat.completions.create({ model, messages: [{ role: "user", content: "long" }], max_tokens: 400,
+    stream: true }, { signal: ctrl.signal });
+  let n = 0;
+  try {
+    for await (const _ of s) if (++n === 3) ctrl.abort();
+  } catch (e) { /* aborted */ }
+  const { r } = await chatText([{ role: "user", content: "still there?" }]);
+  assert.ok(r.choices[0].message);
+});
+
+console.log(`${passed} passed, ${failures} failed`);
+cleanup();
+process.exit(failures ? 1 : 0);
