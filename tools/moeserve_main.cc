@@ -1,10 +1,16 @@
 // `moeserve`: the command-line entry point.
 //
+//   moeserve serve           start a worker and the router on loopback (the OpenAI API)
 //   moeserve generate        generate text with a model (the demo model by default)
 //   moeserve gen-checkpoint  write a random-weight gpt-oss checkpoint
 //   moeserve to-gguf         convert a checkpoint to GGUF for llama.cpp
 //   moeserve logits          dump logits of a token sequence (for reference tests)
 //   moeserve tokenize        encode text with the o200k_harmony tokenizer
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -36,6 +42,13 @@ namespace {
 constexpr char kUsage[] = R"(usage: moeserve COMMAND [flags]
 
 commands:
+  serve            start the cluster on this machine: one CPU worker and the router
+      --model DIR            model directory (default: the demo model)
+      --port N               HTTP port of the OpenAI API (default 8000)
+      --host ADDR            listen address (default 127.0.0.1)
+      --kv-cache-memory SIZE --max-model-len N --max-num-seqs N --max-num-batched-tokens N
+      --max-num-queued-requests N --api-key KEY --served-model-name NAME --threads N
+                             passed to moeserve-worker / moeserve-router
   generate         generate text from a prompt
       --model DIR            model directory (default: the demo model)
       --prompt TEXT          prompt text (default "Hello")
@@ -258,6 +271,89 @@ absl::Status Generate(FlagReader& f) {
   return absl::OkStatus();
 }
 
+// The directory of this executable, to find the worker and router binaries
+// beside it (build tree: ../worker, ../router; installed: the same directory).
+std::string SelfDir() {
+  char buf[4096];
+  const ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return ".";
+  std::string p(buf, n);
+  return p.substr(0, p.find_last_of('/'));
+}
+
+std::string FindBinary(const std::string& name, const std::string& sub) {
+  const std::string dir = SelfDir();
+  for (const std::string& c : {dir + "/" + name, dir + "/../" + sub + "/" + name}) {
+    if (access(c.c_str(), X_OK) == 0) return c;
+  }
+  return name;  // from PATH
+}
+
+absl::Status Serve(FlagReader& f) {
+  const std::string dir = f.Str("--model", MOESERVE_DEMO_MODEL_DIR);
+  std::vector<std::string> worker_args = {FindBinary("moeserve-worker", "worker"), "--model", dir, "--port", "0"};
+  std::vector<std::string> router_args = {FindBinary("moeserve-router", "router"), "--model", dir,
+                                          "--port", f.Str("--port", "8000"), "--host", f.Str("--host", "127.0.0.1")};
+  for (const char* k : {"--kv-cache-memory", "--max-model-len", "--threads"}) {
+    if (f.Has(k)) worker_args.insert(worker_args.end(), {k, f.Str(k, "")});
+  }
+  if (f.Has("--max-num-seqs")) worker_args.insert(worker_args.end(), {"--max-num-seqs", f.Str("--max-num-seqs", "")});
+  for (const char* k : {"--max-model-len", "--max-num-seqs", "--max-num-batched-tokens", "--max-num-queued-requests",
+                        "--api-key", "--served-model-name"}) {
+    if (f.Has(k)) router_args.insert(router_args.end(), {k, f.Str(k, "")});
+  }
+  RETURN_IF_ERROR(f.Finish());
+  // Worker first; its "listening on" line tells the router where it is.
+  int out[2];
+  if (pipe(out) != 0) return absl::InternalError("pipe failed");
+  const pid_t worker = fork();
+  if (worker == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGTERM);  // the children end with the launcher
+    dup2(out[1], STDOUT_FILENO);
+    close(out[0]);
+    std::vector<char*> argv;
+    for (auto& a : worker_args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    std::fprintf(stderr, "moeserve: cannot run %s\n", argv[0]);
+    _exit(127);
+  }
+  close(out[1]);
+  FILE* wf = fdopen(out[0], "r");
+  char line[256] = {};
+  std::string address;
+  if (wf && fgets(line, sizeof(line), wf)) {
+    std::string s(line);
+    if (s.rfind("listening on ", 0) == 0) address = s.substr(13, s.find('\n') - 13);
+  }
+  if (address.empty()) {
+    kill(worker, SIGKILL);
+    waitpid(worker, nullptr, 0);
+    return absl::UnavailableError("the worker did not start (see its message above)");
+  }
+  router_args.insert(router_args.end(), {"--worker", address});
+  const pid_t router = fork();
+  if (router == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    std::vector<char*> argv;
+    for (auto& a : router_args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    std::fprintf(stderr, "moeserve: cannot run %s\n", argv[0]);
+    _exit(127);
+  }
+  std::fprintf(stderr, "moeserve: worker on %s, OpenAI API on http://%s:%s/v1 (model %s)\n", address.c_str(),
+               f.Str("--host", "127.0.0.1").c_str(), f.Str("--port", "8000").c_str(), dir.c_str());
+  // Whichever child ends first ends the other.
+  int status = 0;
+  const pid_t first = wait(&status);
+  kill(first == router ? worker : router, SIGTERM);
+  wait(nullptr);
+  return first == router && WIFEXITED(status) && WEXITSTATUS(status) == 0
+             ? absl::OkStatus()
+             : absl::UnavailableError("a serving process ended");
+}
+
 absl::Status GenCheckpoint(FlagReader& f) {
   const std::string out = f.Str("--out", "");
   ASSIGN_OR_RETURN(ModelConfig c, PresetConfig(f.Str("--preset", "tiny")));
@@ -417,7 +513,8 @@ int main(int argc, char** argv) {
     return 0;
   } else {
     FlagReader f(*flags);
-    if (cmd == "generate") st = Generate(f);
+    if (cmd == "serve") st = Serve(f);
+    else if (cmd == "generate") st = Generate(f);
     else if (cmd == "gen-checkpoint") st = GenCheckpoint(f);
     else if (cmd == "to-gguf") st = ToGguf(f);
     else if (cmd == "logits") st = Logits(f);
