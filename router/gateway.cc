@@ -2,6 +2,7 @@
 
 #include <boost/asio.hpp>
 #include <boost/beast.hpp>
+#include <array>
 #include <chrono>
 #include <deque>
 #include <thread>
@@ -125,13 +126,34 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void OnRead(beast::error_code ec) {
     if (ec == http::error::body_limit) {
+      // Answer 413, then keep reading (and discarding) what the client is still
+      // sending for a while, so it sees the answer instead of a reset.
       ApiError e{http::status::payload_too_large, "request body too large"};
-      return Reply(e.status, ErrorBody(e), false);
+      auto res = std::make_shared<http::response<http::string_body>>(e.status, 11);
+      res->set(http::field::content_type, "application/json");
+      res->keep_alive(false);
+      res->body() = ErrorBody(e);
+      res->prepare_payload();
+      http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code, size_t) {
+        beast::error_code ignored;
+        self->stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+        self->stream_.expires_after(std::chrono::seconds(10));
+        self->Drain();
+      });
+      return;
     }
     if (ec) return Close();
     stream_.expires_never();
     req_ = parser_->release();
     Handle();
+  }
+
+  void Drain() {
+    auto buf = std::make_shared<std::array<char, 65536>>();
+    stream_.async_read_some(net::buffer(*buf), [self = shared_from_this(), buf](beast::error_code ec, size_t) {
+      if (ec) return self->Close();
+      self->Drain();
+    });
   }
 
   void Reply(http::status status, std::string body, bool keep_alive, int retry_after = 0) {
@@ -191,7 +213,10 @@ class Session : public std::enable_shared_from_this<Session> {
     json body = json::parse(req_.body(), nullptr, false);
     if (body.is_discarded() || !body.is_object()) return ReplyError({http::status::bad_request, "the body is not a JSON object"});
     ApiError err;
-    if (body.contains("model") && (!body["model"].is_string() || body["model"] != gw_->opts.served_model_name)) {
+    if (body.contains("model") && !body["model"].is_null() && !body["model"].is_string()) {
+      return ReplyError({http::status::bad_request, "'model' must be a string", "invalid_request_error", "model"});
+    }
+    if (body.contains("model") && body["model"].is_string() && body["model"] != gw_->opts.served_model_name) {
       return ReplyError({http::status::not_found,
                          absl::StrCat("The model `", body["model"].is_string() ? body["model"].get<std::string>() : "?",
                                       "` does not exist."),
@@ -225,6 +250,9 @@ class Session : public std::enable_shared_from_this<Session> {
     float temperature = 1.0f, top_p = 1.0f, min_p = 0.0f, presence = 0.0f, frequency = 0.0f;
     int64_t top_k = 0, seed = 0, n = 1, top_logprobs = 0;
     int64_t max_tokens = std::max<int64_t>(1, gw_->runner->description().max_model_len() - static_cast<int64_t>(gr.prompt.size()));
+    if (body.contains("top_p") && body["top_p"].is_number() && body["top_p"].get<double>() <= 0.0) {
+      return ReplyError({http::status::bad_request, "'top_p' must be in (0, 1]", "invalid_request_error", "top_p"});
+    }
     if (!Num(body, "temperature", 0.0f, 2.0f, &temperature, &err) || !Num(body, "top_p", 0.0f, 1.0f, &top_p, &err) ||
         !Num(body, "min_p", 0.0f, 1.0f, &min_p, &err) || !Num(body, "presence_penalty", -2.0f, 2.0f, &presence, &err) ||
         !Num(body, "frequency_penalty", -2.0f, 2.0f, &frequency, &err) ||

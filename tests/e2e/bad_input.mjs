@@ -1,0 +1,144 @@
+// A matrix of malformed and hostile requests against a real router + worker:
+// each gets the right 4xx with an OpenAI error body, and the server keeps
+// serving (checked after the matrix, and during a slow client).
+//   node bad_input.mjs --worker BIN --router BIN --model DIR
+import { spawn } from "node:child_process";
+import net from "node:net";
+import assert from "node:assert/strict";
+
+const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) => {
+  if (a.startsWith("--")) acc.push([a.slice(2), all[i + 1]]);
+  return acc;
+}, []));
+const children = [];
+function start(bin, flags) {
+  return new Promise((resolve, reject) => {
+    const p = spawn(bin, flags, { stdio: ["ignore", "pipe", "inherit"] });
+    children.push(p);
+    let out = "";
+    p.stdout.on("data", d => { out += d; const m = out.match(/listening on (\S+)/); if (m) resolve(m[1]); });
+    p.on("exit", code => reject(new Error(`${bin} exited with ${code}`)));
+  });
+}
+process.on("exit", () => { for (const c of children) c.kill("SIGKILL"); });
+
+const worker = await start(args.worker, ["--model", args.model, "--port", "0", "--kv-cache-memory", "64MiB",
+  "--max-model-len", "2048"]);
+const router = await start(args.router, ["--worker", worker, "--model", args.model, "--port", "0", "--api-key", "k"]);
+const base = `http://${router}`;
+const model = args.model.replace(/\/+$/, "").split("/").pop();
+const H = { "content-type": "application/json", authorization: "Bearer k" };
+const chat = (body) => ({ path: "/v1/chat/completions", body: JSON.stringify({ model, ...body }) });
+const user = [{ role: "user", content: "hi" }];
+const comp = (body) => ({ path: "/v1/completions", body: JSON.stringify({ model, ...body }) });
+
+const cases = [
+  ["broken JSON", 400, { path: "/v1/chat/completions", body: "{" }],
+  ["JSON array body", 400, { path: "/v1/chat/completions", body: "[]" }],
+  ["empty body", 400, { path: "/v1/chat/completions", body: "" }],
+  ["messages missing", 400, chat({})],
+  ["messages not an array", 400, chat({ messages: "hi" })],
+  ["messages empty", 400, chat({ messages: [] })],
+  ["message without role", 400, chat({ messages: [{ content: "x" }] })],
+  ["unknown role", 400, chat({ messages: [{ role: "wizard", content: "x" }] })],
+  ["content is a number", 400, chat({ messages: [{ role: "user", content: 5 }] })],
+  ["image content part", 400, chat({ messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }] })],
+  ["temperature string", 400, chat({ messages: user, temperature: "hot" })],
+  ["temperature negative", 400, chat({ messages: user, temperature: -1 })],
+  ["temperature too high", 400, chat({ messages: user, temperature: 3 })],
+  ["top_p zero", 400, chat({ messages: user, top_p: 0 })],
+  ["top_p above one", 400, chat({ messages: user, top_p: 1.5 })],
+  ["max_tokens zero", 400, chat({ messages: user, max_tokens: 0 })],
+  ["max_tokens negative", 400, chat({ messages: user, max_tokens: -5 })],
+  ["max_tokens huge", 400, chat({ messages: user, max_tokens: 1e12 })],
+  ["max_tokens beyond the context", 400, chat({ messages: user, max_tokens: 100000 })],
+  ["max_tokens string", 400, chat({ messages: user, max_tokens: "10" })],
+  ["n = 2 (unsupported)", 400, chat({ messages: user, n: 2 })],
+  ["stream not boolean", 400, chat({ messages: user, stream: "yes" })],
+  ["top_logprobs too many", 400, chat({ messages: user, top_logprobs: 50 })],
+  ["seed not integer", 400, chat({ messages: user, seed: "abc" })],
+  ["presence_penalty out of range", 400, chat({ messages: user, presence_penalty: 5 })],
+  ["frequency_penalty out of range", 400, chat({ messages: user, frequency_penalty: -3 })],
+  ["model not a string", 400, chat({ messages: user, model: 123 })],
+  ["unknown model", 404, chat({ messages: user, model: "gpt-5" })],
+  ["tools not an array", 400, chat({ messages: user, tools: { a: 1 } })],
+  ["tool without a name", 400, chat({ messages: user, tools: [{ type: "function", function: {} }] })],
+  ["tool parameters not an object", 400, chat({ messages: user, tools: [{ type: "function", function: { name: "f", parameters: 3 } }] })],
+  ["reasoning_effort unknown", 400, chat({ messages: user, reasoning_effort: "ultra" })],
+  ["reasoning_effort number", 400, chat({ messages: user, reasoning_effort: 5 })],
+  ["stop strings (not yet supported)", 400, chat({ messages: user, stop: ["\n"] })],
+  ["stop_token_ids not integers", 400, chat({ messages: user, stop_token_ids: ["a"] })],
+  ["tool result for an unknown call", 400, chat({ messages: [...user, { role: "tool", tool_call_id: "nope", content: "x" }] })],
+  ["tool_calls not an array", 400, chat({ messages: [...user, { role: "assistant", tool_calls: 7 }] })],
+  ["completions: prompt missing", 400, comp({})],
+  ["completions: prompt a number", 400, comp({ prompt: 5 })],
+  ["completions: id outside the vocabulary", 400, comp({ prompt: [1, 999999] })],
+  ["completions: negative id", 400, comp({ prompt: [-1] })],
+  ["completions: float ids", 400, comp({ prompt: [1.5] })],
+  ["completions: empty prompt", 400, comp({ prompt: "" })],
+  ["deeply nested JSON", 400, { path: "/v1/chat/completions", body: "[".repeat(100000) + "]".repeat(100000) }],
+  ["GET on a POST route", 405, { path: "/v1/chat/completions", method: "GET" }],
+  ["unknown route", 404, { path: "/v2/everything", body: "{}" }],
+  ["oversize body", 413, { path: "/v1/chat/completions", body: JSON.stringify({ messages: [{ role: "user", content: "x".repeat(9 << 20) }] }) }],
+  ["wrong API key", 401, { path: "/v1/models", method: "GET", headers: { authorization: "Bearer nope" } }],
+  ["missing API key", 401, { path: "/v1/models", method: "GET", headers: { authorization: "" } }],
+];
+
+let failures = 0, passed = 0;
+for (const [name, want, c] of cases) {
+  try {
+    const res = await fetch(base + c.path, { method: c.method ?? "POST", headers: { ...H, ...(c.headers ?? {}) },
+      body: c.method === "GET" ? undefined : c.body });
+    const text = await res.text();
+    assert.equal(res.status, want, `${name}: got ${res.status} ${text.slice(0, 200)}`);
+    const j = JSON.parse(text);
+    assert.equal(typeof j.error?.message, "string", `${name}: no OpenAI error body`);
+    assert.ok("type" in j.error && "param" in j.error && "code" in j.error, `${name}: error fields`);
+    passed++;
+  } catch (e) {
+    failures++;
+    console.log(`FAIL - ${name}: ${e.message}`);
+  }
+}
+
+// Invalid UTF-8 inside a JSON string: 400.
+async function raw(bytes) {
+  return new Promise((resolve) => {
+    const [host, port] = router.split(":");
+    const s = net.connect(Number(port), host, () => s.write(bytes));
+    let out = "";
+    s.on("data", d => (out += d));
+    s.on("close", () => resolve(out));
+    s.on("error", () => resolve(out));
+    setTimeout(() => s.destroy(), 5000);
+  });
+}
+{
+  const body = Buffer.concat([Buffer.from('{"messages":[{"role":"user","content":"a'), Buffer.from([0xff, 0xfe]), Buffer.from('"}]}')]);
+  const head = `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`;
+  const out = await raw(Buffer.concat([Buffer.from(head), body]));
+  if (/^HTTP\/1\.1 400/.test(out)) passed++;
+  else { failures++; console.log(`FAIL - invalid UTF-8: ${out.slice(0, 100)}`); }
+}
+// A slow client that never finishes its request does not block others.
+{
+  const [host, port] = router.split(":");
+  const slow = net.connect(Number(port), host, () => slow.write("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"));
+  slow.on("error", () => {});
+  const res = await fetch(base + "/v1/chat/completions", { method: "POST", headers: H,
+    body: JSON.stringify({ model, messages: user, max_tokens: 4 }) });
+  if (res.status === 200) passed++;
+  else { failures++; console.log(`FAIL - request during a slow client: ${res.status}`); }
+  slow.destroy();
+}
+// Still serving after everything above.
+{
+  const h = await fetch(base + "/health");
+  const ok = await fetch(base + "/v1/chat/completions", { method: "POST", headers: H,
+    body: JSON.stringify({ model, messages: user, max_tokens: 4 }) });
+  const j = await ok.json();
+  if (h.status === 200 && ok.status === 200 && j.choices?.length === 1) passed++;
+  else { failures++; console.log(`FAIL - server after the matrix: ${h.status} ${ok.status}`); }
+}
+console.log(`${passed} passed, ${failures} failed`);
+process.exit(failures ? 1 : 0);
