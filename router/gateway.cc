@@ -11,6 +11,7 @@
 #include "nlohmann/json.hpp"
 #include "router/text/chat.h"
 #include "router/text/harmony_parser.h"
+#include "router/text/stop_matcher.h"
 
 namespace moeserve::router {
 namespace {
@@ -113,7 +114,12 @@ class Session : public std::enable_shared_from_this<Session> {
     std::unique_ptr<text::HarmonyStreamParser> parser;
     std::unique_ptr<text::IncrementalDecoder> decoder;
     std::map<int, std::string> call_ids;
+    std::unique_ptr<text::StopMatcher> stop;
+    bool stopped_by_string = false;
     bool finished = false;
+    // Non-streamed responses accumulate here.
+    std::string content, reasoning;
+    json calls = json::array();
   };
 
   void Read() {
@@ -263,9 +269,22 @@ class Session : public std::enable_shared_from_this<Session> {
         !Num<int64_t>(body, "top_logprobs", 0, 20, &top_logprobs, &err)) {
       return ReplyError(err);
     }
-    if (body.contains("stop") && !body["stop"].is_null() && !(body["stop"].is_array() && body["stop"].empty())) {
-      return ReplyError({http::status::bad_request, "stop strings are not supported yet; use stop_token_ids",
-                         "invalid_request_error", "stop"});
+    std::vector<std::string> stops;
+    if (body.contains("stop") && !body["stop"].is_null()) {
+      const json& st = body["stop"];
+      if (st.is_string()) {
+        stops.push_back(st.get<std::string>());
+      } else if (st.is_array() && st.size() <= 16) {
+        for (const json& x : st) {
+          if (!x.is_string()) return ReplyError({http::status::bad_request, "'stop' must be a string or an array of strings", "invalid_request_error", "stop"});
+          stops.push_back(x.get<std::string>());
+        }
+      } else {
+        return ReplyError({http::status::bad_request, "'stop' must be a string or an array of at most 16 strings", "invalid_request_error", "stop"});
+      }
+      for (const auto& x : stops) {
+        if (x.empty()) return ReplyError({http::status::bad_request, "stop strings must not be empty", "invalid_request_error", "stop"});
+      }
     }
     if (body.contains("stop_token_ids") && body["stop_token_ids"].is_array()) {
       for (const json& t : body["stop_token_ids"]) {
@@ -291,6 +310,7 @@ class Session : public std::enable_shared_from_this<Session> {
       gr.sampling.set_has_seed(true);
       gr.sampling.set_seed(static_cast<uint64_t>(seed));
     }
+    g->stop = std::make_unique<text::StopMatcher>(stops);
     g->prompt_tokens = static_cast<int64_t>(gr.prompt.size());
     g->created = UnixNow();
     g->response_id = absl::StrCat(chat ? "chatcmpl-" : "cmpl-", gw_->next_response++);
@@ -332,42 +352,72 @@ class Session : public std::enable_shared_from_this<Session> {
                                       {"finish_reason", std::move(finish_reason)}}})}};
   }
 
-  // Deltas of one token as chat-chunk deltas (or completion text).
-  std::vector<json> Deltas(const std::vector<text::HarmonyDelta>& ds) {
-    std::vector<json> out;
+  // Content passes through the stop-string matcher; a match ends the request.
+  void EmitContent(const std::string& raw) {
+    const std::string text = gen_->stop->Push(raw);
+    if (!text.empty()) {
+      if (!gen_->chat) {
+        if (gen_->stream) Event(Chunk(json{{"text", text}}, nullptr));
+        else gen_->content += text;
+      } else if (gen_->stream) {
+        Event(Chunk(json{{"content", text}}, nullptr));
+      } else {
+        gen_->content += text;
+      }
+    }
+    if (gen_->stop->stopped() && !gen_->stopped_by_string) {
+      gen_->stopped_by_string = true;
+      gw_->runner->Abort(gen_->id);  // on_finish follows; it is reported as "stop"
+    }
+  }
+
+  void Apply(const std::vector<text::HarmonyDelta>& ds) {
     for (const auto& d : ds) {
+      if (gen_->stopped_by_string) return;
       switch (d.kind) {
-        case text::HarmonyDelta::Kind::kContent: out.push_back({{"content", d.text}}); break;
+        case text::HarmonyDelta::Kind::kContent: EmitContent(d.text); break;
         case text::HarmonyDelta::Kind::kReasoning:
-          out.push_back({{"reasoning", d.text}, {"reasoning_content", d.text}});
+          if (gen_->stream) Event(Chunk(json{{"reasoning", d.text}, {"reasoning_content", d.text}}, nullptr));
+          else gen_->reasoning += d.text;
           break;
         case text::HarmonyDelta::Kind::kToolCallBegin: {
           const std::string call_id = absl::StrCat("call_", gen_->response_id, "_", d.tool_index);
           gen_->call_ids[d.tool_index] = call_id;
-          out.push_back({{"tool_calls", json::array({{{"index", d.tool_index}, {"id", call_id}, {"type", "function"},
-                                                      {"function", {{"name", d.tool_name}, {"arguments", ""}}}}})}});
+          if (gen_->stream) {
+            Event(Chunk(json{{"tool_calls", json::array({{{"index", d.tool_index}, {"id", call_id}, {"type", "function"},
+                                                         {"function", {{"name", d.tool_name}, {"arguments", ""}}}}})}},
+                        nullptr));
+          } else {
+            gen_->calls.push_back({{"id", call_id}, {"type", "function"},
+                                   {"function", {{"name", d.tool_name}, {"arguments", ""}}}});
+          }
           break;
         }
         case text::HarmonyDelta::Kind::kToolCallArguments:
-          out.push_back({{"tool_calls", json::array({{{"index", d.tool_index}, {"function", {{"arguments", d.text}}}}})}});
+          if (gen_->stream) {
+            Event(Chunk(json{{"tool_calls", json::array({{{"index", d.tool_index},
+                                                         {"function", {{"arguments", d.text}}}}})}},
+                        nullptr));
+          } else if (!gen_->calls.empty()) {
+            auto& a = gen_->calls.back()["function"]["arguments"];
+            a = a.get<std::string>() + d.text;
+          }
           break;
         case text::HarmonyDelta::Kind::kFinish: finish_hint_ = d.text; break;
       }
     }
-    return out;
   }
 
   void OnToken(int32_t token) {
-    if (!gen_ || gen_->finished) return;
+    if (!gen_ || gen_->finished || gen_->stopped_by_string) return;
     gen_->tokens.push_back(token);
-    if (!gen_->stream) return;
     if (gen_->chat) {
       std::vector<text::HarmonyDelta> ds;
       gen_->parser->Push(token, &ds);
-      for (json& d : Deltas(ds)) Event(Chunk(std::move(d), nullptr));
-    } else {
+      Apply(ds);
+    } else if (!IsStop(token)) {
       auto t = gen_->decoder->Add(token);
-      if (t.ok() && !t->empty() && !IsStop(token)) Event(Chunk(json{{"text", *t}}, nullptr));
+      if (t.ok()) EmitContent(*t);
     }
   }
 
@@ -376,11 +426,10 @@ class Session : public std::enable_shared_from_this<Session> {
   void OnFinish(RequestStatus st, const std::string& why) {
     if (!gen_ || gen_->finished) return;
     gen_->finished = true;
-    std::string finish = st == RequestStatus::kFinishedLength ? "length" : "stop";
     const int64_t completion = static_cast<int64_t>(gen_->tokens.size());
     const json usage = {{"prompt_tokens", gen_->prompt_tokens}, {"completion_tokens", completion},
                         {"total_tokens", gen_->prompt_tokens + completion}};
-    if (st == RequestStatus::kFinishedError || st == RequestStatus::kFinishedAborted) {
+    if (!gen_->stopped_by_string && (st == RequestStatus::kFinishedError || st == RequestStatus::kFinishedAborted)) {
       ApiError e{http::status::internal_server_error, why.empty() ? "the request was aborted" : why, "server_error"};
       if (gen_->stream) {
         Event(json::parse(ErrorBody(e)));
@@ -390,64 +439,50 @@ class Session : public std::enable_shared_from_this<Session> {
       }
       return;
     }
-    if (gen_->chat) {
-      std::vector<text::HarmonyDelta> ds;
-      gen_->parser->Finish(st == RequestStatus::kFinishedLength, &ds);
-      std::vector<json> tail = Deltas(ds);
-      if (finish_hint_ == "tool_calls") finish = "tool_calls";
-      if (gen_->stream) {
-        for (json& d : tail) Event(Chunk(std::move(d), nullptr));
-        Event(Chunk(json::object(), finish));
+    std::string finish = "stop";
+    if (!gen_->stopped_by_string) {
+      if (gen_->chat) {
+        std::vector<text::HarmonyDelta> ds;
+        gen_->parser->Finish(st == RequestStatus::kFinishedLength, &ds);
+        Apply(ds);
       } else {
-        // Re-parse the whole output for the message.
-        text::HarmonyStreamParser p(*gw_->tok);
-        std::vector<text::HarmonyDelta> all;
-        for (int32_t t : gen_->tokens) p.Push(t, &all);
-        p.Finish(st == RequestStatus::kFinishedLength, &all);
-        std::string content, reasoning;
-        json calls = json::array();
-        for (const auto& d : all) {
-          if (d.kind == text::HarmonyDelta::Kind::kContent) content += d.text;
-          if (d.kind == text::HarmonyDelta::Kind::kReasoning) reasoning += d.text;
-          if (d.kind == text::HarmonyDelta::Kind::kToolCallBegin) {
-            calls.push_back({{"id", absl::StrCat("call_", gen_->response_id, "_", d.tool_index)}, {"type", "function"},
-                             {"function", {{"name", d.tool_name}, {"arguments", ""}}}});
-          }
-          if (d.kind == text::HarmonyDelta::Kind::kToolCallArguments && !calls.empty()) {
-            calls.back()["function"]["arguments"] = calls.back()["function"]["arguments"].get<std::string>() + d.text;
-          }
-        }
-        json msg = {{"role", "assistant"}, {"content", content}};
-        if (!reasoning.empty()) {
-          msg["reasoning"] = reasoning;
-          msg["reasoning_content"] = reasoning;
-        }
-        if (!calls.empty()) msg["tool_calls"] = calls;
-        json res = {{"id", gen_->response_id}, {"object", "chat.completion"}, {"created", gen_->created},
-                    {"model", gw_->opts.served_model_name},
-                    {"choices", json::array({{{"index", 0}, {"message", msg}, {"logprobs", nullptr},
-                                              {"finish_reason", finish}}})},
-                    {"usage", usage}};
-        return Reply(http::status::ok, res.dump(), req_.keep_alive());
+        EmitContent(gen_->decoder->Flush());
       }
-    } else {
-      std::string text;
-      if (!gen_->stream) {
-        std::vector<int32_t> out;
-        for (int32_t t : gen_->tokens)
-          if (!IsStop(t)) out.push_back(t);
-        text = text::SanitizeUtf8(*gw_->tok->Decode(out));
-        json res = {{"id", gen_->response_id}, {"object", "text_completion"}, {"created", gen_->created},
-                    {"model", gw_->opts.served_model_name},
-                    {"choices", json::array({{{"index", 0}, {"text", text}, {"logprobs", nullptr},
-                                              {"finish_reason", finish}}})},
-                    {"usage", usage}};
-        return Reply(http::status::ok, res.dump(), req_.keep_alive());
-      }
-      const std::string rest = gen_->decoder->Flush();
-      if (!rest.empty()) Event(Chunk(json{{"text", rest}}, nullptr));
-      Event(Chunk(json{{"text", ""}}, finish));
     }
+    if (!gen_->stopped_by_string) {
+      const std::string tail = gen_->stop->Flush();
+      if (!tail.empty()) {
+        if (!gen_->stream) gen_->content += tail;
+        else if (gen_->chat) Event(Chunk(json{{"content", tail}}, nullptr));
+        else Event(Chunk(json{{"text", tail}}, nullptr));
+      }
+      if (st == RequestStatus::kFinishedLength) finish = "length";
+      if (gen_->chat && finish_hint_ == "tool_calls") finish = "tool_calls";
+    }
+    if (!gen_->stream) {
+      json res;
+      if (gen_->chat) {
+        json msg = {{"role", "assistant"}, {"content", gen_->content}};
+        if (!gen_->reasoning.empty()) {
+          msg["reasoning"] = gen_->reasoning;
+          msg["reasoning_content"] = gen_->reasoning;
+        }
+        if (!gen_->calls.empty()) msg["tool_calls"] = gen_->calls;
+        res = {{"id", gen_->response_id}, {"object", "chat.completion"}, {"created", gen_->created},
+               {"model", gw_->opts.served_model_name},
+               {"choices", json::array({{{"index", 0}, {"message", msg}, {"logprobs", nullptr},
+                                         {"finish_reason", finish}}})},
+               {"usage", usage}};
+      } else {
+        res = {{"id", gen_->response_id}, {"object", "text_completion"}, {"created", gen_->created},
+               {"model", gw_->opts.served_model_name},
+               {"choices", json::array({{{"index", 0}, {"text", gen_->content}, {"logprobs", nullptr},
+                                         {"finish_reason", finish}}})},
+               {"usage", usage}};
+      }
+      return Reply(http::status::ok, res.dump(), req_.keep_alive());
+    }
+    Event(Chunk(gen_->chat ? json::object() : json{{"text", ""}}, finish));
     if (gen_->include_usage) {
       json u = Chunk(json::object(), nullptr);
       u["choices"] = json::array();

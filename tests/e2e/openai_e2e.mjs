@@ -119,6 +119,22 @@ await check("completions with text and with token ids", async () => {
   for await (const c of s) text += c.choices[0]?.text ?? "";
   assert.equal(text, a.choices[0].text);
 });
+await check("stop strings cut the output and never leak (stream and not)", async () => {
+  const prompt = "Once upon a time";
+  const full = await client.completions.create({ model, prompt, max_tokens: 24, temperature: 0 });
+  const text = full.choices[0].text;
+  const stop = [...text].slice(6, 9).join("");  // a piece from the middle of the greedy output
+  assert.ok(stop.length > 0);
+  const want = text.slice(0, text.indexOf(stop));
+  const cut = await client.completions.create({ model, prompt, max_tokens: 24, temperature: 0, stop: [stop, "\u0000never"] });
+  assert.equal(cut.choices[0].text, want);
+  assert.equal(cut.choices[0].finish_reason, "stop");
+  const s = await client.completions.create({ model, prompt, max_tokens: 24, temperature: 0, stop, stream: true });
+  let streamed = "", finish = null;
+  for await (const c of s) { streamed += c.choices[0]?.text ?? ""; finish = c.choices[0]?.finish_reason ?? finish; }
+  assert.equal(streamed, want);
+  assert.equal(finish, "stop");
+});
 await check("16 concurrent greedy streams equal each alone", async () => {
   const prompts = Array.from({ length: 16 }, (_, i) => [{ role: "user", content: `Question number ${i}: ${"why ".repeat(i)}` }]);
   const alone = [];
