@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "router/metrics.h"
 #include "router/text/chat.h"
 #include "router/text/harmony_parser.h"
 #include "router/text/stop_matcher.h"
@@ -90,6 +91,7 @@ struct Gateway::Impl {
   std::unique_ptr<tcp::acceptor> acceptor;
   std::vector<std::thread> threads;
   std::atomic<int64_t> next_response{1};
+  RouterMetrics metrics;
 
   void Accept();
 };
@@ -120,6 +122,7 @@ class Session : public std::enable_shared_from_this<Session> {
     // Non-streamed responses accumulate here.
     std::string content, reasoning;
     json calls = json::array();
+    std::chrono::steady_clock::time_point start, last_token;
   };
 
   void Read() {
@@ -191,6 +194,19 @@ class Session : public std::enable_shared_from_this<Session> {
     const std::string target(req_.target());
     const std::string path = target.substr(0, target.find('?'));
     if (path == "/health") return Reply(http::status::ok, "{}", req_.keep_alive());
+    if (path == "/metrics") {
+      auto res = std::make_shared<http::response<http::string_body>>(http::status::ok, 11);
+      res->set(http::field::content_type, "text/plain; version=0.0.4");
+      res->keep_alive(req_.keep_alive());
+      res->body() = gw_->metrics.Serialize(*gw_->runner);
+      res->prepare_payload();
+      const bool keep = req_.keep_alive();
+      http::async_write(stream_, *res, [self = shared_from_this(), res, keep](beast::error_code ec, size_t) {
+        if (ec || !keep) return self->Close();
+        self->Read();
+      });
+      return;
+    }
     if (path == "/ready") {
       return Reply(http::status::ok, json{{"ready", true}}.dump(), req_.keep_alive());
     }
@@ -311,6 +327,7 @@ class Session : public std::enable_shared_from_this<Session> {
       gr.sampling.set_seed(static_cast<uint64_t>(seed));
     }
     g->stop = std::make_unique<text::StopMatcher>(stops);
+    g->start = std::chrono::steady_clock::now();
     g->prompt_tokens = static_cast<int64_t>(gr.prompt.size());
     g->created = UnixNow();
     g->response_id = absl::StrCat(chat ? "chatcmpl-" : "cmpl-", gw_->next_response++);
@@ -410,6 +427,10 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void OnToken(int32_t token) {
     if (!gen_ || gen_->finished || gen_->stopped_by_string) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (gen_->tokens.empty()) gw_->metrics.FirstToken(std::chrono::duration<double>(now - gen_->start).count());
+    else gw_->metrics.InterToken(std::chrono::duration<double>(now - gen_->last_token).count());
+    gen_->last_token = now;
     gen_->tokens.push_back(token);
     if (gen_->chat) {
       std::vector<text::HarmonyDelta> ds;
@@ -429,7 +450,10 @@ class Session : public std::enable_shared_from_this<Session> {
     const int64_t completion = static_cast<int64_t>(gen_->tokens.size());
     const json usage = {{"prompt_tokens", gen_->prompt_tokens}, {"completion_tokens", completion},
                         {"total_tokens", gen_->prompt_tokens + completion}};
+    const double e2e = std::chrono::duration<double>(std::chrono::steady_clock::now() - gen_->start).count();
     if (!gen_->stopped_by_string && (st == RequestStatus::kFinishedError || st == RequestStatus::kFinishedAborted)) {
+      gw_->metrics.RequestFinished(st == RequestStatus::kFinishedError ? "error" : "abort", gen_->prompt_tokens,
+                                   completion, e2e);
       ApiError e{http::status::internal_server_error, why.empty() ? "the request was aborted" : why, "server_error"};
       if (gen_->stream) {
         Event(json::parse(ErrorBody(e)));
@@ -459,6 +483,7 @@ class Session : public std::enable_shared_from_this<Session> {
       if (st == RequestStatus::kFinishedLength) finish = "length";
       if (gen_->chat && finish_hint_ == "tool_calls") finish = "tool_calls";
     }
+    gw_->metrics.RequestFinished(finish, gen_->prompt_tokens, completion, e2e);
     if (!gen_->stream) {
       json res;
       if (gen_->chat) {

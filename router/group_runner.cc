@@ -85,6 +85,11 @@ int GroupRunner::num_waiting() const {
   return scheduler_ ? scheduler_->num_waiting() : 0;
 }
 
+double GroupRunner::kv_usage(int group) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return scheduler_ ? scheduler_->kv().usage(group) : 0.0;
+}
+
 int64_t GroupRunner::num_preemptions() const {
   std::lock_guard<std::mutex> lock(mu_);
   return num_preemptions_;

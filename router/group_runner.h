@@ -55,6 +55,7 @@ class GroupRunner {
   int num_running() const;
   int num_waiting() const;
   int64_t num_preemptions() const;
+  double kv_usage(int group) const;
 
  private:
   struct Pending {

@@ -179,6 +179,19 @@ await check("a client dropping mid-stream does not disturb others", async () => 
   assert.ok(r.choices[0].message);
 });
 
+await check("/metrics exposes the documented series", async () => {
+  const text = await (await fetch(`http://${routerAddr}/metrics`)).text();
+  for (const name of ["moeserve_requests_total{finish_reason=\"length\"}", "moeserve_requests_total{finish_reason=\"stop\"}",
+    "moeserve_prompt_tokens_total", "moeserve_generation_tokens_total", "moeserve_requests_running",
+    "moeserve_requests_waiting", "moeserve_kv_cache_usage_ratio{group=\"full\"}", "moeserve_preemptions_total",
+    "moeserve_time_to_first_token_seconds_bucket", "moeserve_inter_token_latency_seconds_count",
+    "moeserve_e2e_request_latency_seconds_sum"]) {
+    assert.ok(text.includes(name), `missing ${name}`);
+  }
+  const gen = Number(text.match(/^moeserve_generation_tokens_total (\S+)/m)[1]);
+  assert.ok(gen > 100, `generation tokens ${gen}`);
+});
+
 console.log(`${passed} passed, ${failures} failed`);
 cleanup();
 process.exit(failures ? 1 : 0);
