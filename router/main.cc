@@ -12,6 +12,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "tools/cli_flags.h"
 #include "router/gateway.h"
 
 namespace {
@@ -38,24 +39,16 @@ int Fail(const std::string& m) {
 
 int main(int argc, char** argv) {
   using namespace moeserve;
-  std::map<std::string, std::string> f;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--help" || a == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    if (a.rfind("--", 0) != 0 || i + 1 >= argc) return Fail(absl::StrCat("bad argument \"", a, "\" (see --help)"));
-    f[a] = argv[++i];
-  }
-  static const char* kKnown[] = {"--worker", "--model", "--host", "--port", "--api-key", "--served-model-name",
+  bool help = false;
+  auto parsed = ParseFlagPairs(argc, argv, {"--worker", "--model", "--host", "--port", "--api-key", "--served-model-name",
                                  "--max-model-len", "--max-num-seqs", "--max-num-batched-tokens",
-                                 "--max-num-queued-requests"};
-  for (const auto& [k, v] : f) {
-    bool ok = false;
-    for (const char* n : kKnown) ok |= k == n;
-    if (!ok) return Fail(absl::StrCat("unknown flag ", k, " (see --help)"));
+                                 "--max-num-queued-requests"}, &help);
+  if (help) {
+    std::fputs(kUsage, stdout);
+    return 0;
   }
+  if (!parsed.ok()) return Fail(std::string(parsed.status().message()));
+  std::map<std::string, std::string> f = std::move(*parsed);
   auto get = [&](const char* k, const std::string& d) { return f.count(k) ? f[k] : d; };
   const std::string worker = get("--worker", ""), dir = get("--model", "");
   if (worker.empty() || dir.empty()) return Fail("--worker and --model are required");

@@ -13,6 +13,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "tools/cli_flags.h"
 #include "worker/worker_service.h"
 
 namespace {
@@ -54,23 +55,15 @@ int Fail(const std::string& msg) {
 
 int main(int argc, char** argv) {
   using namespace moeserve;
-  std::map<std::string, std::string> f;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--help" || a == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    if (a.rfind("--", 0) != 0 || i + 1 >= argc) return Fail(absl::StrCat("bad argument \"", a, "\" (see --help)"));
-    f[a] = argv[++i];
+  bool help = false;
+  auto parsed = ParseFlagPairs(argc, argv, {"--model", "--host", "--port", "--kv-cache-memory", "--block-size", "--max-num-seqs",
+                                 "--max-model-len", "--threads", "--served-model-name", "--kv-cache-dtype"}, &help);
+  if (help) {
+    std::fputs(kUsage, stdout);
+    return 0;
   }
-  static const char* kKnown[] = {"--model", "--host", "--port", "--kv-cache-memory", "--block-size", "--max-num-seqs",
-                                 "--max-model-len", "--threads", "--served-model-name", "--kv-cache-dtype"};
-  for (const auto& [k, v] : f) {
-    bool ok = false;
-    for (const char* n : kKnown) ok |= k == n;
-    if (!ok) return Fail(absl::StrCat("unknown flag ", k, " (see --help)"));
-  }
+  if (!parsed.ok()) return Fail(std::string(parsed.status().message()));
+  std::map<std::string, std::string> f = std::move(*parsed);
   auto get = [&](const char* k, const std::string& def) { return f.count(k) ? f[k] : def; };
   const std::string dir = get("--model", "");
   if (dir.empty()) return Fail("--model is required");

@@ -2,25 +2,11 @@
 // each gets the right 4xx with an OpenAI error body, and the server keeps
 // serving (checked after the matrix, and during a slow client).
 //   node bad_input.mjs --worker BIN --router BIN --model DIR
-import { spawn } from "node:child_process";
+import { parseArgs, start } from "./procs.mjs";
 import net from "node:net";
 import assert from "node:assert/strict";
 
-const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) => {
-  if (a.startsWith("--")) acc.push([a.slice(2), all[i + 1]]);
-  return acc;
-}, []));
-const children = [];
-function start(bin, flags) {
-  return new Promise((resolve, reject) => {
-    const p = spawn(bin, flags, { stdio: ["ignore", "pipe", "inherit"] });
-    children.push(p);
-    let out = "";
-    p.stdout.on("data", d => { out += d; const m = out.match(/listening on (\S+)/); if (m) resolve(m[1]); });
-    p.on("exit", code => reject(new Error(`${bin} exited with ${code}`)));
-  });
-}
-process.on("exit", () => { for (const c of children) c.kill("SIGKILL"); });
+const args = parseArgs(process.argv.slice(2));
 
 const worker = await start(args.worker, ["--model", args.model, "--port", "0", "--kv-cache-memory", "64MiB",
   "--max-model-len", "2048"]);

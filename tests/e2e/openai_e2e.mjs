@@ -2,34 +2,14 @@
 // loopback: moeserve-worker (the demo model: random weights, real tokenizer)
 // and moeserve-router.
 //   node openai_e2e.mjs --worker BIN --router BIN --model DIR
-import { spawn } from "node:child_process";
+import { parseArgs, start, killAll } from "./procs.mjs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { default: OpenAI } = await import(join(here, "../node/node_modules/openai/index.mjs"));
-const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) => {
-  if (a.startsWith("--")) acc.push([a.slice(2), all[i + 1]]);
-  return acc;
-}, []));
-
-const children = [];
-function start(bin, flags) {
-  return new Promise((resolve, reject) => {
-    const p = spawn(bin, flags, { stdio: ["ignore", "pipe", "inherit"] });
-    children.push(p);
-    let out = "";
-    p.stdout.on("data", d => {
-      out += d;
-      const m = out.match(/listening on (\S+)/);
-      if (m) resolve(m[1]);
-    });
-    p.on("exit", code => reject(new Error(`${bin} exited with ${code}`)));
-  });
-}
-const cleanup = () => { for (const c of children) c.kill("SIGKILL"); };
-process.on("exit", cleanup);
+const args = parseArgs(process.argv.slice(2));
 
 let failures = 0, passed = 0;
 async function check(name, fn) {
@@ -193,5 +173,5 @@ await check("/metrics exposes the documented series", async () => {
 });
 
 console.log(`${passed} passed, ${failures} failed`);
-cleanup();
+killAll();
 process.exit(failures ? 1 : 0);

@@ -1,0 +1,35 @@
+// "--flag value" parsing shared by the daemons (moeserve-worker, moeserve-router).
+#pragma once
+
+#include <initializer_list>
+#include <map>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+
+namespace moeserve {
+
+// Flags as name -> value. Unknown flags, a flag without a value and stray
+// arguments are errors; "--help"/"-h" sets *help and returns an empty map.
+inline absl::StatusOr<std::map<std::string, std::string>> ParseFlagPairs(int argc, char** argv,
+                                                                          std::initializer_list<const char*> known,
+                                                                          bool* help) {
+  std::map<std::string, std::string> flags;
+  *help = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      *help = true;
+      return std::map<std::string, std::string>();
+    }
+    bool ok = false;
+    for (const char* k : known) ok |= a == k;
+    if (!ok) return absl::InvalidArgumentError(absl::StrCat("unknown argument \"", a, "\" (see --help)"));
+    if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat("flag ", a, " needs a value"));
+    flags[a] = argv[++i];
+  }
+  return flags;
+}
+
+}  // namespace moeserve
