@@ -123,6 +123,8 @@ class Session : public std::enable_shared_from_this<Session> {
     std::string content, reasoning;
     json calls = json::array();
     std::chrono::steady_clock::time_point start, last_token;
+    bool logprobs = false;
+    json logprob_entries = json::array();  // non-streamed: OpenAI logprobs.content entries
   };
 
   void Read() {
@@ -311,6 +313,28 @@ class Session : public std::enable_shared_from_this<Session> {
     if (body.contains("stream") && !body["stream"].is_null() && !body["stream"].is_boolean()) {
       return ReplyError({http::status::bad_request, "'stream' must be a boolean", "invalid_request_error", "stream"});
     }
+    // logprobs: chat takes a boolean plus top_logprobs; completions an integer (the top-N count).
+    bool want_logprobs = false;
+    if (body.contains("logprobs") && !body["logprobs"].is_null()) {
+      const json& lp = body["logprobs"];
+      if (chat && lp.is_boolean()) {
+        want_logprobs = lp.get<bool>();
+      } else if (!chat && lp.is_number_integer() && lp.get<int64_t>() >= 0 && lp.get<int64_t>() <= 20) {
+        want_logprobs = true;
+        top_logprobs = lp.get<int64_t>();
+      } else {
+        return ReplyError({http::status::bad_request,
+                           chat ? "'logprobs' must be a boolean" : "'logprobs' must be an integer in [0, 20]",
+                           "invalid_request_error", "logprobs"});
+      }
+    }
+    if (chat && top_logprobs > 0 && !want_logprobs) {
+      return ReplyError({http::status::bad_request, "'top_logprobs' needs 'logprobs': true", "invalid_request_error",
+                         "top_logprobs"});
+    }
+    gr.sampling.set_logprobs(want_logprobs);
+    gr.sampling.set_top_logprobs(static_cast<int32_t>(top_logprobs));
+    g->logprobs = want_logprobs;
     g->stream = body.value("stream", false);
     if (body.contains("stream_options") && body["stream_options"].is_object()) {
       g->include_usage = body["stream_options"].value("include_usage", false);
@@ -339,7 +363,7 @@ class Session : public std::enable_shared_from_this<Session> {
     auto self = shared_from_this();
     auto exec = stream_.get_executor();
     cb.on_token = [self, exec](const worker::v1::SampleOutput& s) {
-      net::post(exec, [self, token = s.token()] { self->OnToken(token); });
+      net::post(exec, [self, s] { self->OnToken(s); });
     };
     cb.on_finish = [self, exec](RequestStatus st, const std::string& why) {
       net::post(exec, [self, st, why] { self->OnFinish(st, why); });
@@ -356,28 +380,36 @@ class Session : public std::enable_shared_from_this<Session> {
     }
   }
 
-  json Chunk(json delta, json finish_reason) {
+  json Chunk(json delta, json finish_reason, json logprobs = nullptr) {
     if (gen_->chat) {
       return {{"id", gen_->response_id}, {"object", "chat.completion.chunk"}, {"created", gen_->created},
               {"model", gw_->opts.served_model_name},
-              {"choices", json::array({{{"index", 0}, {"delta", std::move(delta)}, {"logprobs", nullptr},
+              {"choices", json::array({{{"index", 0}, {"delta", std::move(delta)}, {"logprobs", std::move(logprobs)},
                                         {"finish_reason", std::move(finish_reason)}}})}};
     }
     return {{"id", gen_->response_id}, {"object", "text_completion"}, {"created", gen_->created},
             {"model", gw_->opts.served_model_name},
-            {"choices", json::array({{{"index", 0}, {"text", delta.value("text", "")}, {"logprobs", nullptr},
-                                      {"finish_reason", std::move(finish_reason)}}})}};
+            {"choices", json::array({{{"index", 0}, {"text", delta.value("text", "")},
+                                      {"logprobs", std::move(logprobs)}, {"finish_reason", std::move(finish_reason)}}})}};
   }
 
   // Content passes through the stop-string matcher; a match ends the request.
   void EmitContent(const std::string& raw) {
     const std::string text = gen_->stop->Push(raw);
-    if (!text.empty()) {
+    // Logprobs belong to the tokens that produced content (not to harmony's headers).
+    json lp = nullptr;
+    if (gen_->logprobs && !pending_logprob_.is_null() && !raw.empty()) {
+      lp = gen_->chat ? json{{"content", json::array({pending_logprob_})}}
+                      : (gen_->stream ? LegacyLogprobs(json::array({pending_logprob_})) : json(nullptr));
+      if (!gen_->stream) gen_->logprob_entries.push_back(pending_logprob_);
+      pending_logprob_ = nullptr;
+    }
+    if (!text.empty() || (gen_->stream && !lp.is_null())) {
       if (!gen_->chat) {
-        if (gen_->stream) Event(Chunk(json{{"text", text}}, nullptr));
+        if (gen_->stream) Event(Chunk(json{{"text", text}}, nullptr, lp));
         else gen_->content += text;
       } else if (gen_->stream) {
-        Event(Chunk(json{{"content", text}}, nullptr));
+        Event(Chunk(json{{"content", text}}, nullptr, lp));
       } else {
         gen_->content += text;
       }
@@ -423,6 +455,48 @@ class Session : public std::enable_shared_from_this<Session> {
         case text::HarmonyDelta::Kind::kFinish: finish_hint_ = d.text; break;
       }
     }
+  }
+
+  // Chat-style entries in the legacy /v1/completions shape.
+  json LegacyLogprobs(const json& entries) {
+    json l = {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()},
+              {"text_offset", json::array()}};
+    for (const json& e : entries) {
+      l["tokens"].push_back(e["token"]);
+      l["token_logprobs"].push_back(e["logprob"]);
+      json top = json::object();
+      for (const json& t : e["top_logprobs"]) top[t["token"].get<std::string>()] = t["logprob"];
+      l["top_logprobs"].push_back(top);
+      l["text_offset"].push_back(text_offset_);
+      text_offset_ += static_cast<int64_t>(e["token"].get<std::string>().size());
+    }
+    return l;
+  }
+
+  // One OpenAI logprob entry: {token, logprob, bytes, top_logprobs}.
+  json LogprobEntry(int32_t token, float logprob, const google::protobuf::RepeatedPtrField<worker::v1::TokenLogprob>* top) {
+    auto piece = [&](int32_t t) {
+      const std::string* b = gw_->tok->TokenBytes(t);
+      return b ? *b : std::string();
+    };
+    auto entry = [&](int32_t t, float lp) {
+      const std::string b = piece(t);
+      json bytes = json::array();
+      for (unsigned char c : b) bytes.push_back(static_cast<int>(c));
+      return json{{"token", text::SanitizeUtf8(b)}, {"logprob", lp}, {"bytes", bytes}};
+    };
+    json e = entry(token, logprob);
+    e["top_logprobs"] = json::array();
+    if (top) {
+      for (const auto& t : *top) e["top_logprobs"].push_back(entry(t.token(), t.logprob()));
+    }
+    return e;
+  }
+
+  void OnToken(const worker::v1::SampleOutput& s) {
+    if (!gen_ || gen_->finished || gen_->stopped_by_string) return;
+    pending_logprob_ = gen_->logprobs ? LogprobEntry(s.token(), s.logprob(), &s.top_logprobs()) : json();
+    OnToken(s.token());
   }
 
   void OnToken(int32_t token) {
@@ -495,13 +569,15 @@ class Session : public std::enable_shared_from_this<Session> {
         if (!gen_->calls.empty()) msg["tool_calls"] = gen_->calls;
         res = {{"id", gen_->response_id}, {"object", "chat.completion"}, {"created", gen_->created},
                {"model", gw_->opts.served_model_name},
-               {"choices", json::array({{{"index", 0}, {"message", msg}, {"logprobs", nullptr},
+               {"choices", json::array({{{"index", 0}, {"message", msg},
+                                         {"logprobs", gen_->logprobs ? json{{"content", gen_->logprob_entries}} : json(nullptr)},
                                          {"finish_reason", finish}}})},
                {"usage", usage}};
       } else {
         res = {{"id", gen_->response_id}, {"object", "text_completion"}, {"created", gen_->created},
                {"model", gw_->opts.served_model_name},
-               {"choices", json::array({{{"index", 0}, {"text", gen_->content}, {"logprobs", nullptr},
+               {"choices", json::array({{{"index", 0}, {"text", gen_->content},
+                                         {"logprobs", gen_->logprobs ? LegacyLogprobs(gen_->logprob_entries) : json(nullptr)},
                                          {"finish_reason", finish}}})},
                {"usage", usage}};
       }
@@ -554,6 +630,8 @@ class Session : public std::enable_shared_from_this<Session> {
   std::deque<std::shared_ptr<std::string>> queue_;
   bool writing_ = false, close_after_ = false;
   std::string finish_hint_;
+  json pending_logprob_;  // of the token being applied
+  int64_t text_offset_ = 0;
 };
 
 }  // namespace
