@@ -5,6 +5,7 @@
 //                   [--threads 0] [--served-model-name NAME]
 // Prints "listening on HOST:PORT" once ready (port 0 picks a free port).
 #include <grpcpp/grpcpp.h>
+#include <prometheus/exposer.h>
 
 #include <cstdio>
 #include <cstring>
@@ -29,6 +30,7 @@ constexpr char kUsage[] = R"(usage: moeserve-worker --model DIR [flags]
   --max-model-len N         longest sequence (default 8192)
   --threads N               CPU threads (default: all)
   --served-model-name NAME  model name reported to the router (default: the directory name)
+  --metrics-port N          serve Prometheus metrics at http://HOST:N/metrics (default: off)
 )";
 
 bool ParseSize(const std::string& s, int64_t* out) {
@@ -57,7 +59,7 @@ int main(int argc, char** argv) {
   using namespace moeserve;
   bool help = false;
   auto parsed = ParseFlagPairs(argc, argv, {"--model", "--host", "--port", "--kv-cache-memory", "--block-size", "--max-num-seqs",
-                                 "--max-model-len", "--threads", "--served-model-name", "--kv-cache-dtype"}, &help);
+                                 "--max-model-len", "--threads", "--served-model-name", "--kv-cache-dtype", "--metrics-port"}, &help);
   if (help) {
     std::fputs(kUsage, stdout);
     return 0;
@@ -101,6 +103,18 @@ int main(int argc, char** argv) {
   wo.served_model_name = get("--served-model-name", dir.substr(dir.find_last_of('/') + 1));
   wo.max_model_len = max_len;
   worker::WorkerService service(std::make_unique<Model>(std::move(*weights), mo), wo);
+
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (f.count("--metrics-port")) {
+    int64_t mport;
+    if (!absl::SimpleAtoi(f["--metrics-port"], &mport) || mport < 1 || mport > 65535) return Fail("bad --metrics-port");
+    try {  // prometheus-cpp reports bind failures by throwing
+      exposer = std::make_unique<prometheus::Exposer>(absl::StrCat(get("--host", "127.0.0.1"), ":", mport));
+    } catch (const std::exception& e) {
+      return Fail(absl::StrCat("cannot serve metrics on port ", mport, ": ", e.what()));
+    }
+    exposer->RegisterCollectable(service.registry());
+  }
 
   grpc::ServerBuilder builder;
   int selected = 0;

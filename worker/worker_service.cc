@@ -30,7 +30,64 @@ SamplingParams FromProto(const v1::SamplingParams& p) {
 }  // namespace
 
 WorkerService::WorkerService(std::unique_ptr<Model> model, const WorkerOptions& options)
-    : model_(std::move(model)), options_(options) {}
+    : model_(std::move(model)), options_(options), registry_(std::make_shared<prometheus::Registry>()) {
+  step_seconds_ = &prometheus::BuildHistogram()
+                       .Name("moeserve_worker_step_seconds")
+                       .Help("Wall time of one step (forward and sampling).")
+                       .Register(*registry_)
+                       .Add({}, prometheus::Histogram::BucketBoundaries{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                                        0.5, 1, 2.5, 5, 10, 30});
+  batch_tokens_ = &prometheus::BuildHistogram()
+                       .Name("moeserve_worker_batch_tokens")
+                       .Help("Tokens computed per step.")
+                       .Register(*registry_)
+                       .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024,
+                                                                        2048, 4096, 8192});
+  sequences_held_ = &prometheus::BuildGauge()
+                         .Name("moeserve_worker_sequences")
+                         .Help("Sequences whose state the worker holds.")
+                         .Register(*registry_)
+                         .Add({});
+  kv_usage_ = &prometheus::BuildGauge()
+                   .Name("moeserve_worker_kv_cache_usage_ratio")
+                   .Help("Fraction of KV blocks referenced by held sequences, per cache group.")
+                   .Register(*registry_);
+  expert_selections_ = &prometheus::BuildCounter()
+                            .Name("moeserve_worker_expert_selections_total")
+                            .Help("Tokens routed to each expert of each layer (the MoE load picture).")
+                            .Register(*registry_);
+  const ModelConfig& c = model_->config();
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    for (int64_t e = 0; e < c.num_local_experts; ++e) {
+      expert_counters_.push_back(
+          &expert_selections_->Add({{"layer", std::to_string(l)}, {"expert", std::to_string(e)}}));
+    }
+  }
+  expert_seen_.assign(expert_counters_.size(), 0);
+}
+
+void WorkerService::UpdateMetrics(int64_t batch_tokens, double step_seconds) {
+  step_seconds_->Observe(step_seconds);
+  batch_tokens_->Observe(static_cast<double>(batch_tokens));
+  sequences_held_->Set(static_cast<double>(sequences_.size()));
+  KvCache& kv = model_->kv_cache();
+  for (int g = 0; g < kNumCacheGroups; ++g) {
+    int64_t used = 0;
+    for (const auto& [id, s] : sequences_) {
+      for (int32_t b : s.tables[g]) used += b >= 0;
+    }
+    const int64_t total = kv.num_blocks(g);
+    kv_usage_->Add({{"group", g == kFullGroup ? "full" : "sliding"}})
+        .Set(total ? static_cast<double>(used) / static_cast<double>(total) : 0.0);
+  }
+  const auto& counts = model_->expert_counts();
+  for (size_t i = 0; i < counts.size() && i < expert_counters_.size(); ++i) {
+    if (counts[i] > expert_seen_[i]) {
+      expert_counters_[i]->Increment(static_cast<double>(counts[i] - expert_seen_[i]));
+      expert_seen_[i] = counts[i];
+    }
+  }
+}
 
 grpc::Status WorkerService::Describe(grpc::ServerContext*, const v1::DescribeRequest*, v1::DescribeResponse* out) {
   const ModelConfig& c = model_->config();
@@ -152,6 +209,9 @@ v1::StepResult WorkerService::Step(const v1::StepRequest& req) {
     }
   }
   const int64_t t2 = NowNs();
+  int64_t batch_tokens = 0;
+  for (int64_t n : scheduled) batch_tokens += n;
+  UpdateMetrics(batch_tokens, static_cast<double>(t2 - t0) * 1e-9);
   res.set_forward_ns(t1 - t0);
   res.set_sample_ns(t2 - t1);
   res.set_total_ns(t2 - t0);

@@ -15,6 +15,11 @@
 #include <string>
 #include <unordered_map>
 
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
 #include "engine/model.h"
 #include "engine/sampler.h"
 #include "moeserve/worker/v1/worker.grpc.pb.h"
@@ -39,6 +44,9 @@ class WorkerService final : public moeserve::worker::v1::Worker::Service {
   // One step, without gRPC (also used by tests).
   v1::StepResult Step(const v1::StepRequest& req);
 
+  // The worker's Prometheus metrics (docs/metrics.md), for an exposer.
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
  private:
   struct Sequence {
     std::vector<int32_t> tokens;
@@ -52,6 +60,16 @@ class WorkerService final : public moeserve::worker::v1::Worker::Service {
   WorkerOptions options_;
   std::mutex mu_;
   std::unordered_map<int64_t, Sequence> sequences_;
+
+  void UpdateMetrics(int64_t batch_tokens, double step_seconds);
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Histogram* step_seconds_;
+  prometheus::Histogram* batch_tokens_;
+  prometheus::Gauge* sequences_held_;
+  prometheus::Family<prometheus::Gauge>* kv_usage_;
+  prometheus::Family<prometheus::Counter>* expert_selections_;
+  std::vector<prometheus::Counter*> expert_counters_;  // [layer * E + expert]
+  std::vector<int64_t> expert_seen_;
 };
 
 }  // namespace moeserve::worker

@@ -23,7 +23,8 @@ async function check(name, fn) {
   }
 }
 
-const workerAddr = await start(args.worker, ["--model", args.model, "--port", "0", "--kv-cache-memory", "64MiB",
+const metricsPort = 20000 + Math.floor(Math.random() * 20000);
+const workerAddr = await start(args.worker, ["--model", args.model, "--port", "0", "--metrics-port", String(metricsPort), "--kv-cache-memory", "64MiB",
   "--max-num-seqs", "32", "--max-model-len", "2048", "--kv-cache-dtype", "f32"]);
 const routerAddr = await start(args.router, ["--worker", workerAddr, "--model", args.model, "--port", "0",
   "--api-key", "sk-moeserve-test", "--max-num-batched-tokens", "256"]);
@@ -194,6 +195,16 @@ await check("/metrics exposes the documented series", async () => {
   }
   const gen = Number(text.match(/^moeserve_generation_tokens_total (\S+)/m)[1]);
   assert.ok(gen > 100, `generation tokens ${gen}`);
+  // The worker's own metrics, with expert selections per layer and expert.
+  const w = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+  for (const name of ["moeserve_worker_step_seconds_count", "moeserve_worker_batch_tokens_bucket",
+    "moeserve_worker_sequences", "moeserve_worker_kv_cache_usage_ratio{group=\"full\"}"]) {
+    assert.ok(w.includes(name), `missing ${name}`);
+  }
+  const picks = [...w.matchAll(/^moeserve_worker_expert_selections_total\{expert="(\d+)",layer="0"\} (\S+)/gm)];
+  assert.equal(picks.length, 8, "one series per expert of layer 0");
+  const total = picks.reduce((a, m) => a + Number(m[2]), 0);
+  assert.ok(total > 0 && total % 4 === 0, `layer-0 selections ${total} (4 experts per token)`);
 });
 
 console.log(`${passed} passed, ${failures} failed`);
