@@ -48,6 +48,7 @@ commands:
       --host ADDR            listen address (default 127.0.0.1)
       --kv-cache-memory SIZE --max-model-len N --max-num-seqs N --max-num-batched-tokens N
       --max-num-queued-requests N --api-key KEY --served-model-name NAME --threads N
+      --kv-cache-dtype bf16|f32 --metrics-port N (the worker's metrics)
                              passed to moeserve-worker / moeserve-router
   generate         generate text from a prompt
       --model DIR            model directory (default: the demo model)
@@ -294,7 +295,7 @@ absl::Status Serve(FlagReader& f) {
   std::vector<std::string> worker_args = {FindBinary("moeserve-worker", "worker"), "--model", dir, "--port", "0"};
   std::vector<std::string> router_args = {FindBinary("moeserve-router", "router"), "--model", dir,
                                           "--port", f.Str("--port", "8000"), "--host", f.Str("--host", "127.0.0.1")};
-  for (const char* k : {"--kv-cache-memory", "--max-model-len", "--threads"}) {
+  for (const char* k : {"--kv-cache-memory", "--max-model-len", "--threads", "--metrics-port", "--kv-cache-dtype"}) {
     if (f.Has(k)) worker_args.insert(worker_args.end(), {k, f.Str(k, "")});
   }
   if (f.Has("--max-num-seqs")) worker_args.insert(worker_args.end(), {"--max-num-seqs", f.Str("--max-num-seqs", "")});
