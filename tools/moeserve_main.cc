@@ -290,6 +290,24 @@ std::string FindBinary(const std::string& name, const std::string& sub) {
   return name;  // from PATH
 }
 
+// Starts `args` as a child that ends with this process; `stdout_fd` >= 0
+// becomes its standard output and `close_fd` >= 0 is closed in the child.
+pid_t Spawn(std::vector<std::string>& args, int stdout_fd, int close_fd) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (stdout_fd >= 0) dup2(stdout_fd, STDOUT_FILENO);
+    if (close_fd >= 0) close(close_fd);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    std::fprintf(stderr, "moeserve: cannot run %s\n", argv[0]);
+    _exit(127);
+  }
+  return pid;
+}
+
 absl::Status Serve(FlagReader& f) {
   const std::string dir = f.Str("--model", MOESERVE_DEMO_MODEL_DIR);
   std::vector<std::string> worker_args = {FindBinary("moeserve-worker", "worker"), "--model", dir, "--port", "0"};
@@ -307,18 +325,7 @@ absl::Status Serve(FlagReader& f) {
   // Worker first; its "listening on" line tells the router where it is.
   int out[2];
   if (pipe(out) != 0) return absl::InternalError("pipe failed");
-  const pid_t worker = fork();
-  if (worker == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGTERM);  // the children end with the launcher
-    dup2(out[1], STDOUT_FILENO);
-    close(out[0]);
-    std::vector<char*> argv;
-    for (auto& a : worker_args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    std::fprintf(stderr, "moeserve: cannot run %s\n", argv[0]);
-    _exit(127);
-  }
+  const pid_t worker = Spawn(worker_args, out[1], out[0]);
   close(out[1]);
   FILE* wf = fdopen(out[0], "r");
   char line[256] = {};
@@ -333,16 +340,7 @@ absl::Status Serve(FlagReader& f) {
     return absl::UnavailableError("the worker did not start (see its message above)");
   }
   router_args.insert(router_args.end(), {"--worker", address});
-  const pid_t router = fork();
-  if (router == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    std::vector<char*> argv;
-    for (auto& a : router_args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    std::fprintf(stderr, "moeserve: cannot run %s\n", argv[0]);
-    _exit(127);
-  }
+  const pid_t router = Spawn(router_args, -1, -1);
   std::fprintf(stderr, "moeserve: worker on %s, OpenAI API on http://%s:%s/v1 (model %s)\n", address.c_str(),
                f.Str("--host", "127.0.0.1").c_str(), f.Str("--port", "8000").c_str(), dir.c_str());
   // Whichever child ends first ends the other.
