@@ -68,10 +68,12 @@ TEST(GroupRunnerTest, ConcurrentRequestsEqualEachAlone) {
     for (int i = 0; i < kRequests; ++i) {
       Collector col;
       auto slot = std::make_unique<int64_t>(0);
-      auto id = runner.Submit(Greedy(prompts[i], 12), col.For(slot.get()));
-      ASSERT_TRUE(id.ok());
+      absl::StatusOr<int64_t> id;
       {
+        // Callbacks take this lock, so they wait until the slot holds the id.
         std::lock_guard<std::mutex> l(col.mu);
+        id = runner.Submit(Greedy(prompts[i], 12), col.For(slot.get()));
+        ASSERT_TRUE(id.ok());
         *slot = *id;
       }
       ASSERT_TRUE(col.WaitFor(1));
