@@ -69,17 +69,7 @@ std::vector<float> ModelConfig::RopeInvFreq(bool round_ramp) const {
     return inv;
   }
   const RopeScaling& s = rope_scaling;
-  const double l0 = static_cast<double>(s.original_max_position_embeddings);
-  // Dimension index at which a pair completes `n_rot` rotations over l0 tokens.
-  auto corr_dim = [&](double n_rot) {
-    return (d * std::log(l0 / (n_rot * 2.0 * M_PI))) / (2.0 * std::log(base));
-  };
-  double low = corr_dim(s.beta_fast);
-  double high = corr_dim(s.beta_slow);
-  if (round_ramp || s.truncate) {
-    low = std::max(0.0, std::floor(low));
-    high = std::min(d - 1, std::ceil(high));
-  }
+  const auto [low, high] = YarnRamp(round_ramp || s.truncate);
   for (int64_t i = 0; i < half; ++i) {
     const double freq = std::pow(base, 2.0 * i / d);
     const double extrapolated = 1.0 / freq;
@@ -90,6 +80,19 @@ std::vector<float> ModelConfig::RopeInvFreq(bool round_ramp) const {
     inv[i] = static_cast<float>(interpolated * (1.0 - mask) + extrapolated * mask);
   }
   return inv;
+}
+
+std::pair<double, double> ModelConfig::YarnRamp(bool round_ramp) const {
+  const double d = static_cast<double>(head_dim);
+  const double l0 = static_cast<double>(rope_scaling.original_max_position_embeddings);
+  // Dimension index at which a pair completes `n_rot` rotations over l0 tokens.
+  auto corr_dim = [&](double n_rot) { return (d * std::log(l0 / (n_rot * 2.0 * M_PI))) / (2.0 * std::log(rope_theta)); };
+  double low = corr_dim(rope_scaling.beta_fast), high = corr_dim(rope_scaling.beta_slow);
+  if (round_ramp) {
+    low = std::max(0.0, std::floor(low));
+    high = std::min(d - 1, std::ceil(high));
+  }
+  return {low, high};
 }
 
 float ModelConfig::RopeMscale() const {

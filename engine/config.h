@@ -76,6 +76,8 @@ struct ModelConfig {
   // YaRN magnitude scale applied to cos and sin. `round_ramp` floors/ceils the
   // ramp ends the way ggml does (for comparisons with llama.cpp).
   std::vector<float> RopeInvFreq(bool round_ramp) const;
+  // YaRN's ramp ends (pair indices) [low, high]; `round_ramp`: floored/ceiled as ggml does.
+  std::pair<double, double> YarnRamp(bool round_ramp) const;
   float RopeMscale() const;
 
   // Checks internal consistency (positive sizes, divisibility, layer types).

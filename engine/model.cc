@@ -28,6 +28,10 @@ Model::Model(std::unique_ptr<ModelWeights> weights, const ModelOptions& options)
   const ModelConfig& c = weights_->config;
   inv_freq_ = c.RopeInvFreq(/*round_ramp=*/false);
   mscale_ = c.RopeMscale();
+  ggml_yarn_ = c.has_rope_scaling && c.rope_scaling.factor > 1.0;
+  const auto [low, high] = c.YarnRamp(/*round_ramp=*/true);
+  ggml_ramp_[0] = static_cast<float>(low);
+  ggml_ramp_[1] = static_cast<float>(high);
   expert_counts_.assign(c.num_hidden_layers * c.num_local_experts, 0);
 }
 
@@ -264,16 +268,9 @@ absl::Status Model::Forward(std::span<const SequenceInput> batch, ForwardOutput*
   std::vector<float> cosv(static_cast<size_t>(n) * half), sinv(static_cast<size_t>(n) * half);
   for (int r = 0; r < n; ++r) {
     if (options_.rope_ggml) {
-      const bool yarn = c.has_rope_scaling && c.rope_scaling.factor > 1.0;
-      const double d = static_cast<double>(hd);
-      auto corr = [&](double beta) {
-        return d * std::log(c.rope_scaling.original_max_position_embeddings / (beta * 2 * M_PI)) /
-               (2 * std::log(c.rope_theta));
-      };
-      const float low = static_cast<float>(std::max(0.0, std::floor(corr(c.rope_scaling.beta_fast))));
-      const float high = static_cast<float>(std::min(d - 1, std::ceil(corr(c.rope_scaling.beta_slow))));
-      cpu::RopeCosSinGgml(row_pos[r], static_cast<int>(hd), static_cast<float>(c.rope_theta), yarn,
-                          static_cast<float>(c.rope_scaling.factor), low, high, &cosv[r * half], &sinv[r * half]);
+      cpu::RopeCosSinGgml(row_pos[r], static_cast<int>(hd), static_cast<float>(c.rope_theta), ggml_yarn_,
+                          static_cast<float>(c.rope_scaling.factor), ggml_ramp_[0], ggml_ramp_[1], &cosv[r * half],
+                          &sinv[r * half]);
     } else {
       cpu::RopeCosSin(row_pos[r], inv_freq_, mscale_, &cosv[r * half], &sinv[r * half]);
     }

@@ -80,6 +80,8 @@ class Model {
   KvCache kv_;
   std::vector<float> inv_freq_;
   float mscale_;
+  bool ggml_yarn_ = false;      // rope_ggml: YaRN active
+  float ggml_ramp_[2] = {0, 0}; // rope_ggml: rounded ramp ends
   std::vector<int64_t> expert_counts_;
   int64_t phase_ns_[kNumPhases] = {};
 };
