@@ -7,7 +7,8 @@
 // Every error is OpenAI-shaped JSON with a precise status. Streams are SSE
 // ending in "data: [DONE]"; a client that goes away has its request aborted.
 // Thread-safety: the server runs its own I/O threads; generation callbacks
-// arrive on the group loop thread and are posted to each connection's strand.
+// arrive on the group loop threads and are posted to each connection's strand,
+// where its Completion (router/api.h) runs.
 #pragma once
 
 #include <cstdint>
@@ -15,24 +16,21 @@
 #include <string>
 
 #include "absl/status/status.h"
-#include "router/group_runner.h"
-#include "router/text/tokenizer.h"
+#include "router/api.h"
 
 namespace moeserve::router {
 
 struct GatewayOptions {
   std::string host = "127.0.0.1";
   int port = 0;                      // 0: pick a free port
-  std::string served_model_name = "gpt-oss";
   std::string api_key;               // empty: no authentication
   int64_t max_body_bytes = 8 << 20;
   int io_threads = 2;
-  std::string current_date;          // rendered into the harmony system message
 };
 
 class Gateway {
  public:
-  Gateway(GatewayOptions options, GroupRunner* runner, const text::Tokenizer* tokenizer);
+  Gateway(GatewayOptions options, ApiContext* api);
   ~Gateway();
   // Binds and starts serving; returns the port.
   absl::StatusOr<int> Start();

@@ -8,16 +8,16 @@ namespace moeserve::router {
 
 namespace v1 = moeserve::worker::v1;
 
-GroupRunner::GroupRunner(std::string worker_address, SchedulerConfig config)
-    : address_(std::move(worker_address)), config_(config) {}
+GroupRunner::GroupRunner(std::string worker_address, SchedulerConfig config, RunnerHooks hooks)
+    : address_(std::move(worker_address)), config_(config), hooks_(std::move(hooks)) {}
 
 GroupRunner::~GroupRunner() { Stop(); }
 
-absl::Status GroupRunner::Start() {
+absl::Status GroupRunner::Start(int timeout_ms) {
   auto channel = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
   stub_ = v1::Worker::NewStub(channel);
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
   const grpc::Status st = stub_->Describe(&ctx, v1::DescribeRequest(), &description_);
   if (!st.ok()) return absl::UnavailableError(absl::StrCat("worker ", address_, ": ", st.error_message()));
   KvCacheConfig kv;
@@ -47,22 +47,33 @@ void GroupRunner::Stop() {
   FailAll("the router is shutting down");
 }
 
-absl::StatusOr<int64_t> GroupRunner::Submit(GenerationRequest g, GenerationCallbacks callbacks) {
+absl::StatusOr<int64_t> GroupRunner::Submit(GenerationRequest g, GenerationCallbacks callbacks, int64_t id_hint) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (stop_ || !scheduler_) return absl::UnavailableError("no worker group is running");
+  if (stop_ || failed_ || !scheduler_) return absl::UnavailableError("no worker group is running");
   auto r = std::make_unique<Request>();
-  r->id = next_id_++;
+  r->id = id_hint > 0 ? id_hint : next_id_++;
   r->prompt = std::move(g.prompt);
+  r->output = std::move(g.output);
   r->max_tokens = g.max_tokens;
-  r->stop_token_ids = std::move(g.stop_token_ids);
+  r->stop_token_ids = g.stop_token_ids;
   const int64_t id = r->id;
-  for (int32_t t : r->prompt) {
+  for (int64_t i = 0; i < r->num_tokens(); ++i) {
+    const int32_t t = r->token_at(i);
     if (t < 0 || t >= description_.vocab_size()) {
       return absl::InvalidArgumentError(absl::StrCat("token id ", t, " is outside the vocabulary"));
     }
   }
+  if (r->output.size() >= static_cast<size_t>(r->max_tokens)) {
+    return absl::InvalidArgumentError("the request has no tokens left to generate");
+  }
+  if (live_.count(id)) return absl::AlreadyExistsError(absl::StrCat("request ", id, " exists"));
   if (absl::Status st = scheduler_->AddRequest(std::move(r)); !st.ok()) return st;
-  live_[id] = Live{g.sampling, std::move(callbacks)};
+  Live& l = live_[id];
+  l.sampling = g.sampling;
+  l.callbacks = std::move(callbacks);
+  l.stop_token_ids = std::move(g.stop_token_ids);
+  l.max_tokens = g.max_tokens;
+  l.submitted = std::chrono::steady_clock::now();
   cv_.notify_all();
   return id;
 }
@@ -73,6 +84,22 @@ void GroupRunner::Abort(int64_t id) {
     aborts_.push_back(id);
   }
   cv_.notify_all();
+}
+
+void GroupRunner::MarkFailed(const std::string& why) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stop_ || failed_) return;
+    failed_ = true;
+    failure_ = why;
+  }
+  cv_.notify_all();
+  if (stream_ctx_) stream_ctx_->TryCancel();  // a step blocked on a hung worker returns
+}
+
+bool GroupRunner::alive() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return !stop_ && !failed_ && scheduler_ != nullptr;
 }
 
 int GroupRunner::num_running() const {
@@ -115,20 +142,66 @@ void GroupRunner::FailAll(const std::string& why) {
   }
 }
 
+void GroupRunner::Orphan(const std::string& why) {
+  std::vector<OrphanedRequest> orphans;
+  std::vector<GenerationCallbacks> aborted;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    failed_ = true;
+    for (int64_t id : aborts_) {
+      auto it = live_.find(id);
+      if (it == live_.end()) continue;
+      aborted.push_back(std::move(it->second.callbacks));
+      live_.erase(it);
+      scheduler_->FinishRequests({id}, RequestStatus::kFinishedAborted);
+      scheduler_->Release(id);
+    }
+    aborts_.clear();
+    std::vector<int64_t> ids;
+    for (auto& [id, l] : live_) {
+      const Request* r = scheduler_->request(id);
+      if (!r) continue;
+      OrphanedRequest o;
+      o.id = id;
+      o.request.prompt = r->prompt;
+      o.request.output = r->output;
+      o.request.max_tokens = l.max_tokens;
+      o.request.stop_token_ids = l.stop_token_ids;
+      o.request.sampling = l.sampling;
+      o.callbacks = std::move(l.callbacks);
+      orphans.push_back(std::move(o));
+      ids.push_back(id);
+    }
+    scheduler_->FinishRequests(ids, RequestStatus::kFinishedError);
+    for (int64_t id : ids) scheduler_->Release(id);
+    live_.clear();
+  }
+  for (auto& cb : aborted) {
+    if (cb.on_finish) cb.on_finish(RequestStatus::kFinishedAborted, "");
+  }
+  if (hooks_.on_orphans) {
+    hooks_.on_orphans(std::move(orphans), why);
+    return;
+  }
+  for (auto& o : orphans) {
+    if (o.callbacks.on_finish) o.callbacks.on_finish(RequestStatus::kFinishedError, why);
+  }
+}
+
 void GroupRunner::Loop() {
   while (true) {
+    std::string failure;
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait_for(lock, std::chrono::milliseconds(50), [&] {
-        return stop_ || !aborts_.empty() || scheduler_->num_running() + scheduler_->num_waiting() > 0;
+        return stop_ || failed_ || !aborts_.empty() || scheduler_->num_running() + scheduler_->num_waiting() > 0;
       });
       if (stop_) return;
+      failure = failure_;
     }
-    if (!RunStep()) {
-      FailAll(absl::StrCat("worker ", address_, " failed"));
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;  // marked down; reconnecting is the worker pool's job
-      return;
+    if (!failure.empty() || !RunStep()) {
+      // Marked down; reconnecting is the worker pool's job.
+      return Orphan(failure.empty() ? absl::StrCat("worker ", address_, " failed") : failure);
     }
   }
 }
@@ -161,9 +234,17 @@ bool GroupRunner::RunStep() {
       req.add_finished_ids(id);
       if (auto it = live_.find(id); it != live_.end()) it->second.blocks_sent[0] = it->second.blocks_sent[1] = 0;
     }
+    const auto now = std::chrono::steady_clock::now();
     for (const ScheduledSequence& s : out.scheduled) {
       const Request* r = scheduler_->request(s.request_id);
       Live& l = live_[s.request_id];
+      if (!l.scheduled_once) {
+        l.scheduled_once = true;
+        if (hooks_.on_queue_time) {
+          const double q = std::chrono::duration<double>(now - l.submitted).count();
+          events.push_back([this, q] { hooks_.on_queue_time(q); });
+        }
+      }
       const BlockTables& t = scheduler_->kv().tables(s.request_id);
       if (s.whole) {
         v1::NewSequence* n = req.add_new_sequences();
@@ -196,7 +277,12 @@ bool GroupRunner::RunStep() {
   if (out.scheduled.empty() && out.finished.empty() && out.preempted.empty()) return true;
 
   v1::StepResult res;
+  const auto t0 = std::chrono::steady_clock::now();
   if (!stream_->Write(req) || !stream_->Read(&res)) return false;
+  if (hooks_.on_step) {
+    hooks_.on_step(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                   out.num_batched_tokens, static_cast<int>(out.scheduled.size()));
+  }
 
   {
     std::lock_guard<std::mutex> lock(mu_);

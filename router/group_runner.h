@@ -6,9 +6,11 @@
 // block-table diffs, finished and preempted ids to drop), reads the
 // StepResult, and feeds it back with UpdateFromOutput. Callers submit and
 // abort requests from any thread; their callbacks run on the loop thread.
-// If the worker fails, every request in flight ends with kFinishedError.
+// If the worker fails, the requests in flight go to the on_orphans hook (the
+// worker pool recomputes them on another group) or end with kFinishedError.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <map>
@@ -33,23 +35,50 @@ struct GenerationCallbacks {
 
 struct GenerationRequest {
   std::vector<int32_t> prompt;
+  // Tokens already generated (a request moved from a failed group): they are
+  // recomputed, count against max_tokens and are not reported again.
+  std::vector<int32_t> output;
   int64_t max_tokens = 16;
   std::vector<int32_t> stop_token_ids;
   worker::v1::SamplingParams sampling;
 };
 
+// A request that lost its worker: what it needs to continue elsewhere.
+struct OrphanedRequest {
+  int64_t id;
+  GenerationRequest request;  // prompt, output so far, the original max_tokens
+  GenerationCallbacks callbacks;
+};
+
+// Observers, called on the loop thread.
+struct RunnerHooks {
+  // After each step that ran on the worker: its round-trip time, tokens and sequences.
+  std::function<void(double seconds, int64_t batched_tokens, int num_seqs)> on_step;
+  // When a request is scheduled for the first time: seconds since Submit.
+  std::function<void(double seconds)> on_queue_time;
+  // The worker failed: these requests have not finished. Without this hook they end with kFinishedError.
+  std::function<void(std::vector<OrphanedRequest>, const std::string& why)> on_orphans;
+};
+
 class GroupRunner {
  public:
-  GroupRunner(std::string worker_address, SchedulerConfig config);
+  GroupRunner(std::string worker_address, SchedulerConfig config, RunnerHooks hooks = {});
   ~GroupRunner();
 
-  // Connects (Describe) and starts the loop.
-  absl::Status Start();
+  // Connects (Describe, waiting at most timeout_ms) and starts the loop.
+  absl::Status Start(int timeout_ms = 30000);
   void Stop();
 
-  // Queues a request; errors (too long, queue full) come back at once.
-  absl::StatusOr<int64_t> Submit(GenerationRequest request, GenerationCallbacks callbacks);
+  // Queues a request; errors (too long, queue full) come back at once. `id`
+  // must be unique for this runner; 0 picks the next free one.
+  absl::StatusOr<int64_t> Submit(GenerationRequest request, GenerationCallbacks callbacks, int64_t id = 0);
   void Abort(int64_t id);
+  // Treats the worker as failed (a failed health check): the loop stops and
+  // hands its requests on, as if the step stream had broken.
+  void MarkFailed(const std::string& why);
+  // False once the worker failed or Stop() was called.
+  bool alive() const;
+  const std::string& address() const { return address_; }
 
   const worker::v1::DescribeResponse& description() const { return description_; }
   int num_running() const;
@@ -67,13 +96,19 @@ class GroupRunner {
     worker::v1::SamplingParams sampling;
     GenerationCallbacks callbacks;
     size_t blocks_sent[kNumGroups] = {0, 0};
+    std::vector<int32_t> stop_token_ids;
+    int64_t max_tokens = 0;
+    std::chrono::steady_clock::time_point submitted;
+    bool scheduled_once = false;
   };
   void Loop();
   bool RunStep();  // false when the worker failed
   void FailAll(const std::string& why);
+  void Orphan(const std::string& why);
 
   std::string address_;
   SchedulerConfig config_;
+  RunnerHooks hooks_;
   worker::v1::DescribeResponse description_;
   std::unique_ptr<worker::v1::Worker::Stub> stub_;
   std::unique_ptr<grpc::ClientContext> stream_ctx_;
@@ -85,6 +120,8 @@ class GroupRunner {
   std::vector<int64_t> aborts_;
   std::map<int64_t, Live> live_;
   bool stop_ = false;
+  bool failed_ = false;
+  std::string failure_;
   int64_t next_id_ = 1;
   uint64_t step_id_ = 0;
   int64_t num_preemptions_ = 0;

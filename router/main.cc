@@ -1,9 +1,9 @@
-// moeserve-router: the OpenAI-compatible gateway in front of one worker group.
+// moeserve-router: the OpenAI-compatible HTTP gateway and the public gRPC API
+// in front of one or more worker groups (data-parallel replicas).
 //
-//   moeserve-router --worker HOST:PORT --model DIR [--host 127.0.0.1] [--port 8000]
-//                   [--api-key KEY] [--served-model-name NAME] [--max-model-len N]
-//                   [--max-num-seqs N] [--max-num-batched-tokens N] [--max-num-queued-requests N]
-// Prints "listening on HOST:PORT" once ready (port 0 picks a free port).
+//   moeserve-router --worker HOST:PORT[,HOST:PORT...] --model DIR [flags, see kUsage]
+// Prints "listening on HOST:PORT" (HTTP) and, with --grpc-port, "grpc listening
+// on HOST:PORT" once ready (port 0 picks a free port).
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -12,13 +12,17 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "tools/cli_flags.h"
+#include "absl/strings/str_split.h"
 #include "router/gateway.h"
+#include "router/grpc_api.h"
+#include "router/metrics.h"
+#include "router/worker_pool.h"
+#include "tools/cli_flags.h"
 
 namespace {
 
-constexpr char kUsage[] = R"(usage: moeserve-router --worker HOST:PORT --model DIR [flags]
-  --worker HOST:PORT             the worker of the group (moeserve-worker)
+constexpr char kUsage[] = R"(usage: moeserve-router --worker HOST:PORT[,HOST:PORT...] --model DIR [flags]
+  --worker LIST                  the workers (moeserve-worker), one per data-parallel group, comma-separated
   --model DIR                    model directory (its tokenizer.json is used)
   --host ADDR                    listen address (default 127.0.0.1)
   --port N                       port (default 8000; 0 picks a free one)
@@ -27,7 +31,9 @@ constexpr char kUsage[] = R"(usage: moeserve-router --worker HOST:PORT --model D
   --max-model-len N              longest prompt + output (default: the worker's)
   --max-num-seqs N               running sequences per step (default 64)
   --max-num-batched-tokens N     tokens per step (default 2048)
-  --max-num-queued-requests N    waiting requests before 429 (default 1024)
+  --max-num-queued-requests N    waiting requests per group before 429 (default 1024)
+  --grpc-port N                  also serve the public gRPC API (moeserve.v1) on this port (0 picks one)
+  --health-check-interval-ms N   how often workers are checked (default 1000)
 )";
 
 int Fail(const std::string& m) {
@@ -42,7 +48,7 @@ int main(int argc, char** argv) {
   bool help = false;
   auto parsed = ParseFlagPairs(argc, argv, {"--worker", "--model", "--host", "--port", "--api-key", "--served-model-name",
                                  "--max-model-len", "--max-num-seqs", "--max-num-batched-tokens",
-                                 "--max-num-queued-requests"}, &help);
+                                 "--max-num-queued-requests", "--grpc-port", "--health-check-interval-ms"}, &help);
   if (help) {
     std::fputs(kUsage, stdout);
     return 0;
@@ -66,24 +72,52 @@ int main(int argc, char** argv) {
   if (!absl::SimpleAtoi(get("--max-model-len", "1000000000"), &sc.max_model_len) || sc.max_model_len < 1) {
     return Fail("bad --max-model-len");
   }
+  int64_t grpc_port = -1, health_ms;
+  if (f.count("--grpc-port") && (!absl::SimpleAtoi(f["--grpc-port"], &grpc_port) || grpc_port < 0 || grpc_port > 65535)) {
+    return Fail("bad --grpc-port");
+  }
+  if (!absl::SimpleAtoi(get("--health-check-interval-ms", "1000"), &health_ms) || health_ms < 10) {
+    return Fail("bad --health-check-interval-ms");
+  }
+  std::vector<std::string> workers = absl::StrSplit(worker, ',', absl::SkipEmpty());
+  if (workers.empty()) return Fail("--worker needs at least one HOST:PORT");
   auto tok = text::Tokenizer::FromTokenizerJson(dir + "/tokenizer.json");
   if (!tok.ok()) return Fail(std::string(tok.status().message()));
-  router::GroupRunner runner(worker, sc);
-  if (absl::Status st = runner.Start(); !st.ok()) return Fail(std::string(st.message()));
+
+  router::RouterMetrics metrics;
+  router::WorkerPoolOptions po;
+  po.scheduler = sc;
+  po.health_check_interval_ms = static_cast<int>(health_ms);
+  po.hooks = metrics.Hooks();
+  router::WorkerPool pool(workers, po);
+  if (absl::Status st = pool.Start(); !st.ok()) return Fail(std::string(st.message()));
+
+  router::ApiContext api;
+  api.pool = &pool;
+  api.tokenizer = tok->get();
+  api.metrics = &metrics;
+  std::string name = dir;
+  while (!name.empty() && name.back() == '/') name.pop_back();
+  api.served_model_name = get("--served-model-name", name.substr(name.find_last_of('/') + 1));
+  const std::time_t now = std::time(nullptr);
+  char date[16];
+  std::strftime(date, sizeof(date), "%Y-%m-%d", std::gmtime(&now));
+  api.current_date = date;
+
   router::GatewayOptions go;
   go.host = get("--host", "127.0.0.1");
   go.port = static_cast<int>(port);
   go.api_key = get("--api-key", "");
-  std::string name = dir;
-  while (!name.empty() && name.back() == '/') name.pop_back();
-  go.served_model_name = get("--served-model-name", name.substr(name.find_last_of('/') + 1));
-  const std::time_t now = std::time(nullptr);
-  char date[16];
-  std::strftime(date, sizeof(date), "%Y-%m-%d", std::gmtime(&now));
-  go.current_date = date;
-  router::Gateway gw(go, &runner, tok->get());
+  router::Gateway gw(go, &api);
   auto bound = gw.Start();
   if (!bound.ok()) return Fail(std::string(bound.status().message()));
+  std::unique_ptr<router::GrpcApi> grpc_api;
+  if (grpc_port >= 0) {
+    grpc_api = std::make_unique<router::GrpcApi>(&api, go.api_key);
+    auto gp = grpc_api->Start(absl::StrCat(go.host, ":", grpc_port));
+    if (!gp.ok()) return Fail(std::string(gp.status().message()));
+    std::printf("grpc listening on %s:%d\n", go.host.c_str(), *gp);
+  }
   std::printf("listening on %s:%d\n", go.host.c_str(), *bound);
   std::fflush(stdout);
   gw.Wait();

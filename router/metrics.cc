@@ -29,22 +29,27 @@ RouterMetrics::RouterMetrics()
                              .Add({})),
       preemptions_(prometheus::BuildCounter()
                        .Name("moeserve_preemptions_total")
-                       .Help("Requests preempted because the KV cache ran out (recomputed later).")
-                       .Register(*registry_)
-                       .Add({})),
+                       .Help("Requests preempted because the KV cache ran out (recomputed later), per worker group.")
+                       .Register(*registry_)),
+      failures_(prometheus::BuildCounter()
+                    .Name("moeserve_worker_group_failures_total")
+                    .Help("Times a worker group was marked down (its requests moved to another group).")
+                    .Register(*registry_)),
+      up_(prometheus::BuildGauge()
+              .Name("moeserve_worker_group_up")
+              .Help("1 while the worker group serves, 0 while it is down.")
+              .Register(*registry_)),
       running_(prometheus::BuildGauge()
                    .Name("moeserve_requests_running")
-                   .Help("Requests in the running batch.")
-                   .Register(*registry_)
-                   .Add({})),
+                   .Help("Requests in the running batch, per worker group.")
+                   .Register(*registry_)),
       waiting_(prometheus::BuildGauge()
                    .Name("moeserve_requests_waiting")
-                   .Help("Requests waiting for admission.")
-                   .Register(*registry_)
-                   .Add({})),
+                   .Help("Requests waiting for admission, per worker group.")
+                   .Register(*registry_)),
       kv_usage_(prometheus::BuildGauge()
                     .Name("moeserve_kv_cache_usage_ratio")
-                    .Help("Fraction of KV blocks in use, per cache group (full, sliding).")
+                    .Help("Fraction of KV blocks in use, per worker group and cache group (full, sliding).")
                     .Register(*registry_)),
       ttft_(prometheus::BuildHistogram()
                 .Name("moeserve_time_to_first_token_seconds")
@@ -60,7 +65,23 @@ RouterMetrics::RouterMetrics()
                .Name("moeserve_e2e_request_latency_seconds")
                .Help("Time from request arrival to its end.")
                .Register(*registry_)
-               .Add({}, LatencyBuckets())) {}
+               .Add({}, LatencyBuckets())),
+      queue_(prometheus::BuildHistogram()
+                 .Name("moeserve_request_queue_time_seconds")
+                 .Help("Time from request arrival to its first scheduled step.")
+                 .Register(*registry_)
+                 .Add({}, LatencyBuckets())),
+      step_(prometheus::BuildHistogram()
+                .Name("moeserve_step_latency_seconds")
+                .Help("Round trip of one step as the router sees it (send, worker forward and sampling, receive).")
+                .Register(*registry_)
+                .Add({}, LatencyBuckets())),
+      step_tokens_(prometheus::BuildHistogram()
+                       .Name("moeserve_step_batched_tokens")
+                       .Help("Tokens scheduled in one step.")
+                       .Register(*registry_)
+                       .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024,
+                                                                        2048, 4096, 8192})) {}
 
 void RouterMetrics::RequestFinished(const std::string& finish_reason, int64_t prompt_tokens,
                                     int64_t generation_tokens, double e2e_seconds) {
@@ -73,15 +94,43 @@ void RouterMetrics::RequestFinished(const std::string& finish_reason, int64_t pr
 void RouterMetrics::FirstToken(double seconds) { ttft_.Observe(seconds); }
 void RouterMetrics::InterToken(double seconds) { itl_.Observe(seconds); }
 
-std::string RouterMetrics::Serialize(const GroupRunner& runner) {
-  running_.Set(runner.num_running());
-  waiting_.Set(runner.num_waiting());
-  kv_usage_.Add({{"group", "full"}}).Set(runner.kv_usage(kFullGroup));
-  kv_usage_.Add({{"group", "sliding"}}).Set(runner.kv_usage(kSlidingGroup));
-  const int64_t p = runner.num_preemptions();
-  if (p > preemptions_seen_) {
-    preemptions_.Increment(static_cast<double>(p - preemptions_seen_));
-    preemptions_seen_ = p;
+void RouterMetrics::QueueTime(double seconds) { queue_.Observe(seconds); }
+
+void RouterMetrics::Step(double seconds, int64_t batched_tokens) {
+  step_.Observe(seconds);
+  step_tokens_.Observe(static_cast<double>(batched_tokens));
+}
+
+RunnerHooks RouterMetrics::Hooks() {
+  RunnerHooks h;
+  h.on_step = [this](double s, int64_t tokens, int) { Step(s, tokens); };
+  h.on_queue_time = [this](double s) { QueueTime(s); };
+  return h;
+}
+
+std::string RouterMetrics::Serialize(const WorkerPool& pool) {
+  const std::vector<GroupStatus> groups = pool.Status();
+  std::lock_guard<std::mutex> lock(mu_);
+  preemptions_seen_.resize(groups.size(), 0);
+  failures_seen_.resize(groups.size(), 0);
+  for (size_t g = 0; g < groups.size(); ++g) {
+    const GroupStatus& s = groups[g];
+    const std::map<std::string, std::string> label = {{"dp_rank", std::to_string(g)}};
+    up_.Add(label).Set(s.up ? 1 : 0);
+    running_.Add(label).Set(s.running);
+    waiting_.Add(label).Set(s.waiting);
+    kv_usage_.Add({{"dp_rank", std::to_string(g)}, {"cache_group", "full"}}).Set(s.kv_usage[kFullGroup]);
+    kv_usage_.Add({{"dp_rank", std::to_string(g)}, {"cache_group", "sliding"}}).Set(s.kv_usage[kSlidingGroup]);
+    auto& p = preemptions_.Add(label);
+    if (s.num_preemptions > preemptions_seen_[g]) {
+      p.Increment(static_cast<double>(s.num_preemptions - preemptions_seen_[g]));
+      preemptions_seen_[g] = s.num_preemptions;
+    }
+    auto& f = failures_.Add(label);
+    if (s.num_failures > failures_seen_[g]) {
+      f.Increment(static_cast<double>(s.num_failures - failures_seen_[g]));
+      failures_seen_[g] = s.num_failures;
+    }
   }
   return prometheus::TextSerializer().Serialize(registry_->Collect());
 }

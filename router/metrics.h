@@ -11,9 +11,11 @@
 #include <prometheus/registry.h>
 
 #include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
-#include "router/group_runner.h"
+#include "router/worker_pool.h"
 
 namespace moeserve::router {
 
@@ -25,22 +27,32 @@ class RouterMetrics {
                        double e2e_seconds);
   void FirstToken(double seconds);
   void InterToken(double seconds);
-  // Text exposition format, with the group's gauges read now.
-  std::string Serialize(const GroupRunner& runner);
+  void QueueTime(double seconds);
+  void Step(double seconds, int64_t batched_tokens);
+  // Hooks that feed QueueTime and Step from every group's loop.
+  RunnerHooks Hooks();
+  // Text exposition format, with the groups' gauges read now.
+  std::string Serialize(const WorkerPool& pool);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Counter& prompt_tokens_;
   prometheus::Counter& generation_tokens_;
-  prometheus::Counter& preemptions_;
-  prometheus::Gauge& running_;
-  prometheus::Gauge& waiting_;
+  prometheus::Family<prometheus::Counter>& preemptions_;
+  prometheus::Family<prometheus::Counter>& failures_;
+  prometheus::Family<prometheus::Gauge>& up_;
+  prometheus::Family<prometheus::Gauge>& running_;
+  prometheus::Family<prometheus::Gauge>& waiting_;
   prometheus::Family<prometheus::Gauge>& kv_usage_;
   prometheus::Histogram& ttft_;
   prometheus::Histogram& itl_;
   prometheus::Histogram& e2e_;
-  int64_t preemptions_seen_ = 0;
+  prometheus::Histogram& queue_;
+  prometheus::Histogram& step_;
+  prometheus::Histogram& step_tokens_;
+  std::mutex mu_;  // Serialize's bookkeeping
+  std::vector<int64_t> preemptions_seen_, failures_seen_;
 };
 
 }  // namespace moeserve::router

@@ -188,7 +188,7 @@ await check("/metrics exposes the documented series", async () => {
   const text = await (await fetch(`http://${routerAddr}/metrics`)).text();
   for (const name of ["moeserve_requests_total{finish_reason=\"length\"}", "moeserve_requests_total{finish_reason=\"stop\"}",
     "moeserve_prompt_tokens_total", "moeserve_generation_tokens_total", "moeserve_requests_running",
-    "moeserve_requests_waiting", "moeserve_kv_cache_usage_ratio{group=\"full\"}", "moeserve_preemptions_total",
+    "moeserve_requests_waiting", "moeserve_kv_cache_usage_ratio{cache_group=\"full\",dp_rank=\"0\"}", "moeserve_preemptions_total",
     "moeserve_time_to_first_token_seconds_bucket", "moeserve_inter_token_latency_seconds_count",
     "moeserve_e2e_request_latency_seconds_sum"]) {
     assert.ok(text.includes(name), `missing ${name}`);

@@ -1,0 +1,52 @@
+// The public gRPC API (proto/moeserve/v1/moeserve.proto) on the router.
+//
+// Each call is turned into the OpenAI body the HTTP gateway would receive and
+// run through the same Completion (router/api.h): same validation, same
+// errors (mapped to gRPC codes), same generation. A synchronous gRPC server:
+// a Generate call's handler thread is the executor its completion runs on.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "moeserve/v1/moeserve.grpc.pb.h"
+#include "router/api.h"
+
+namespace moeserve::router {
+
+class GrpcApi final : public moeserve::v1::Moeserve::Service {
+ public:
+  GrpcApi(ApiContext* api, std::string api_key);
+  ~GrpcApi() override;
+  // Listens on address ("HOST:PORT", port 0 picks one); returns the port.
+  absl::StatusOr<int> Start(const std::string& address);
+  void Stop();
+
+  grpc::Status Generate(grpc::ServerContext* ctx, const moeserve::v1::GenerateRequest* req,
+                        grpc::ServerWriter<moeserve::v1::GenerateResponse>* writer) override;
+  grpc::Status GenerateUnary(grpc::ServerContext* ctx, const moeserve::v1::GenerateRequest* req,
+                             moeserve::v1::GenerateResponse* res) override;
+  grpc::Status Tokenize(grpc::ServerContext* ctx, const moeserve::v1::TokenizeRequest* req,
+                        moeserve::v1::TokenizeResponse* res) override;
+  grpc::Status Detokenize(grpc::ServerContext* ctx, const moeserve::v1::DetokenizeRequest* req,
+                          moeserve::v1::DetokenizeResponse* res) override;
+  grpc::Status ListModels(grpc::ServerContext* ctx, const moeserve::v1::ListModelsRequest* req,
+                          moeserve::v1::ListModelsResponse* res) override;
+  grpc::Status Health(grpc::ServerContext* ctx, const moeserve::v1::HealthRequest* req,
+                      moeserve::v1::HealthResponse* res) override;
+
+ private:
+  grpc::Status Authorize(grpc::ServerContext* ctx) const;
+  // Runs one generation to its end; `on_chunk` gets each chunk (streaming) or the response.
+  grpc::Status Run(grpc::ServerContext* ctx, const moeserve::v1::GenerateRequest& req, bool stream,
+                   const std::function<bool(const ordered_json&)>& on_output);
+
+  ApiContext* api_;
+  std::string api_key_;
+  std::unique_ptr<grpc::Server> server_;
+};
+
+}  // namespace moeserve::router
