@@ -116,12 +116,41 @@ await check("stop strings cut the output and never leak (stream and not)", async
   assert.equal(streamed, want);
   assert.equal(finish, "stop");
 });
-await check("16 concurrent greedy streams equal each alone", async () => {
-  const prompts = Array.from({ length: 16 }, (_, i) => [{ role: "user", content: `Question number ${i}: ${"why ".repeat(i)}` }]);
+await check("32 concurrent greedy streams equal each alone", async () => {
+  const prompts = Array.from({ length: 32 }, (_, i) => [{ role: "user", content: `Question number ${i}: ${"why ".repeat(i)}` }]);
   const alone = [];
   for (const p of prompts) alone.push((await chatText(p)).text);
   const together = await Promise.all(prompts.map(p => streamText(p)));
   together.forEach((t, i) => assert.equal(t.text, alone[i], `request ${i}`));
+});
+await check("n > 1: greedy choices agree; seeded choice i is seed + i; stream equals non-stream", async () => {
+  const messages = [{ role: "user", content: "Pick a number" }];
+  const one = await client.chat.completions.create({ model, messages, max_tokens: 10, temperature: 0 });
+  const three = await client.chat.completions.create({ model, messages, max_tokens: 10, temperature: 0, n: 3 });
+  assert.equal(three.choices.length, 3);
+  three.choices.forEach((c, i) => {
+    assert.equal(c.index, i);
+    assert.deepEqual(c.message, one.choices[0].message);
+  });
+  assert.equal(three.usage.completion_tokens, 3 * one.usage.completion_tokens);
+  assert.equal(three.usage.prompt_tokens, one.usage.prompt_tokens);
+  const req = { model, prompt: "Once upon a time", max_tokens: 12, temperature: 1.0 };
+  const pair = await client.completions.create({ ...req, n: 2, seed: 7 });
+  const s7 = await client.completions.create({ ...req, seed: 7 });
+  const s8 = await client.completions.create({ ...req, seed: 8 });
+  assert.equal(pair.choices[0].text, s7.choices[0].text);
+  assert.equal(pair.choices[1].text, s8.choices[0].text);
+  assert.notEqual(s7.choices[0].text, s8.choices[0].text, "different seeds sample differently");
+  const st = await client.completions.create({ ...req, n: 2, seed: 7, stream: true });
+  const texts = ["", ""], finishes = [null, null];
+  for await (const c of st) {
+    for (const ch of c.choices) {
+      texts[ch.index] += ch.text;
+      if (ch.finish_reason) finishes[ch.index] = ch.finish_reason;
+    }
+  }
+  assert.deepEqual(texts, pair.choices.map(c => c.text));
+  assert.deepEqual(finishes, pair.choices.map(c => c.finish_reason));
 });
 async function expectStatus(status, fn) {
   try {
@@ -190,7 +219,9 @@ await check("/metrics exposes the documented series", async () => {
     "moeserve_prompt_tokens_total", "moeserve_generation_tokens_total", "moeserve_requests_running",
     "moeserve_requests_waiting", "moeserve_kv_cache_usage_ratio{cache_group=\"full\",dp_rank=\"0\"}", "moeserve_preemptions_total",
     "moeserve_time_to_first_token_seconds_bucket", "moeserve_inter_token_latency_seconds_count",
-    "moeserve_e2e_request_latency_seconds_sum"]) {
+    "moeserve_e2e_request_latency_seconds_sum", "moeserve_request_queue_time_seconds_count",
+    "moeserve_step_latency_seconds_count", "moeserve_step_batched_tokens_bucket",
+    "moeserve_worker_group_up{dp_rank=\"0\"} 1", "moeserve_worker_group_failures_total{dp_rank=\"0\"} 0"]) {
     assert.ok(text.includes(name), `missing ${name}`);
   }
   const gen = Number(text.match(/^moeserve_generation_tokens_total (\S+)/m)[1]);

@@ -12,19 +12,25 @@ export function parseArgs(argv) {
 const children = [];
 process.on("exit", () => { for (const c of children) c.kill("SIGKILL"); });
 
-// Starts `bin` and resolves with the address it listens on.
-export function start(bin, flags) {
+// Starts `bin` and resolves with { addr, grpc, proc } once it prints
+// "listening on HOST:PORT" (grpc: its "grpc listening on" address, if any).
+export function startProc(bin, flags) {
   return new Promise((resolve, reject) => {
     const p = spawn(bin, flags, { stdio: ["ignore", "pipe", "inherit"] });
     children.push(p);
     let out = "";
     p.stdout.on("data", d => {
       out += d;
-      const m = out.match(/listening on (\S+)/);
-      if (m) resolve(m[1]);
+      const m = out.match(/(?:^|\n)listening on (\S+)/);
+      if (m) resolve({ addr: m[1], grpc: out.match(/grpc listening on (\S+)/)?.[1], proc: p });
     });
     p.on("exit", code => reject(new Error(`${bin} exited with ${code}`)));
   });
+}
+
+// Starts `bin` and resolves with the address it listens on.
+export async function start(bin, flags) {
+  return (await startProc(bin, flags)).addr;
 }
 
 export function killAll() {
