@@ -18,10 +18,13 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
@@ -42,13 +45,15 @@ namespace {
 constexpr char kUsage[] = R"(usage: moeserve COMMAND [flags]
 
 commands:
-  serve            start the cluster on this machine: one CPU worker and the router
+  serve            start the cluster on this machine: the router and its CPU worker(s)
       --model DIR            model directory (default: the demo model)
+      --data-parallel-size N workers, each a replica of the model (default 1); threads are shared out
+      --grpc-port N          also serve the public gRPC API (moeserve.v1)
       --port N               HTTP port of the OpenAI API (default 8000)
       --host ADDR            listen address (default 127.0.0.1)
       --kv-cache-memory SIZE --max-model-len N --max-num-seqs N --max-num-batched-tokens N
       --max-num-queued-requests N --api-key KEY --served-model-name NAME --threads N
-      --kv-cache-dtype bf16|f32 --metrics-port N (the worker's metrics)
+      --kv-cache-dtype bf16|f32 --metrics-port N (worker i's metrics on N + i)
                              passed to moeserve-worker / moeserve-router
   generate         generate text from a prompt
       --model DIR            model directory (default: the demo model)
@@ -308,24 +313,11 @@ pid_t Spawn(std::vector<std::string>& args, int stdout_fd, int close_fd) {
   return pid;
 }
 
-absl::Status Serve(FlagReader& f) {
-  const std::string dir = f.Str("--model", MOESERVE_DEMO_MODEL_DIR);
-  std::vector<std::string> worker_args = {FindBinary("moeserve-worker", "worker"), "--model", dir, "--port", "0"};
-  std::vector<std::string> router_args = {FindBinary("moeserve-router", "router"), "--model", dir,
-                                          "--port", f.Str("--port", "8000"), "--host", f.Str("--host", "127.0.0.1")};
-  for (const char* k : {"--kv-cache-memory", "--max-model-len", "--threads", "--metrics-port", "--kv-cache-dtype"}) {
-    if (f.Has(k)) worker_args.insert(worker_args.end(), {k, f.Str(k, "")});
-  }
-  if (f.Has("--max-num-seqs")) worker_args.insert(worker_args.end(), {"--max-num-seqs", f.Str("--max-num-seqs", "")});
-  for (const char* k : {"--max-model-len", "--max-num-seqs", "--max-num-batched-tokens", "--max-num-queued-requests",
-                        "--api-key", "--served-model-name"}) {
-    if (f.Has(k)) router_args.insert(router_args.end(), {k, f.Str(k, "")});
-  }
-  RETURN_IF_ERROR(f.Finish());
-  // Worker first; its "listening on" line tells the router where it is.
+// Starts one worker; returns its pid and the address from its "listening on" line.
+absl::StatusOr<std::pair<pid_t, std::string>> StartWorker(std::vector<std::string> args) {
   int out[2];
   if (pipe(out) != 0) return absl::InternalError("pipe failed");
-  const pid_t worker = Spawn(worker_args, out[1], out[0]);
+  const pid_t pid = Spawn(args, out[1], out[0]);
   close(out[1]);
   FILE* wf = fdopen(out[0], "r");
   char line[256] = {};
@@ -334,23 +326,87 @@ absl::Status Serve(FlagReader& f) {
     std::string s(line);
     if (s.rfind("listening on ", 0) == 0) address = s.substr(13, s.find('\n') - 13);
   }
+  if (wf) fclose(wf);
   if (address.empty()) {
-    kill(worker, SIGKILL);
-    waitpid(worker, nullptr, 0);
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
     return absl::UnavailableError("the worker did not start (see its message above)");
   }
-  router_args.insert(router_args.end(), {"--worker", address});
+  return std::make_pair(pid, address);
+}
+
+// The router and --data-parallel-size workers on loopback. A worker that dies
+// is started again on its address (the router moves its requests meanwhile
+// and takes it back when it answers); the router ending ends everything.
+absl::Status Serve(FlagReader& f) {
+  const std::string dir = f.Str("--model", MOESERVE_DEMO_MODEL_DIR);
+  const int dp = f.Num<int>("--data-parallel-size", 1);
+  if (dp < 1 || dp > 64) return absl::InvalidArgumentError("--data-parallel-size must be in [1, 64]");
+  std::vector<std::string> worker_args = {FindBinary("moeserve-worker", "worker"), "--model", dir};
+  std::vector<std::string> router_args = {FindBinary("moeserve-router", "router"), "--model", dir,
+                                          "--port", f.Str("--port", "8000"), "--host", f.Str("--host", "127.0.0.1")};
+  for (const char* k : {"--kv-cache-memory", "--max-model-len", "--kv-cache-dtype", "--max-num-seqs"}) {
+    if (f.Has(k)) worker_args.insert(worker_args.end(), {k, f.Str(k, "")});
+  }
+  // CPU threads are shared out among the workers.
+  const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = f.Has("--threads") ? f.Num<int>("--threads", 0) : std::max(1, hw / dp);
+  worker_args.insert(worker_args.end(), {"--threads", std::to_string(threads)});
+  const int metrics_port = f.Has("--metrics-port") ? f.Num<int>("--metrics-port", 0) : -1;
+  for (const char* k : {"--max-model-len", "--max-num-seqs", "--max-num-batched-tokens", "--max-num-queued-requests",
+                        "--api-key", "--served-model-name", "--grpc-port"}) {
+    if (f.Has(k)) router_args.insert(router_args.end(), {k, f.Str(k, "")});
+  }
+  RETURN_IF_ERROR(f.Finish());
+  auto args_of = [&](int i, const std::string& port) {
+    std::vector<std::string> a = worker_args;
+    a.insert(a.end(), {"--port", port});
+    if (metrics_port >= 0) a.insert(a.end(), {"--metrics-port", std::to_string(metrics_port + i)});
+    return a;
+  };
+  std::vector<pid_t> pids(dp);
+  std::vector<std::string> addresses(dp);
+  auto stop_all = [&] {
+    for (pid_t p : pids) {
+      if (p > 0) kill(p, SIGTERM);
+    }
+  };
+  for (int i = 0; i < dp; ++i) {
+    auto w = StartWorker(args_of(i, "0"));
+    if (!w.ok()) {
+      stop_all();
+      return w.status();
+    }
+    std::tie(pids[i], addresses[i]) = *w;
+  }
+  router_args.insert(router_args.end(), {"--worker", absl::StrJoin(addresses, ",")});
   const pid_t router = Spawn(router_args, -1, -1);
-  std::fprintf(stderr, "moeserve: worker on %s, OpenAI API on http://%s:%s/v1 (model %s)\n", address.c_str(),
-               f.Str("--host", "127.0.0.1").c_str(), f.Str("--port", "8000").c_str(), dir.c_str());
-  // Whichever child ends first ends the other.
-  int status = 0;
-  const pid_t first = wait(&status);
-  kill(first == router ? worker : router, SIGTERM);
-  wait(nullptr);
-  return first == router && WIFEXITED(status) && WEXITSTATUS(status) == 0
-             ? absl::OkStatus()
-             : absl::UnavailableError("a serving process ended");
+  std::fprintf(stderr, "moeserve: %d worker(s) on %s; OpenAI API on http://%s:%s/v1 (model %s)\n", dp,
+               absl::StrJoin(addresses, ", ").c_str(), f.Str("--host", "127.0.0.1").c_str(),
+               f.Str("--port", "8000").c_str(), dir.c_str());
+  while (true) {
+    int status = 0;
+    const pid_t done = wait(&status);
+    if (done < 0) return absl::UnavailableError("lost the serving processes");
+    if (done == router) {
+      stop_all();
+      while (wait(nullptr) > 0) {
+      }
+      return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? absl::OkStatus()
+                                                           : absl::UnavailableError("the router ended");
+    }
+    for (int i = 0; i < dp; ++i) {
+      if (pids[i] != done) continue;
+      std::fprintf(stderr, "moeserve: worker %d (%s) ended; starting it again\n", i, addresses[i].c_str());
+      pids[i] = -1;
+      for (int attempt = 0; attempt < 30 && pids[i] < 0; ++attempt) {
+        sleep(1);
+        auto w = StartWorker(args_of(i, addresses[i].substr(addresses[i].rfind(':') + 1)));
+        if (w.ok()) pids[i] = w->first;
+      }
+      if (pids[i] < 0) std::fprintf(stderr, "moeserve: worker %d does not start again; serving without it\n", i);
+    }
+  }
 }
 
 absl::Status GenCheckpoint(FlagReader& f) {
