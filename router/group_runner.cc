@@ -264,9 +264,7 @@ bool GroupRunner::RunStep() {
         for (size_t b = l.blocks_sent[kSlidingGroup]; b < t[kSlidingGroup].size(); ++b) {
           n->add_new_sliding_blocks(t[kSlidingGroup][b]);
         }
-        int64_t released = 0;
-        while (released < static_cast<int64_t>(t[kSlidingGroup].size()) && t[kSlidingGroup][released] < 0) ++released;
-        n->set_sliding_released_below(released);
+        n->set_sliding_released_below(scheduler_->kv().sliding_released(s.request_id));
       }
       l.blocks_sent[kFullGroup] = t[kFullGroup].size();
       l.blocks_sent[kSlidingGroup] = t[kSlidingGroup].size();
@@ -284,28 +282,33 @@ bool GroupRunner::RunStep() {
                    out.num_batched_tokens, static_cast<int>(out.scheduled.size()));
   }
 
+  // Tokens are delivered outside the lock through pointers into live_: only
+  // this thread erases from it (std::map keeps other elements in place while
+  // Submit inserts), and finished requests are erased after their last token.
+  std::vector<std::pair<const std::function<void(const v1::SampleOutput&)>*, const v1::SampleOutput*>> tokens;
+  std::vector<int64_t> done;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    std::vector<int64_t> done;
     if (!res.error().empty()) {
       // The worker dropped this step's sequences: only they fail.
-      std::vector<int64_t> ids;
-      for (const auto& s : out.scheduled) ids.push_back(s.request_id);
-      scheduler_->FinishRequests(ids, RequestStatus::kFinishedError);
-      done = ids;
+      for (const auto& s : out.scheduled) done.push_back(s.request_id);
+      scheduler_->FinishRequests(done, RequestStatus::kFinishedError);
     } else {
-      std::map<int64_t, int32_t> sampled;
+      sampled_.clear();
+      tokens.reserve(res.samples_size());
       for (const v1::SampleOutput& s : res.samples()) {
-        sampled[s.id()] = s.token();
+        sampled_[s.id()] = s.token();
         auto it = live_.find(s.id());
-        if (it == live_.end()) continue;
-        auto cb = it->second.callbacks.on_token;
-        events.push_back([cb, s] {
-          if (cb) cb(s);
-        });
+        if (it == live_.end() || !it->second.callbacks.on_token) continue;
+        tokens.emplace_back(&it->second.callbacks.on_token, &s);
       }
-      done = scheduler_->UpdateFromOutput(out, sampled);
+      done = scheduler_->UpdateFromOutput(out, sampled_);
     }
+  }
+  for (const auto& [cb, s] : tokens) (*cb)(*s);
+  if (done.empty()) return true;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
     for (int64_t id : done) {
       auto it = live_.find(id);
       if (it == live_.end()) continue;

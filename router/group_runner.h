@@ -124,6 +124,7 @@ class GroupRunner {
   std::string failure_;
   int64_t next_id_ = 1;
   uint64_t step_id_ = 0;
+  std::map<int64_t, int32_t> sampled_;  // loop thread: this step's tokens
   int64_t num_preemptions_ = 0;
   std::thread thread_;
 };

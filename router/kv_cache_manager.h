@@ -48,6 +48,8 @@ class KvCacheManager {
   void Free(int64_t request_id);
 
   const BlockTables& tables(int64_t request_id) const;
+  // Leading sliding-table entries that are released (-1): the worker may drop them.
+  int64_t sliding_released(int64_t request_id) const;
   bool has(int64_t request_id) const { return tables_.count(request_id) > 0; }
   const BlockPool& pool(int group) const { return pools_[group]; }
   const KvCacheConfig& config() const { return config_; }
@@ -59,7 +61,13 @@ class KvCacheManager {
  private:
   KvCacheConfig config_;
   std::array<BlockPool, kNumGroups> pools_;
-  std::unordered_map<int64_t, BlockTables> tables_;
+  struct Entry {
+    BlockTables tables;
+    // Sliding entries [0, scanned) are all -1: each step looks only past them,
+    // so a step costs O(new blocks), not O(sequence length).
+    int64_t scanned = 0;
+  };
+  std::unordered_map<int64_t, Entry> tables_;
 };
 
 }  // namespace moeserve::router
