@@ -130,9 +130,43 @@ std::optional<ApiError> Completion::Parse(const json& body, GenerationRequest* g
       o.reasoning_effort = body["reasoning_effort"].get<std::string>();
     }
     if (!body.contains("messages")) return BadRequest("'messages' is required", "messages");
-    auto ids = text::RenderChatRequest(tok, body["messages"], body.contains("tools") ? body["tools"] : json(), o);
+    // tool_choice: "auto" (default), "none" (the tools are not shown to the
+    // model), "required" or {"type": "function", "function": {"name": N}}: the
+    // assistant's reply starts as a tool call (to N), prefilled in harmony.
+    json tools = body.contains("tools") ? body["tools"] : json();
+    std::string prefill;
+    if (body.contains("tool_choice") && !body["tool_choice"].is_null()) {
+      const json& tc = body["tool_choice"];
+      const bool have_tools = tools.is_array() && !tools.empty();
+      if (tc == "none") {
+        tools = json();
+      } else if (tc == "required") {
+        if (!have_tools) return BadRequest("'tool_choice' \"required\" needs 'tools'", "tool_choice");
+        prefill = "<|channel|>commentary to=functions.";
+      } else if (tc.is_object() && tc.value("type", "") == "function" && tc.contains("function") &&
+                 tc["function"].is_object() && tc["function"].contains("name") && tc["function"]["name"].is_string()) {
+        const std::string name = tc["function"]["name"].get<std::string>();
+        bool known = false;
+        if (have_tools) {
+          for (const json& t : tools) {
+            known |= t.is_object() && t.contains("function") && t["function"].is_object() &&
+                     t["function"].value("name", "") == name;
+          }
+        }
+        if (!known) return BadRequest(absl::StrCat("'tool_choice' names function '", name, "', which is not in 'tools'"), "tool_choice");
+        prefill = absl::StrCat("<|channel|>commentary to=functions.", name, " <|constrain|>json<|message|>");
+      } else if (tc != "auto") {
+        return BadRequest("'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", "
+                          "\"function\": {\"name\": ...}}", "tool_choice");
+      }
+    }
+    auto ids = text::RenderChatRequest(tok, body["messages"], tools, o);
     if (!ids.ok()) return FromStatus(ids.status());
     gr->prompt = std::move(*ids);
+    if (!prefill.empty()) {
+      prefill_ = tok.EncodeWithSpecials(prefill);
+      gr->prompt.insert(gr->prompt.end(), prefill_.begin(), prefill_.end());
+    }
     gr->stop_token_ids = text::AssistantStopTokens();
   } else {
     if (!body.contains("prompt")) return BadRequest("'prompt' is required", "prompt");
@@ -280,6 +314,13 @@ std::optional<ApiError> Completion::Start(ApiContext* ctx, bool chat, const json
   }
   if (c->stream_ && chat) {
     for (auto& ch : c->choices_) c->Emit(*ch, json{{"role", "assistant"}, {"content", ""}}, nullptr);
+  }
+  // A prefilled reply start (tool_choice) goes through each parser: the tool call begins.
+  for (auto& ch : c->choices_) {
+    if (!ch->parser || c->prefill_.empty()) continue;
+    std::vector<text::HarmonyDelta> ds;
+    for (int32_t t : c->prefill_) ch->parser->Push(t, &ds);
+    c->Apply(*ch, ds);
   }
   *out = c;
   return std::nullopt;

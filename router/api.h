@@ -108,6 +108,7 @@ class Completion : public std::enable_shared_from_this<Completion> {
   std::string response_id_;
   int64_t created_ = 0;
   std::vector<int32_t> prompt_;
+  std::vector<int32_t> prefill_;  // tool_choice: the start of the reply, rendered into the prompt
   std::vector<std::unique_ptr<Choice>> choices_;
   int num_finished_ = 0;
   bool done_ = false, failed_ = false;

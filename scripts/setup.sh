@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what moeserve needs to build, run and test, and skips what is there:
-#   - build dependencies from Debian 12 packages;
+#   - build dependencies from Debian 12 packages (python3-yaml: the
+#     deployment-file checks);
 #   - test tools from npm (llama.cpp via node-llama-cpp, tiktoken,
 #     @huggingface/tokenizers), pinned by tests/node/package-lock.json (npm
 #     checks every tarball's sha512), installed into tests/node/node_modules;
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(build-essential cmake pkg-config git ca-certificates
               nlohmann-json3-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev
               libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc libboost-dev
-              prometheus-cpp-dev)
+              prometheus-cpp-dev python3 python3-yaml)
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 

@@ -26,23 +26,26 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$out"; }
 trap cleanup EXIT
 # Starts a server in the background and prints its "listening on" address.
+# serve VAR LOG CMD...: starts CMD in the background (its pid stays in this
+# shell, for cleanup) and sets VAR to the address it prints.
 serve() {
-  local log=$1; shift
+  local var=$1 log=$2; shift 2
   "$@" > "$log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do
-    if grep -q "^listening on" "$log"; then sed -n 's/^listening on //p' "$log"; return; fi
+    if grep -q "^listening on" "$log"; then printf -v "$var" '%s' "$(sed -n 's/^listening on //p' "$log")"; return; fi
+    kill -0 "${pids[-1]}" 2>/dev/null || break  # it died
     sleep 0.1
   done
   echo "did not start: $*" >&2; cat "$log" >&2; exit 1
 }
 model=${MOESERVE_BENCH_MODEL:-$root/build/models/demo}  # only its tokenizer is used
-fake=$(serve "$out/fake.log" "$root/build/bench/moeserve-fake-worker")
+serve fake "$out/fake.log" "$root/build/bench/moeserve-fake-worker"
 echo "== scheduling: moeserve-router-bench (fake worker $fake)"
 "$root/build/bench/moeserve-router-bench" --worker "$fake" --seqs "$seqs" --seconds "$seconds" | tee "$out/router.json"
-router=$(serve "$out/router.log" "$root/build/router/moeserve-router" --worker "$fake" --model "$model" --port 0 \
-  --max-num-seqs "$seqs" --max-num-batched-tokens 65536)
-peer=$(serve "$out/peer.log" node "$here/sse_peer.mjs")
+serve router "$out/router.log" "$root/build/router/moeserve-router" --worker "$fake" --model "$model" --port 0 \
+  --max-num-seqs "$seqs" --max-num-batched-tokens 65536
+serve peer "$out/peer.log" node "$here/sse_peer.mjs"
 echo "== HTTP: moeserve-router on $router"
 node "$here/serve_bench.mjs" --base-url "http://$router/v1" --num-prompts "$seqs" --max-concurrency "$seqs" \
   --input-len 64 --output-len "$output_len" --json "$out/moeserve.json"

@@ -32,26 +32,29 @@ out=$(mktemp -d)
 pids=()
 stop() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; pids=(); }
 trap 'stop; rm -rf "$out"' EXIT
+# serve VAR LOG CMD...: starts CMD in the background (its pid stays in this
+# shell, for cleanup) and sets VAR to the address it prints.
 serve() {
-  local log=$1; shift
+  local var=$1 log=$2; shift 2
   "$@" > "$log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1200); do
-    if grep -q "^listening on" "$log"; then sed -n 's/^listening on //p' "$log"; return; fi
+    if grep -q "^listening on" "$log"; then printf -v "$var" '%s' "$(sed -n 's/^listening on //p' "$log")"; return; fi
+    kill -0 "${pids[-1]}" 2>/dev/null || break  # it died
     sleep 0.1
   done
   echo "did not start: $*" >&2; cat "$log" >&2; exit 1
 }
 load=(--num-prompts "$num" --max-concurrency "$conc" --input-len "$in" --output-len "$outl")
-worker=$(serve "$out/worker.log" "$root/build/worker/moeserve-worker" --model "$model" --port 0 --threads "$threads" \
-  --kv-cache-memory "$kv" --max-num-seqs "$conc")
-router=$(serve "$out/router.log" "$root/build/router/moeserve-router" --worker "$worker" --model "$model" --port 0 \
-  --max-num-seqs "$conc")
+serve worker "$out/worker.log" "$root/build/worker/moeserve-worker" --model "$model" --port 0 --threads "$threads" \
+  --kv-cache-memory "$kv" --max-num-seqs "$conc"
+serve router "$out/router.log" "$root/build/router/moeserve-router" --worker "$worker" --model "$model" --port 0 \
+  --max-num-seqs "$conc"
 echo "== moeserve (router + CPU worker, $threads threads) on $model"
 node "$here/serve_bench.mjs" --base-url "http://$router/v1" "${load[@]}" --json "$out/moeserve.json"
 stop
-llama=$(serve "$out/llama.log" node "$here/llama_server.mjs" --gguf "$gguf" --parallel "$conc" \
-  --ctx-per-seq $((in * 2 + outl + 64)) --threads "$threads")
+serve llama "$out/llama.log" node "$here/llama_server.mjs" --gguf "$gguf" --parallel "$conc" \
+  --ctx-per-seq $((in * 2 + outl + 64)) --threads "$threads"
 echo "== llama.cpp (node-llama-cpp, $conc sequences, $threads threads) on $gguf"
 node "$here/serve_bench.mjs" --base-url "http://$llama/v1" "${load[@]}" --json "$out/llama.json"
 stop
