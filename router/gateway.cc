@@ -225,7 +225,14 @@ class Session : public std::enable_shared_from_this<Session>, public CompletionS
 
 void Gateway::Impl::Accept() {
   acceptor->async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
-    if (ec) return;
+    if (ec == net::error::operation_aborted || !acceptor->is_open()) return;  // stopping
+    if (ec) {
+      // Out of file descriptors or a transient network error: keep serving
+      // the open connections and try again shortly.
+      auto timer = std::make_shared<net::steady_timer>(ioc, std::chrono::milliseconds(50));
+      timer->async_wait([this, timer](beast::error_code) { Accept(); });
+      return;
+    }
     std::make_shared<Session>(std::move(socket), this)->Start();
     Accept();
   });

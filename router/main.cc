@@ -4,6 +4,8 @@
 //   moeserve-router --worker HOST:PORT[,HOST:PORT...] --model DIR [flags, see kUsage]
 // Prints "listening on HOST:PORT" (HTTP) and, with --grpc-port, "grpc listening
 // on HOST:PORT" once ready (port 0 picks a free port).
+#include <sys/resource.h>
+
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -45,6 +47,11 @@ int Fail(const std::string& m) {
 
 int main(int argc, char** argv) {
   using namespace moeserve;
+  // Every SSE stream holds a socket: allow as many as the hard limit permits.
+  if (rlimit rl; getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
   bool help = false;
   auto parsed = ParseFlagPairs(argc, argv, {"--worker", "--model", "--host", "--port", "--api-key", "--served-model-name",
                                  "--max-model-len", "--max-num-seqs", "--max-num-batched-tokens",

@@ -203,6 +203,11 @@ await check("429 when the queue is full", async () => {
     "--max-num-queued-requests", "0"]);
   const c2 = new OpenAI({ baseURL: `http://${r2}/v1`, apiKey: "x", maxRetries: 0 });
   await expectStatus(429, () => c2.chat.completions.create({ model, messages: [{ role: "user", content: "x" }] }));
+  const raw = await fetch(`http://${r2}/v1/completions`, { method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ model, prompt: "x" }) });
+  assert.equal(raw.status, 429);
+  assert.equal(raw.headers.get("retry-after"), "1");
+  assert.equal((await raw.json()).error.type, "rate_limit_error");
 });
 await check("a client dropping mid-stream does not disturb others", async () => {
   const ctrl = new AbortController();
