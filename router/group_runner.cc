@@ -28,6 +28,14 @@ absl::Status GroupRunner::Start(int timeout_ms) {
   scheduler_ = std::make_unique<Scheduler>(config_, kv);
   stream_ctx_ = std::make_unique<grpc::ClientContext>();
   stream_ = stub_->Execute(stream_ctx_.get());
+  // An empty step: the worker accepts this stream (it refuses a second router).
+  v1::StepRequest hello;
+  v1::StepResult res;
+  if (!stream_->Write(hello) || !stream_->Read(&res)) {
+    const grpc::Status st = stream_->Finish();
+    stream_.reset();
+    return absl::UnavailableError(absl::StrCat("worker ", address_, ": ", st.error_message()));
+  }
   thread_ = std::thread([this] { Loop(); });
   return absl::OkStatus();
 }

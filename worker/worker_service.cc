@@ -220,9 +220,21 @@ v1::StepResult WorkerService::Step(const v1::StepRequest& req) {
 
 grpc::Status WorkerService::Execute(grpc::ServerContext* ctx,
                                     grpc::ServerReaderWriter<v1::StepResult, v1::StepRequest>* stream) {
+  // One router drives the worker at a time: block ids are that router's.
+  std::unique_lock<std::mutex> session(session_mu_, std::try_to_lock);
+  if (!session.owns_lock()) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "another router is driving this worker");
+  }
   v1::StepRequest req;
   while (!ctx->IsCancelled() && stream->Read(&req)) {
     if (!stream->Write(Step(req))) break;
+  }
+  // The router is gone (or moved on): its sequences and their blocks are free.
+  std::lock_guard<std::mutex> lock(mu_);
+  sequences_.clear();
+  sequences_held_->Set(0);
+  for (int g = 0; g < kNumCacheGroups; ++g) {
+    kv_usage_->Add({{"group", g == kFullGroup ? "full" : "sliding"}}).Set(0);
   }
   return grpc::Status::OK;
 }

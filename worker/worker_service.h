@@ -6,8 +6,12 @@
 // that fails (bad block table, bad token id) answers with an error naming the
 // cause and drops only that step's sequences; the worker keeps serving.
 //
-// Thread-safety: Execute streams are served one step at a time (a mutex
-// around the model); Describe and Health may run concurrently.
+// One router drives a worker: a second Execute stream is refused
+// (FAILED_PRECONDITION) while one is open, and when a stream ends its
+// sequences are dropped (a router that comes back starts afresh).
+//
+// Thread-safety: steps run one at a time (a mutex around the model);
+// Describe and Health may run concurrently.
 #pragma once
 
 #include <memory>
@@ -59,6 +63,7 @@ class WorkerService final : public moeserve::worker::v1::Worker::Service {
   std::unique_ptr<Model> model_;
   WorkerOptions options_;
   std::mutex mu_;
+  std::mutex session_mu_;  // held by the one Execute stream being served
   std::unordered_map<int64_t, Sequence> sequences_;
 
   void UpdateMetrics(int64_t batch_tokens, double step_seconds);

@@ -11,6 +11,7 @@
 # the ratio of streamed tokens per second.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
 root=$(cd "$here/../.." && pwd)
 seqs=256 output_len=1000 seconds=5
 while [ $# -gt 0 ]; do
@@ -22,23 +23,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 out=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$out"; }
-trap cleanup EXIT
+trap 'stop_all; rm -rf "$out"' EXIT
 # Starts a server in the background and prints its "listening on" address.
-# serve VAR LOG CMD...: starts CMD in the background (its pid stays in this
-# shell, for cleanup) and sets VAR to the address it prints.
-serve() {
-  local var=$1 log=$2; shift 2
-  "$@" > "$log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do
-    if grep -q "^listening on" "$log"; then printf -v "$var" '%s' "$(sed -n 's/^listening on //p' "$log")"; return; fi
-    kill -0 "${pids[-1]}" 2>/dev/null || break  # it died
-    sleep 0.1
-  done
-  echo "did not start: $*" >&2; cat "$log" >&2; exit 1
-}
 model=${MOESERVE_BENCH_MODEL:-$root/build/models/demo}  # only its tokenizer is used
 serve fake "$out/fake.log" "$root/build/bench/moeserve-fake-worker"
 echo "== scheduling: moeserve-router-bench (fake worker $fake)"

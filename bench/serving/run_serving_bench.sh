@@ -9,6 +9,7 @@
 # The GGUF for llama.cpp is written beside the model directory on first use.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
 root=$(cd "$here/../.." && pwd)
 model=${1:?usage: run_serving_bench.sh MODEL_DIR [flags]}
 shift
@@ -29,22 +30,7 @@ if [ ! -f "$gguf" ] || [ "$gguf" -ot "$model/config.json" ]; then
   "$root/build/tools/moeserve" to-gguf --model "$model" --out "$gguf" --mode native
 fi
 out=$(mktemp -d)
-pids=()
-stop() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; pids=(); }
-trap 'stop; rm -rf "$out"' EXIT
-# serve VAR LOG CMD...: starts CMD in the background (its pid stays in this
-# shell, for cleanup) and sets VAR to the address it prints.
-serve() {
-  local var=$1 log=$2; shift 2
-  "$@" > "$log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 1200); do
-    if grep -q "^listening on" "$log"; then printf -v "$var" '%s' "$(sed -n 's/^listening on //p' "$log")"; return; fi
-    kill -0 "${pids[-1]}" 2>/dev/null || break  # it died
-    sleep 0.1
-  done
-  echo "did not start: $*" >&2; cat "$log" >&2; exit 1
-}
+trap 'stop_all; rm -rf "$out"' EXIT
 load=(--num-prompts "$num" --max-concurrency "$conc" --input-len "$in" --output-len "$outl")
 serve worker "$out/worker.log" "$root/build/worker/moeserve-worker" --model "$model" --port 0 --threads "$threads" \
   --kv-cache-memory "$kv" --max-num-seqs "$conc"
@@ -52,12 +38,12 @@ serve router "$out/router.log" "$root/build/router/moeserve-router" --worker "$w
   --max-num-seqs "$conc"
 echo "== moeserve (router + CPU worker, $threads threads) on $model"
 node "$here/serve_bench.mjs" --base-url "http://$router/v1" "${load[@]}" --json "$out/moeserve.json"
-stop
+stop_all
 serve llama "$out/llama.log" node "$here/llama_server.mjs" --gguf "$gguf" --parallel "$conc" \
   --ctx-per-seq $((in * 2 + outl + 64)) --threads "$threads"
 echo "== llama.cpp (node-llama-cpp, $conc sequences, $threads threads) on $gguf"
 node "$here/serve_bench.mjs" --base-url "http://$llama/v1" "${load[@]}" --json "$out/llama.json"
-stop
+stop_all
 node -e '
 const fs = require("fs");
 const m = JSON.parse(fs.readFileSync(process.argv[1])), l = JSON.parse(fs.readFileSync(process.argv[2]));

@@ -6,7 +6,7 @@
 //    the router's --worker lists and the Kubernetes replica count agree;
 //  - the Dockerfile builds targets that exist and its flags are real flags.
 //   node deploy_check.mjs --worker BIN --router BIN --model DIR --root DIR
-import { parseArgs, start, killAll } from "./procs.mjs";
+import { check, finish, killAll, parseArgs, start } from "./procs.mjs";
 import { readFileSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 import { join } from "node:path";
@@ -15,17 +15,6 @@ import assert from "node:assert/strict";
 const args = parseArgs(process.argv.slice(2));
 const root = args.root;
 const read = p => readFileSync(join(root, p), "utf8");
-let failures = 0, passed = 0;
-async function check(name, fn) {
-  try {
-    await fn();
-    passed++;
-    console.log(`ok - ${name}`);
-  } catch (e) {
-    failures++;
-    console.log(`FAIL - ${name}: ${e?.stack ?? e}`);
-  }
-}
 // YAML -> JSON through Python's yaml module (python3-yaml, installed by setup).
 function yaml(path) {
   const out = execFileSync("python3", ["-c",
@@ -124,6 +113,4 @@ await check("Dockerfile: targets exist, flags are real, the tokenizer checksum i
   assert.match(read("CMakeLists.txt"), /MOESERVE_TOKENIZER_JSON[\s\S]*?CACHE FILEPATH/, "-DMOESERVE_TOKENIZER_JSON works");
 });
 
-console.log(`${passed} passed, ${failures} failed`);
-killAll();
-process.exit(failures ? 1 : 0);
+finish();

@@ -6,7 +6,7 @@
 //  - with every worker dead, streams end with an error event, /ready says 503,
 //    new requests get 503; a returning worker makes the router ready again.
 //   node failover.mjs --worker BIN --router BIN --model DIR
-import { parseArgs, startProc, killAll } from "./procs.mjs";
+import { check, finish, parseArgs, startProc } from "./procs.mjs";
 import { join, dirname } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import assert from "node:assert/strict";
@@ -15,17 +15,6 @@ const here = dirname(fileURLToPath(import.meta.url));
 const { default: OpenAI } = await import(pathToFileURL(join(here, "../node/node_modules/openai/index.mjs")).href);
 const args = parseArgs(process.argv.slice(2));
 
-let failures = 0, passed = 0;
-async function check(name, fn) {
-  try {
-    await fn();
-    passed++;
-    console.log(`ok - ${name}`);
-  } catch (e) {
-    failures++;
-    console.log(`FAIL - ${name}: ${e?.stack ?? e}`);
-  }
-}
 const sleep = ms => new Promise(r => setTimeout(r, ms));
 
 const base = 20000 + Math.floor(Math.random() * 20000);
@@ -147,6 +136,4 @@ await check("every worker dead: error events, 503 and /ready 503; a returning wo
   assert.ok(series(m, 'moeserve_requests_total{finish_reason="error"}') >= 1);
 });
 
-console.log(`${passed} passed, ${failures} failed`);
-killAll();
-process.exit(failures ? 1 : 0);
+finish();

@@ -4,7 +4,7 @@
 // both. Tokenize is checked against tiktoken (o200k_base shares the ordinary
 // tokens of o200k_harmony).
 //   node grpc_e2e.mjs --worker BIN --router BIN --model DIR --proto DIR
-import { parseArgs, start, startProc, killAll } from "./procs.mjs";
+import { check, finish, parseArgs, start, startProc } from "./procs.mjs";
 import { join, dirname } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { createRequire } from "node:module";
@@ -19,17 +19,6 @@ const { default: OpenAI } = await import(pathToFileURL(join(nodeModules, "openai
 const tiktoken = require("tiktoken");
 const args = parseArgs(process.argv.slice(2));
 
-let failures = 0, passed = 0;
-async function check(name, fn) {
-  try {
-    await fn();
-    passed++;
-    console.log(`ok - ${name}`);
-  } catch (e) {
-    failures++;
-    console.log(`FAIL - ${name}: ${e?.stack ?? e}`);
-  }
-}
 
 const KEY = "sk-grpc-test";
 const workerAddr = await start(args.worker, ["--model", args.model, "--port", "0", "--kv-cache-memory", "64MiB",
@@ -194,7 +183,5 @@ await check("a cancelled stream frees its request; the router keeps serving", as
   assert.equal(g.choices[0].token_ids.length, 3);
 });
 
-console.log(`${passed} passed, ${failures} failed`);
 stub.close();
-killAll();
-process.exit(failures ? 1 : 0);
+finish();

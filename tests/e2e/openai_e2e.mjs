@@ -2,7 +2,7 @@
 // loopback: moeserve-worker (the demo model: random weights, real tokenizer)
 // and moeserve-router.
 //   node openai_e2e.mjs --worker BIN --router BIN --model DIR
-import { parseArgs, start, killAll } from "./procs.mjs";
+import { check, finish, parseArgs, start } from "./procs.mjs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
@@ -11,17 +11,6 @@ const here = dirname(fileURLToPath(import.meta.url));
 const { default: OpenAI } = await import(join(here, "../node/node_modules/openai/index.mjs"));
 const args = parseArgs(process.argv.slice(2));
 
-let failures = 0, passed = 0;
-async function check(name, fn) {
-  try {
-    await fn();
-    passed++;
-    console.log(`ok - ${name}`);
-  } catch (e) {
-    failures++;
-    console.log(`FAIL - ${name}: ${e?.stack ?? e}`);
-  }
-}
 
 const metricsPort = 20000 + Math.floor(Math.random() * 20000);
 const workerAddr = await start(args.worker, ["--model", args.model, "--port", "0", "--metrics-port", String(metricsPort), "--kv-cache-memory", "64MiB",
@@ -199,7 +188,9 @@ await check("errors: 401, 404, 400", async () => {
   await expectStatus(400, () => client.completions.create({ model, prompt: [1, 999999], max_tokens: 3 }));
 });
 await check("429 when the queue is full", async () => {
-  const r2 = await start(args.router, ["--worker", workerAddr, "--model", args.model, "--port", "0",
+  // Its own worker: a worker serves one router at a time.
+  const w2 = await start(args.worker, ["--model", args.model, "--port", "0", "--kv-cache-memory", "16MiB"]);
+  const r2 = await start(args.router, ["--worker", w2, "--model", args.model, "--port", "0",
     "--max-num-queued-requests", "0"]);
   const c2 = new OpenAI({ baseURL: `http://${r2}/v1`, apiKey: "x", maxRetries: 0 });
   await expectStatus(429, () => c2.chat.completions.create({ model, messages: [{ role: "user", content: "x" }] }));
@@ -270,6 +261,4 @@ await check("/metrics exposes the documented series", async () => {
   assert.ok(total > 0 && total % 4 === 0, `layer-0 selections ${total} (4 experts per token)`);
 });
 
-console.log(`${passed} passed, ${failures} failed`);
-killAll();
-process.exit(failures ? 1 : 0);
+finish();

@@ -1,5 +1,5 @@
-// Test helpers: command-line flags, and child processes that print
-// "listening on HOST:PORT" when ready (moeserve-worker, moeserve-router).
+// Test helpers: command-line flags, child processes that print "listening on
+// HOST:PORT" when ready (moeserve-worker, moeserve-router), named checks.
 import { spawn } from "node:child_process";
 
 export function parseArgs(argv) {
@@ -35,4 +35,23 @@ export async function start(bin, flags) {
 
 export function killAll() {
   for (const c of children) c.kill("SIGKILL");
+}
+
+// Named checks: each runs, failures are printed and counted; finish() prints
+// the tally, stops the children and exits non-zero if any check failed.
+let passed = 0, failed = 0;
+export async function check(name, fn) {
+  try {
+    await fn();
+    passed++;
+    console.log(`ok - ${name}`);
+  } catch (e) {
+    failed++;
+    console.log(`FAIL - ${name}: ${e?.stack ?? e}`);
+  }
+}
+export function finish() {
+  console.log(`${passed} passed, ${failed} failed`);
+  killAll();
+  process.exit(failed ? 1 : 0);
 }

@@ -201,5 +201,62 @@ TEST(WorkerGrpcTest, ExecutesStepsLikeTheEngine) {
   EXPECT_TRUE(stream->Finish().ok());
 }
 
+// One router at a time: a second Execute stream is refused while one is
+// open; when the first ends its sequences are dropped, and a new stream
+// is served from scratch.
+TEST(WorkerGrpcTest, OneRouterAtATime) {
+  const std::string dir = testing::TinyCheckpoint("worker", "mxfp4", "bf16", 1.0);
+  testing::WorkerProcess proc(dir, {"--kv-cache-memory", "16MiB", "--block-size", "4"});
+  ASSERT_FALSE(proc.address().empty()) << "worker did not start";
+  auto stub = v1::Worker::NewStub(grpc::CreateChannel(proc.address(), grpc::InsecureChannelCredentials()));
+  auto start_sequence = [](int64_t id) {
+    v1::StepRequest req;
+    v1::NewSequence* s = req.add_new_sequences();
+    s->set_id(id);
+    for (int32_t t : {1, 2, 3}) s->add_tokens(t);
+    s->set_num_scheduled(3);
+    s->set_num_prompt_tokens(3);
+    s->add_full_blocks(0);
+    s->add_sliding_blocks(0);
+    return req;
+  };
+  auto continue_sequence = [](int64_t id) {
+    v1::StepRequest req;
+    req.add_running()->set_id(id);
+    req.mutable_running(0)->set_num_scheduled(1);
+    return req;
+  };
+  v1::StepResult res;
+  grpc::ClientContext ctx1;
+  auto first = stub->Execute(&ctx1);
+  ASSERT_TRUE(first->Write(start_sequence(1)));
+  ASSERT_TRUE(first->Read(&res));
+  ASSERT_EQ(res.error(), "");
+
+  grpc::ClientContext ctx2;
+  auto second = stub->Execute(&ctx2);
+  second->Write(start_sequence(2));
+  EXPECT_FALSE(second->Read(&res));
+  EXPECT_EQ(second->Finish().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+
+  ASSERT_TRUE(first->Write(continue_sequence(1)));
+  ASSERT_TRUE(first->Read(&res));
+  EXPECT_EQ(res.error(), "") << "the first router is undisturbed";
+  first->WritesDone();
+  EXPECT_TRUE(first->Finish().ok());
+
+  grpc::ClientContext ctx3;
+  auto third = stub->Execute(&ctx3);
+  ASSERT_TRUE(third->Write(continue_sequence(1)));
+  ASSERT_TRUE(third->Read(&res));
+  EXPECT_NE(res.error(), "") << "sequence 1 ended with its router";
+  ASSERT_TRUE(third->Write(start_sequence(1)));
+  ASSERT_TRUE(third->Read(&res));
+  EXPECT_EQ(res.error(), "");
+  EXPECT_EQ(res.samples_size(), 1);
+  third->WritesDone();
+  EXPECT_TRUE(third->Finish().ok());
+}
+
 }  // namespace
 }  // namespace moeserve
