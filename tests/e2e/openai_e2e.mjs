@@ -208,6 +208,15 @@ await check("a client dropping mid-stream does not disturb others", async () => 
   try {
     for await (const _ of s) if (++n === 3) ctrl.abort();
   } catch (e) { /* aborted */ }
+  // Its request leaves the batch and its KV blocks return within a step or so.
+  let running = -1, kv = -1;
+  for (let i = 0; i < 50 && (running !== 0 || kv !== 0); i++) {
+    await new Promise(res => setTimeout(res, 50));
+    const m = await (await fetch(`http://${routerAddr}/metrics`)).text();
+    running = Number(m.match(/^moeserve_requests_running\{dp_rank="0"\} (\S+)/m)[1]);
+    kv = Number(m.match(/^moeserve_kv_cache_usage_ratio\{cache_group="full",dp_rank="0"\} (\S+)/m)[1]);
+  }
+  assert.deepEqual([running, kv], [0, 0], "the dropped request freed its KV blocks");
   const { r } = await chatText([{ role: "user", content: "still there?" }]);
   assert.ok(r.choices[0].message);
 });
