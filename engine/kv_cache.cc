@@ -1,5 +1,7 @@
 #include "engine/kv_cache.h"
 
+#include "absl/strings/str_cat.h"
+
 namespace moeserve {
 
 KvCache::KvCache(const ModelConfig& config, const KvCacheOptions& options) : options_(options) {
@@ -22,6 +24,47 @@ size_t KvCache::BytesPerBlock(const ModelConfig& config, int group, int block_si
     layers += (config.is_sliding(l) ? kSlidingGroup : kFullGroup) == group;
   }
   return static_cast<size_t>(layers) * 2 * block_size * config.kv_dim() * (f32 ? 4 : 2);
+}
+
+int KvCache::LayersInGroup(const ModelConfig& config, int group) {
+  int n = 0;
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    n += (config.is_sliding(l) ? kSlidingGroup : kFullGroup) == group;
+  }
+  return n;
+}
+
+absl::StatusOr<std::array<int64_t, kNumCacheGroups>> PlanKvBlocks(const ModelConfig& c, int64_t budget_bytes,
+                                                                   int block_size, bool f32, int64_t max_num_seqs) {
+  if (block_size < 1 || max_num_seqs < 1) return absl::InvalidArgumentError("block size and sequences must be >= 1");
+  const int64_t full_b = static_cast<int64_t>(KvCache::BytesPerBlock(c, kFullGroup, block_size, f32));
+  const int64_t slide_b = static_cast<int64_t>(KvCache::BytesPerBlock(c, kSlidingGroup, block_size, f32));
+  const int64_t slide_blocks = slide_b ? max_num_seqs * ((c.sliding_window + block_size - 1) / block_size + 2) : 0;
+  const int64_t left = budget_bytes - slide_blocks * slide_b;
+  if (left <= 0 || (full_b && left / full_b < 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the KV cache budget (", budget_bytes, " bytes) is too small: the sliding-window pool alone needs ",
+        slide_blocks * slide_b, " bytes for ", max_num_seqs, " sequences, and one full-attention block ", full_b));
+  }
+  return std::array<int64_t, kNumCacheGroups>{full_b ? left / full_b : 0, slide_blocks};
+}
+
+absl::StatusOr<int64_t> GpuKvBudget(int64_t total, int64_t free, double utilization, int64_t weight_bytes,
+                                    int64_t workspace_bytes) {
+  if (!(utilization > 0.0 && utilization <= 1.0)) {
+    return absl::InvalidArgumentError("--gpu-memory-utilization must be in (0, 1]");
+  }
+  const int64_t others = total - free;  // held by other processes (or the driver) before we start
+  const int64_t ours = static_cast<int64_t>(static_cast<double>(total) * utilization) - others;
+  const int64_t budget = ours - weight_bytes - workspace_bytes;
+  if (budget <= 0) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the model does not fit: ", utilization, " of ", total >> 20, " MiB is ",
+        static_cast<int64_t>(total * utilization) >> 20, " MiB, of which other processes hold ", others >> 20,
+        " MiB, the weights need ", weight_bytes >> 20, " MiB and the workspace ", workspace_bytes >> 20,
+        " MiB; nothing is left for the KV cache"));
+  }
+  return budget;
 }
 
 }  // namespace moeserve

@@ -14,9 +14,11 @@
 // concurrently; the pool itself is not resized after construction.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "engine/config.h"
 
 namespace moeserve {
@@ -49,6 +51,8 @@ class KvCache {
     return storage_[g].data() + idx * row_bytes_;
   }
 
+  // Layers of the model that use `group`'s pool.
+  static int LayersInGroup(const ModelConfig& config, int group);
   // Bytes one block of `group` takes (all layers of the group, K and V).
   static size_t BytesPerBlock(const ModelConfig& config, int group, int block_size, bool f32);
   size_t total_bytes() const { return storage_[0].size() + storage_[1].size(); }
@@ -60,5 +64,21 @@ class KvCache {
   int group_layers_[kNumCacheGroups] = {0, 0};
   std::vector<uint8_t> storage_[kNumCacheGroups];
 };
+
+// KV blocks per cache group for a memory budget: the sliding pool gets the
+// window plus two blocks for each of max_num_seqs sequences (a sequence never
+// holds more), the full-attention pool the rest. InvalidArgument, naming what
+// is missing, if not even one full-attention block is left.
+absl::StatusOr<std::array<int64_t, kNumCacheGroups>> PlanKvBlocks(const ModelConfig& config, int64_t budget_bytes,
+                                                                   int block_size, bool f32, int64_t max_num_seqs);
+
+// The KV budget on a GPU, as vLLM's --gpu-memory-utilization: this process may
+// use `utilization` of the device's memory; weights and the activation
+// workspace come first, and memory other processes hold is not ours.
+//   total: device memory; free: what is free before loading; weights and
+//   workspace: what this process will allocate besides the KV pools.
+// ResourceExhausted, with the numbers, if nothing is left.
+absl::StatusOr<int64_t> GpuKvBudget(int64_t total, int64_t free, double utilization, int64_t weight_bytes,
+                                    int64_t workspace_bytes);
 
 }  // namespace moeserve

@@ -47,9 +47,8 @@ int64_t NowNs() {
 }
 }  // namespace
 
-absl::Status Model::Validate(std::span<const SequenceInput> batch) const {
-  const ModelConfig& c = config();
-  const int bs = kv_.block_size();
+absl::Status ValidateBatch(const ModelConfig& c, const KvCacheOptions& kv, std::span<const SequenceInput> batch) {
+  const int bs = kv.block_size;
   for (size_t s = 0; s < batch.size(); ++s) {
     const SequenceInput& in = batch[s];
     if (in.tokens.empty()) return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": no tokens"));
@@ -63,7 +62,7 @@ absl::Status Model::Validate(std::span<const SequenceInput> batch) const {
     }
     const int64_t end = in.start_pos + static_cast<int64_t>(in.tokens.size());  // one past the last position
     for (int g = 0; g < kNumCacheGroups; ++g) {
-      if (kv_.num_layers_in_group(g) == 0) continue;
+      if (KvCache::LayersInGroup(c, g) == 0) continue;
       int64_t first = 0;
       if (g == kSlidingGroup) first = std::max<int64_t>(0, in.start_pos - c.sliding_window + 1);
       const int64_t b0 = first / bs, b1 = (end - 1) / bs;
@@ -74,9 +73,9 @@ absl::Status Model::Validate(std::span<const SequenceInput> batch) const {
       }
       for (int64_t b = b0; b <= b1; ++b) {
         const int32_t id = in.block_tables[g][b];
-        if (id < 0 || id >= kv_.num_blocks(g)) {
+        if (id < 0 || id >= kv.num_blocks[g]) {
           return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": block id ", id, " of cache group ", g,
-                                                         " outside [0, ", kv_.num_blocks(g), ")"));
+                                                         " outside [0, ", kv.num_blocks[g], ")"));
         }
       }
     }
@@ -223,7 +222,7 @@ void Model::Moe(const LayerWeights& lw, int64_t layer, const float* h, int num_r
 }
 
 absl::Status Model::Forward(std::span<const SequenceInput> batch, ForwardOutput* out) {
-  RETURN_IF_ERROR(Validate(batch));
+  RETURN_IF_ERROR(ValidateBatch(config(), kv_.options(), batch));
   const ModelConfig& c = config();
   const ModelWeights& w = *weights_;
   const int64_t hs = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), hd = c.head_dim;

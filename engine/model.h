@@ -1,4 +1,4 @@
-// The gpt-oss model on the CPU backend: one Forward call computes a ragged
+// The gpt-oss model on the CPU backend (a Backend): one Forward call computes a ragged
 // batch, the shape router steps have.
 //
 // Each SequenceInput brings its new tokens (a prefill chunk, or one decode
@@ -17,6 +17,7 @@
 #include <span>
 #include <vector>
 
+#include "engine/backend.h"
 #include "engine/kv_cache.h"
 #include "engine/thread_pool.h"
 #include "engine/weights.h"
@@ -49,19 +50,21 @@ struct ModelOptions {
   bool rope_ggml = false;
 };
 
-class Model {
+class Model : public Backend {
  public:
   Model(std::unique_ptr<ModelWeights> weights, const ModelOptions& options);
 
-  const ModelConfig& config() const { return weights_->config; }
+  const ModelConfig& config() const override { return weights_->config; }
+  const KvCacheOptions& kv_options() const override { return kv_.options(); }
+  std::string device() const override { return "cpu"; }
   const ModelWeights& weights() const { return *weights_; }
   KvCache& kv_cache() { return kv_; }
   ThreadPool& pool() { return pool_; }
 
-  absl::Status Forward(std::span<const SequenceInput> batch, ForwardOutput* out);
+  absl::Status Forward(std::span<const SequenceInput> batch, ForwardOutput* out) override;
 
   // Expert selections counted per [layer][expert] since construction.
-  const std::vector<int64_t>& expert_counts() const { return expert_counts_; }
+  const std::vector<int64_t>& expert_counts() const override { return expert_counts_; }
 
   // Wall time spent per phase of Forward since construction, in nanoseconds.
   enum Phase { kEmbed, kQkv, kAttention, kOut, kRouter, kExperts, kLmHead, kNumPhases };
@@ -69,7 +72,6 @@ class Model {
   const int64_t* phase_ns() const { return phase_ns_; }
 
  private:
-  absl::Status Validate(std::span<const SequenceInput> batch) const;
   void Attention(int64_t layer, std::span<const SequenceInput> batch, const std::vector<int>& row_seq,
                  const std::vector<int64_t>& row_pos, const float* q, float* out);
   void Moe(const LayerWeights& lw, int64_t layer, const float* h, int num_rows, float* x);

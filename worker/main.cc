@@ -1,8 +1,8 @@
 // moeserve-worker: serves one engine over gRPC (moeserve.worker.v1).
 //
-//   moeserve-worker --model DIR [--port 0] [--host 127.0.0.1] [--kv-cache-memory 1GiB]
-//                   [--block-size 16] [--max-num-seqs 64] [--max-model-len 8192]
-//                   [--threads 0] [--served-model-name NAME]
+//   moeserve-worker --model DIR [--device auto|cpu|cuda] [--port 0] [--host 127.0.0.1]
+//                   [--kv-cache-memory 1GiB | --gpu-memory-utilization 0.9] [--block-size 16]
+//                   [--max-num-seqs 64] [--max-model-len 8192] [--threads 0] [--served-model-name NAME]
 // Prints "listening on HOST:PORT" once ready (port 0 picks a free port).
 #include <grpcpp/grpcpp.h>
 #include <prometheus/exposer.h>
@@ -15,6 +15,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "tools/cli_flags.h"
+#ifdef MOESERVE_WITH_CUDA
+#include "engine/cuda/cuda_model.h"
+#endif
 #include "worker/worker_service.h"
 
 namespace {
@@ -23,7 +26,10 @@ constexpr char kUsage[] = R"(usage: moeserve-worker --model DIR [flags]
   --model DIR               model directory (config.json + safetensors)
   --host ADDR               listen address (default 127.0.0.1)
   --port N                  port (default 0: a free one, printed at start)
-  --kv-cache-memory SIZE    bytes for the KV cache, e.g. 512MiB, 4GiB (default 1GiB)
+  --device D                auto (default: CUDA when built with it and a GPU is present), cpu or cuda
+  --kv-cache-memory SIZE    CPU: bytes for the KV cache, e.g. 512MiB, 4GiB (default 1GiB)
+  --gpu-memory-utilization F  CUDA: fraction of the GPU's memory this worker may use; the KV cache gets
+                            what weights and workspace leave (default 0.9)
   --block-size N            tokens per KV block (default 16)
   --kv-cache-dtype T        bf16 (default) or f32
   --max-num-seqs N          sequences the sliding-window pool is sized for (default 64)
@@ -59,7 +65,8 @@ int main(int argc, char** argv) {
   using namespace moeserve;
   bool help = false;
   auto parsed = ParseFlagPairs(argc, argv, {"--model", "--host", "--port", "--kv-cache-memory", "--block-size", "--max-num-seqs",
-                                 "--max-model-len", "--threads", "--served-model-name", "--kv-cache-dtype", "--metrics-port"}, &help);
+                                 "--max-model-len", "--threads", "--served-model-name", "--kv-cache-dtype", "--metrics-port", "--device",
+                                 "--gpu-memory-utilization"}, &help);
   if (help) {
     std::fputs(kUsage, stdout);
     return 0;
@@ -89,20 +96,41 @@ int main(int argc, char** argv) {
   mo.num_threads = static_cast<int>(threads);
   mo.kv.block_size = static_cast<int>(block_size);
   mo.kv.f32 = kv_dtype == "f32";
-  const size_t full_b = KvCache::BytesPerBlock(c, kFullGroup, mo.kv.block_size, mo.kv.f32);
-  const size_t slide_b = KvCache::BytesPerBlock(c, kSlidingGroup, mo.kv.block_size, mo.kv.f32);
-  const int64_t slide_blocks = slide_b ? max_seqs * ((c.sliding_window + block_size - 1) / block_size + 2) : 0;
-  const int64_t left = kv_bytes - slide_blocks * static_cast<int64_t>(slide_b);
-  if (left <= 0 || (full_b && left / static_cast<int64_t>(full_b) < 1)) {
-    return Fail(absl::StrCat("--kv-cache-memory is too small: the sliding-window pool alone needs ",
-                             slide_blocks * slide_b, " bytes for ", max_seqs, " sequences"));
+  const std::string device = get("--device", "auto");
+  if (device != "auto" && device != "cpu" && device != "cuda") return Fail("--device must be auto, cpu or cuda");
+  double utilization = 0.9;
+  if (!absl::SimpleAtod(get("--gpu-memory-utilization", "0.9"), &utilization) || !(utilization > 0 && utilization <= 1)) {
+    return Fail("--gpu-memory-utilization must be in (0, 1]");
   }
-  mo.kv.num_blocks[kFullGroup] = full_b ? left / static_cast<int64_t>(full_b) : 0;
-  mo.kv.num_blocks[kSlidingGroup] = slide_blocks;
+  std::unique_ptr<Backend> backend;
+#ifdef MOESERVE_WITH_CUDA
+  if (device == "cuda" || (device == "auto" && cuda::DeviceCount() > 0)) {
+    cuda::CudaModelOptions co;
+    co.gpu_memory_utilization = utilization;
+    co.block_size = mo.kv.block_size;
+    co.kv_f32 = mo.kv.f32;
+    co.max_num_seqs = max_seqs;
+    auto m = cuda::CudaModel::Create(std::move(*weights), co);
+    if (!m.ok()) return Fail(std::string(m.status().message()));
+    backend = std::move(*m);
+  }
+#else
+  if (device == "cuda") return Fail("this build has no CUDA backend (nvcc was not found when it was built)");
+#endif
+  if (!backend) {
+    auto blocks = PlanKvBlocks(c, kv_bytes, mo.kv.block_size, mo.kv.f32, max_seqs);
+    if (!blocks.ok()) return Fail(absl::StrCat("--kv-cache-memory: ", blocks.status().message()));
+    mo.kv.num_blocks[kFullGroup] = (*blocks)[kFullGroup];
+    mo.kv.num_blocks[kSlidingGroup] = (*blocks)[kSlidingGroup];
+  }
   worker::WorkerOptions wo;
   wo.served_model_name = get("--served-model-name", dir.substr(dir.find_last_of('/') + 1));
   wo.max_model_len = max_len;
-  worker::WorkerService service(std::make_unique<Model>(std::move(*weights), mo), wo);
+  if (!backend) backend = std::make_unique<Model>(std::move(*weights), mo);
+  std::fprintf(stderr, "moeserve-worker: %s, KV blocks full %lld sliding %lld of %d tokens\n",
+               backend->device().c_str(), static_cast<long long>(backend->kv_options().num_blocks[kFullGroup]),
+               static_cast<long long>(backend->kv_options().num_blocks[kSlidingGroup]), backend->kv_options().block_size);
+  worker::WorkerService service(std::move(backend), wo);
 
   std::unique_ptr<prometheus::Exposer> exposer;
   if (f.count("--metrics-port")) {

@@ -29,7 +29,7 @@ SamplingParams FromProto(const v1::SamplingParams& p) {
 
 }  // namespace
 
-WorkerService::WorkerService(std::unique_ptr<Model> model, const WorkerOptions& options)
+WorkerService::WorkerService(std::unique_ptr<Backend> model, const WorkerOptions& options)
     : model_(std::move(model)), options_(options), registry_(std::make_shared<prometheus::Registry>()) {
   step_seconds_ = &prometheus::BuildHistogram()
                        .Name("moeserve_worker_step_seconds")
@@ -70,13 +70,13 @@ void WorkerService::UpdateMetrics(int64_t batch_tokens, double step_seconds) {
   step_seconds_->Observe(step_seconds);
   batch_tokens_->Observe(static_cast<double>(batch_tokens));
   sequences_held_->Set(static_cast<double>(sequences_.size()));
-  KvCache& kv = model_->kv_cache();
+  const KvCacheOptions& kv = model_->kv_options();
   for (int g = 0; g < kNumCacheGroups; ++g) {
     int64_t used = 0;
     for (const auto& [id, s] : sequences_) {
       for (int32_t b : s.tables[g]) used += b >= 0;
     }
-    const int64_t total = kv.num_blocks(g);
+    const int64_t total = kv.num_blocks[g];
     kv_usage_->Add({{"group", g == kFullGroup ? "full" : "sliding"}})
         .Set(total ? static_cast<double>(used) / static_cast<double>(total) : 0.0);
   }
@@ -91,22 +91,22 @@ void WorkerService::UpdateMetrics(int64_t batch_tokens, double step_seconds) {
 
 grpc::Status WorkerService::Describe(grpc::ServerContext*, const v1::DescribeRequest*, v1::DescribeResponse* out) {
   const ModelConfig& c = model_->config();
-  KvCache& kv = model_->kv_cache();
+  const KvCacheOptions& kv = model_->kv_options();
   out->set_model(options_.served_model_name);
   out->set_vocab_size(c.vocab_size);
   out->set_num_layers(static_cast<int32_t>(c.num_hidden_layers));
   out->set_max_model_len(options_.max_model_len);
-  out->set_block_size(kv.block_size());
+  out->set_block_size(kv.block_size);
   out->set_sliding_window(c.sliding_window);
   for (int g = 0; g < kNumCacheGroups; ++g) {
     v1::CacheGroup* cg = g == kFullGroup ? out->mutable_full() : out->mutable_sliding();
-    cg->set_num_blocks(static_cast<int32_t>(kv.num_blocks(g)));
-    cg->set_bytes_per_block(static_cast<int64_t>(KvCache::BytesPerBlock(c, g, kv.block_size(), kv.f32())));
-    cg->set_num_layers(kv.num_layers_in_group(g));
+    cg->set_num_blocks(static_cast<int32_t>(kv.num_blocks[g]));
+    cg->set_bytes_per_block(static_cast<int64_t>(KvCache::BytesPerBlock(c, g, kv.block_size, kv.f32)));
+    cg->set_num_layers(KvCache::LayersInGroup(c, g));
   }
   out->set_rank(0);
   out->set_world_size(1);
-  out->set_device("cpu");
+  out->set_device(model_->device());
   out->add_eos_token_ids(200002);
   out->add_eos_token_ids(200012);
   return grpc::Status::OK;

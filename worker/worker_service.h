@@ -24,6 +24,7 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include "engine/backend.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
 #include "moeserve/worker/v1/worker.grpc.pb.h"
@@ -37,7 +38,7 @@ struct WorkerOptions {
 
 class WorkerService final : public moeserve::worker::v1::Worker::Service {
  public:
-  WorkerService(std::unique_ptr<Model> model, const WorkerOptions& options);
+  WorkerService(std::unique_ptr<Backend> model, const WorkerOptions& options);
 
   grpc::Status Describe(grpc::ServerContext*, const v1::DescribeRequest*, v1::DescribeResponse* out) override;
   grpc::Status Init(grpc::ServerContext*, const v1::InitRequest* req, v1::InitResponse*) override;
@@ -60,7 +61,7 @@ class WorkerService final : public moeserve::worker::v1::Worker::Service {
     bool logprobs = false;
   };
 
-  std::unique_ptr<Model> model_;
+  std::unique_ptr<Backend> model_;
   WorkerOptions options_;
   std::mutex mu_;
   std::mutex session_mu_;  // held by the one Execute stream being served

@@ -5,7 +5,7 @@
 // of the group; each warp walks the row's keys once with an online softmax
 // that starts from the sink (max = sink, sum = 1, no value), so the sink takes
 // its share of the probability exactly as in the CPU kernel. Lanes hold
-// head_dim / 32 dimensions each. Correctness first: a split-K decode kernel
+// ceil(head_dim / 32) dimensions each. Correctness first: a split-K decode kernel
 // for long contexts and a tensor-core prefill kernel come next.
 #include "absl/strings/str_cat.h"
 #include "engine/cuda/common.cuh"
@@ -57,7 +57,7 @@ __global__ void AttentionKernel(KvLayer kv, const float* q, int64_t ldq, int num
   const int lane = threadIdx.x & 31;
   const int group = num_heads / kv.kv_heads;
   const int h = g * group + (threadIdx.x >> 5);
-  const int hd = kv.head_dim, per = hd / 32;
+  const int hd = kv.head_dim, per = (hd + 31) / 32;
   const int64_t p = pos[r];
   const int64_t first = window > 0 ? max(static_cast<int64_t>(0), p - window + 1) : 0;
   const int32_t* table = tables + table_offset[r];
@@ -66,7 +66,7 @@ __global__ void AttentionKernel(KvLayer kv, const float* q, int64_t ldq, int num
   float qv[kMaxDimsPerLane], acc[kMaxDimsPerLane];
 #pragma unroll
   for (int i = 0; i < kMaxDimsPerLane; ++i) {
-    qv[i] = i < per ? q[r * ldq + static_cast<int64_t>(h) * hd + lane + 32 * i] : 0.0f;
+    qv[i] = (i < per && lane + 32 * i < hd) ? q[r * ldq + static_cast<int64_t>(h) * hd + lane + 32 * i] : 0.0f;
     acc[i] = 0.0f;
   }
   float m = sinks[h], l = 1.0f;  // the sink: exp(sink - m) = 1, no value
@@ -77,7 +77,7 @@ __global__ void AttentionKernel(KvLayer kv, const float* q, int64_t ldq, int num
     float dot = 0.0f;
 #pragma unroll
     for (int i = 0; i < kMaxDimsPerLane; ++i) {
-      if (i < per) dot += qv[i] * KvLoad<kBf16>(krow, head_off + lane + 32 * i);
+      if (i < per && lane + 32 * i < hd) dot += qv[i] * KvLoad<kBf16>(krow, head_off + lane + 32 * i);
     }
     const float s = WarpSum(dot) * scale;
     const float m_new = fmaxf(m, s);
@@ -85,14 +85,14 @@ __global__ void AttentionKernel(KvLayer kv, const float* q, int64_t ldq, int num
     l = l * corr + e;
 #pragma unroll
     for (int i = 0; i < kMaxDimsPerLane; ++i) {
-      if (i < per) acc[i] = acc[i] * corr + e * KvLoad<kBf16>(vrow, head_off + lane + 32 * i);
+      if (i < per && lane + 32 * i < hd) acc[i] = acc[i] * corr + e * KvLoad<kBf16>(vrow, head_off + lane + 32 * i);
     }
     m = m_new;
   }
   const float inv = 1.0f / l;
 #pragma unroll
   for (int i = 0; i < kMaxDimsPerLane; ++i) {
-    if (i < per) out[r * ldo + static_cast<int64_t>(h) * hd + lane + 32 * i] = acc[i] * inv;
+    if (i < per && lane + 32 * i < hd) out[r * ldo + static_cast<int64_t>(h) * hd + lane + 32 * i] = acc[i] * inv;
   }
 }
 
@@ -108,9 +108,9 @@ void KvWrite(KvLayer kv, const float* k, int64_t ldk, const float* v, int64_t ld
 absl::Status PagedAttention(KvLayer kv, const float* q, int64_t ldq, int rows, int num_heads, const int64_t* pos,
                     const int32_t* tables, const int64_t* table_offset, int64_t window, const float* sinks,
                     float scale, float* out, int64_t ldo, cudaStream_t stream) {
-  // head_dim a multiple of 32 up to 256; at most 32 query heads per KV head (one warp each).
+  // head_dim up to 256; at most 32 query heads per KV head (one warp each).
   const int group = kv.kv_heads > 0 ? num_heads / kv.kv_heads : 0;
-  if (kv.head_dim % 32 != 0 || kv.head_dim > 32 * kMaxDimsPerLane || group < 1 || group > 32 ||
+  if (kv.head_dim < 1 || kv.head_dim > 32 * kMaxDimsPerLane || group < 1 || group > 32 ||
       group * kv.kv_heads != num_heads) {
     return absl::InvalidArgumentError(absl::StrCat("PagedAttention: unsupported head_dim ", kv.head_dim, " with ",
                                                    num_heads, " query heads over ", kv.kv_heads, " KV heads"));

@@ -73,6 +73,17 @@ __global__ void AddKernel(float* x, int64_t ldx, const float* y, int64_t ldy, in
   }
 }
 
+__global__ void GatherKernel(const float* src, int64_t lds, const int32_t* idx, int64_t n, float* dst, int64_t ldd) {
+  const int r = blockIdx.y;
+  const float* s = src + static_cast<int64_t>(idx[r]) * lds;
+  for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) dst[r * ldd + i] = s[i];
+}
+
+__global__ void CountKernel(const int32_t* idx, int n, unsigned long long* counts) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) atomicAdd(counts + idx[i], 1ull);
+}
+
 dim3 RowGrid(int64_t n, int rows) { return dim3(std::min<unsigned>(CeilDiv(n, 256), 64u), rows); }
 
 }  // namespace
@@ -112,6 +123,17 @@ void MoeCombine(const float* y, int64_t ldy, const float* weight, int rows, int 
                 cudaStream_t stream) {
   if (rows == 0) return;
   MoeCombineKernel<<<RowGrid(n, rows), 256, 0, stream>>>(y, ldy, weight, k, n, x, ldx);
+}
+
+void GatherRows(const float* src, int64_t lds, const int32_t* idx, int rows, int64_t n, float* dst, int64_t ldd,
+                cudaStream_t stream) {
+  if (rows == 0) return;
+  GatherKernel<<<RowGrid(n, rows), 256, 0, stream>>>(src, lds, idx, n, dst, ldd);
+}
+
+void CountExperts(const int32_t* idx, int n, int64_t* counts, cudaStream_t stream) {
+  if (n == 0) return;
+  CountKernel<<<CeilDiv(n, 256), 256, 0, stream>>>(idx, n, reinterpret_cast<unsigned long long*>(counts));
 }
 
 void AddInPlace(float* x, int64_t ldx, const float* y, int64_t ldy, int rows, int64_t n, cudaStream_t stream) {

@@ -39,6 +39,17 @@ void RmsNorm(const float* x, int64_t ldx, const float* w, int rows, int64_t n, f
 void LinearBf16(const uint16_t* w, int64_t rows, int64_t k, const float* bias, const float* x, int64_t ldx,
                 int num_tokens, float* y, int64_t ldy, cudaStream_t stream);
 
+// The same with f32 weights (the router).   W: f32 [rows, k]. k % 4 == 0.
+void LinearF32(const float* w, int64_t rows, int64_t k, const float* bias, const float* x, int64_t ldx,
+               int num_tokens, float* y, int64_t ldy, cudaStream_t stream);
+
+// dst[i] = src[idx[i]]   (rows of n floats)   src: [*, lds]  dst: [rows, ldd]
+void GatherRows(const float* src, int64_t lds, const int32_t* idx, int rows, int64_t n, float* dst, int64_t ldd,
+                cudaStream_t stream);
+
+// counts[idx[i]] += 1 for i < n (expert selections, for metrics; pass counts + layer * experts).
+void CountExperts(const int32_t* idx, int n, int64_t* counts, cudaStream_t stream);
+
 // NeoX (half-split) rotation of every head of each row at its position:
 // angle_i = pos * inv_freq[i], cos/sin scaled by mscale (YaRN).
 //   x: [rows, ldx] holding num_heads heads of head_dim; pos: [rows]; inv_freq: [head_dim/2]
@@ -67,7 +78,7 @@ void KvWrite(KvLayer kv, const float* k, int64_t ldk, const float* v, int64_t ld
 //   q: [rows, ldq] (num_heads * head_dim)  pos: [rows]
 //   tables: flat block tables; table_offset[r]: where row r's sequence table starts
 //   sinks: [num_heads]  out: [rows, ldo]
-// InvalidArgument unless head_dim % 32 == 0, head_dim <= 256 and 1 <= num_heads / kv_heads <= 32.
+// InvalidArgument unless 1 <= head_dim <= 256 and 1 <= num_heads / kv_heads <= 32 (a whole number).
 absl::Status PagedAttention(KvLayer kv, const float* q, int64_t ldq, int rows, int num_heads, const int64_t* pos,
                     const int32_t* tables, const int64_t* table_offset, int64_t window, const float* sinks,
                     float scale, float* out, int64_t ldo, cudaStream_t stream);

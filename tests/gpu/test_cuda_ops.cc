@@ -184,7 +184,8 @@ TEST(CudaOps, Rope) {
 // CPU kernel: full and sliding window, bf16 and f32, short and long rows.
 TEST(CudaOps, PagedAttention) {
   SKIP_WITHOUT_GPU();
-  const int kvh = 8, group = 8, hd = 64, bs = 16, heads = kvh * group;
+  const int kvh = 8, group = 8, bs = 16, heads = kvh * group;
+  for (int hd : {64, 16}) {
   for (bool bf16 : {true, false}) {
     for (int64_t window : {int64_t{0}, int64_t{128}}) {
       const std::vector<int64_t> pos = {0, 5, 200, 1000};
@@ -210,7 +211,7 @@ TEST(CudaOps, PagedAttention) {
         for (int64_t b = 0; b < blocks_per_seq; ++b) tables.push_back(perm[r * blocks_per_seq + b]);
       }
       const auto q = Random(rows * heads * hd, 10), sinks = Random(heads, 11);
-      const float scale = 0.125f;
+      const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
       std::vector<float> want(rows * heads * hd);
       for (int r = 0; r < rows; ++r) {
         const int64_t first = window > 0 ? std::max<int64_t>(0, pos[r] - window + 1) : 0;
@@ -238,10 +239,11 @@ TEST(CudaOps, PagedAttention) {
                                        out.get(), heads * hd, nullptr)
                       .ok());
       ASSERT_TRUE(cuda::Check("attention").ok());
-      EXPECT_LT(Nmse(out.Read(), want), 1e-10) << "bf16 " << bf16 << " window " << window;
+      EXPECT_LT(Nmse(out.Read(), want), 1e-10) << "head_dim " << hd << " bf16 " << bf16 << " window " << window;
     }
   }
-  cuda::KvLayer odd{nullptr, 16, 8, 48, true};
+  }
+  cuda::KvLayer odd{nullptr, 16, 8, 512, true};
   EXPECT_FALSE(cuda::PagedAttention(odd, nullptr, 0, 1, 64, nullptr, nullptr, nullptr, 0, nullptr, 1, nullptr, 0,
                                     nullptr)
                    .ok());

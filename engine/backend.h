@@ -1,0 +1,38 @@
+// What a worker runs: gpt-oss on one device. The CPU backend is Model
+// (engine/model.h); the CUDA backend is cuda::CudaModel (engine/cuda/). Both
+// take the same ragged batches with router-owned block tables and return the
+// same logits, so the worker does not care which one it drives.
+#pragma once
+
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/config.h"
+#include "engine/kv_cache.h"
+
+namespace moeserve {
+
+struct SequenceInput;
+struct ForwardOutput;
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const ModelConfig& config() const = 0;
+  // The KV pools: block size, blocks per cache group, element type.
+  virtual const KvCacheOptions& kv_options() const = 0;
+  // One step: see engine/model.h for the batch contract.
+  virtual absl::Status Forward(std::span<const SequenceInput> batch, ForwardOutput* out) = 0;
+  // Expert selections per [layer][expert] since construction.
+  virtual const std::vector<int64_t>& expert_counts() const = 0;
+  // "cpu", or the GPU's name.
+  virtual std::string device() const = 0;
+};
+
+// Checks a batch against the model and the KV pools (token ids, positions,
+// block tables long enough and inside the pools). Shared by the backends.
+absl::Status ValidateBatch(const ModelConfig& config, const KvCacheOptions& kv, std::span<const SequenceInput> batch);
+
+}  // namespace moeserve

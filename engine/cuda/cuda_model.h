@@ -1,0 +1,91 @@
+// gpt-oss on one NVIDIA GPU: the CUDA Backend.
+//
+// Create() checks the checkpoint is one the GPU path runs (BF16 dense
+// weights, MXFP4 experts), copies the weights to the device with progress on
+// stderr, sizes the KV pools from --gpu-memory-utilization (after weights
+// and the step workspace; a clear error when the model does not fit) and
+// allocates everything a step needs, so Forward allocates nothing.
+//
+// Forward follows engine/model.cc op for op with the kernels of ops.h. A step
+// with more rows than the workspace holds runs in row chunks, each through all
+// layers: attention only looks back, so earlier chunks' K/V are in the cache
+// when later chunks attend. Logits are computed in chunks of kLogitRows rows
+// and copied to the host (the worker samples there for now).
+//
+// Thread-safety: one Forward at a time.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+#include "engine/cuda/device.h"
+#include "engine/model.h"
+#include "engine/weights.h"
+
+namespace moeserve::cuda {
+
+struct CudaModelOptions {
+  int device = 0;
+  double gpu_memory_utilization = 0.9;
+  int block_size = 16;
+  bool kv_f32 = false;
+  int64_t max_num_seqs = 64;      // the sliding-window pool is sized for this many sequences
+  int64_t max_rows_per_chunk = 2048;  // workspace rows (tokens) per forward chunk
+  bool progress = true;           // weight upload progress on stderr
+};
+
+class CudaModel : public Backend {
+ public:
+  static absl::StatusOr<std::unique_ptr<CudaModel>> Create(std::unique_ptr<ModelWeights> weights,
+                                                           const CudaModelOptions& options);
+  ~CudaModel() override;
+
+  const ModelConfig& config() const override { return weights_->config; }
+  const KvCacheOptions& kv_options() const override { return kv_; }
+  std::string device() const override { return info_.name; }
+  absl::Status Forward(std::span<const SequenceInput> batch, ForwardOutput* out) override;
+  const std::vector<int64_t>& expert_counts() const override { return expert_counts_; }
+
+  int64_t weight_bytes() const { return weight_bytes_; }
+
+ private:
+  struct LayerDev {
+    const float *attn_norm, *mlp_norm, *q_bias, *k_bias, *v_bias, *o_bias, *sinks, *router, *router_bias;
+    const uint16_t *q, *k, *v, *o;
+    const uint8_t *gu_blocks, *gu_scales, *down_blocks, *down_scales;
+    const float *gu_bias, *down_bias;
+  };
+  CudaModel() = default;
+  absl::Status Upload(const CudaModelOptions& options);
+  absl::Status ForwardChunk(int r0, int r1);
+
+  std::unique_ptr<ModelWeights> weights_;
+  DeviceInfo info_;
+  KvCacheOptions kv_;
+  cudaStream_t stream_ = nullptr;
+  int64_t weight_bytes_ = 0;
+  int64_t max_rows_ = 0;
+  std::vector<DeviceBuffer> buffers_;  // weights, KV pools, workspace
+  const uint16_t *embed_ = nullptr, *lm_head_ = nullptr;
+  const float *final_norm_ = nullptr, *inv_freq_ = nullptr;
+  float mscale_ = 1.0f;
+  std::vector<LayerDev> layers_;
+  void* kv_base_[kNumCacheGroups] = {nullptr, nullptr};
+  // Workspace.
+  float *x_, *h_, *q_, *k_, *v_, *attn_, *o_, *router_logits_, *topk_w_, *gate_up_, *act_, *down_, *logits_,
+      *final_rows_;
+  int32_t *topk_idx_, *pair_row_, *pair_identity_, *ids_, *logit_rows_, *tables_;
+  int64_t *pos_, *slots_[kNumCacheGroups], *table_offset_[kNumCacheGroups], *counts_;
+  int64_t tables_capacity_ = 0;
+  // Per step, on the host.
+  std::vector<int32_t> h_ids_, h_tables_;
+  std::vector<int64_t> h_pos_, h_slots_[kNumCacheGroups], h_offsets_[kNumCacheGroups];
+  std::vector<int64_t> expert_counts_;
+};
+
+}  // namespace moeserve::cuda

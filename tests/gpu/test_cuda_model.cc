@@ -1,0 +1,163 @@
+// The whole model on CUDA against the CPU backend on generated checkpoints:
+// logits at every position of a ragged batch with chunked prefill, decode
+// steps, the sliding window and shuffled block ids, greedy tokens, expert
+// counts, and row chunking of a step larger than the workspace. Label `gpu`;
+// skipped without a CUDA device. MOESERVE_SLOW_TESTS=1 adds the full
+// gpt-oss-20b shape (a 13.8 GB random checkpoint, written on first use).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+
+#include "engine/cuda/cuda_model.h"
+#include "engine/model.h"
+#include "tests/test_util.h"
+#include "tools/checkpoint_gen.h"
+
+namespace moeserve {
+namespace {
+
+using testing::RandomTokens;
+
+struct Step {
+  std::vector<std::vector<float>> rows;  // logits per (sequence, position), in plan order
+  std::vector<int64_t> experts;
+};
+
+// Runs the same plan of steps on a backend: sequences prefilled in chunks,
+// then decoded, with block tables interleaved across sequences.
+Step Run(Backend& m, const std::vector<std::vector<int32_t>>& seqs, const std::vector<std::vector<size_t>>& plan,
+         int bs) {
+  const int n = static_cast<int>(seqs.size());
+  std::vector<std::vector<int32_t>> tables(n);
+  for (int s = 0; s < n; ++s) {
+    for (int b = 0; b < 64; ++b) tables[s].push_back((s + n * b * 7) % (n * 64));  // shuffled, disjoint per sequence
+  }
+  Step out;
+  std::vector<size_t> done(n, 0);
+  for (const auto& step : plan) {
+    std::vector<SequenceInput> batch;
+    for (int s = 0; s < n; ++s) {
+      if (step[s] == 0) continue;
+      SequenceInput in;
+      in.tokens = std::span(seqs[s]).subspan(done[s], step[s]);
+      in.start_pos = static_cast<int64_t>(done[s]);
+      in.block_tables[0] = tables[s];
+      in.block_tables[1] = tables[s];
+      in.all_logits = true;
+      batch.push_back(in);
+      done[s] += step[s];
+    }
+    ForwardOutput fo;
+    const absl::Status st = m.Forward(batch, &fo);
+    EXPECT_TRUE(st.ok()) << st;
+    if (!st.ok()) return out;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      for (int j = 0; j < fo.num_rows[i]; ++j) {
+        out.rows.emplace_back(fo.Row(static_cast<int>(i), j), fo.Row(static_cast<int>(i), j) + fo.vocab_size);
+      }
+    }
+  }
+  out.experts = m.expert_counts();
+  (void)bs;
+  return out;
+}
+
+void Compare(const std::string& dir, int max_rows, double tolerance) {
+  auto wc = LoadModelWeights(dir);
+  auto wg = LoadModelWeights(dir);
+  ASSERT_TRUE(wc.ok() && wg.ok());
+  const ModelConfig c = (*wc)->config;
+  ModelOptions mo;
+  mo.num_threads = 2;
+  mo.kv.block_size = 16;
+  mo.kv.f32 = true;
+  mo.kv.num_blocks[0] = mo.kv.num_blocks[1] = 3 * 64;
+  Model cpu(std::move(*wc), mo);
+  cuda::CudaModelOptions co;
+  co.block_size = 16;
+  co.kv_f32 = true;
+  co.max_num_seqs = 256;  // enough sliding blocks for the shuffled ids below
+  co.max_rows_per_chunk = max_rows;
+  co.gpu_memory_utilization = 0.5;
+  auto gpu = cuda::CudaModel::Create(std::move(*wg), co);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  ASSERT_GE((*gpu)->kv_options().num_blocks[0], 3 * 64);
+  ASSERT_GE((*gpu)->kv_options().num_blocks[1], 3 * 64);
+
+  const int vocab = static_cast<int>(std::min<int64_t>(c.vocab_size, 50000));
+  const std::vector<std::vector<int32_t>> seqs = {RandomTokens(150, vocab, 1), RandomTokens(40, vocab, 2),
+                                                  RandomTokens(90, vocab, 3)};
+  // Prefill chunks mixed with decode; sequence 0 runs past the sliding window.
+  const std::vector<std::vector<size_t>> plan = {{100, 30, 7}, {20, 1, 60}, {1, 1, 1}, {29, 8, 22}};
+  const Step want = Run(cpu, seqs, plan, 16);
+  const Step got = Run(**gpu, seqs, plan, 16);
+  ASSERT_EQ(got.rows.size(), want.rows.size());
+  double worst = 0;
+  int greedy_same = 0;
+  for (size_t r = 0; r < want.rows.size(); ++r) {
+    double num = 0, den = 0;
+    for (size_t t = 0; t < want.rows[r].size(); ++t) {
+      ASSERT_FALSE(std::isnan(got.rows[r][t])) << "row " << r;
+      num += (got.rows[r][t] - want.rows[r][t]) * (got.rows[r][t] - want.rows[r][t]);
+      den += want.rows[r][t] * want.rows[r][t];
+    }
+    worst = std::max(worst, num / den);
+    const auto argmax = [](const std::vector<float>& v) { return std::max_element(v.begin(), v.end()) - v.begin(); };
+    greedy_same += argmax(got.rows[r]) == argmax(want.rows[r]);
+  }
+  EXPECT_LT(worst, tolerance) << "worst per-position NMSE of the logits";
+  EXPECT_GE(greedy_same, static_cast<int>(want.rows.size()) - 1) << "greedy tokens agree";
+  // Expert selections: the same but for near-ties of router logits that f32 rounding may order differently.
+  ASSERT_EQ(got.experts.size(), want.experts.size());
+  int64_t sum_got = 0, sum_want = 0, worst_count = 0;
+  for (size_t i = 0; i < want.experts.size(); ++i) {
+    sum_got += got.experts[i];
+    sum_want += want.experts[i];
+    worst_count = std::max<int64_t>(worst_count, std::abs(got.experts[i] - want.experts[i]));
+  }
+  EXPECT_EQ(sum_got, sum_want);
+  EXPECT_LE(worst_count, 2) << "expert selections";
+}
+
+TEST(CudaModel, TinyCheckpointMatchesTheCpu) {
+  if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  Compare(testing::TinyCheckpoint("cuda_tiny", "mxfp4", "bf16", 1.0), 2048, 1e-8);
+}
+
+TEST(CudaModel, StepsLargerThanTheWorkspaceRunInChunks) {
+  if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  Compare(testing::TinyCheckpoint("cuda_tiny", "mxfp4", "bf16", 1.0), 13, 1e-8);
+}
+
+TEST(CudaModel, Gpt20bShape) {
+  if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  if (!std::getenv("MOESERVE_SLOW_TESTS")) GTEST_SKIP() << "set MOESERVE_SLOW_TESTS=1";
+  const std::string dir = testing::TempDir("cuda_20b");
+  if (!std::filesystem::exists(dir + "/config.json")) {
+    CheckpointGenOptions o;
+    o.config = *PresetConfig("20b");
+    o.seed = 1;
+    ASSERT_TRUE(GenerateCheckpoint(dir, o).ok());
+  }
+  Compare(dir, 2048, 1e-7);
+}
+
+TEST(CudaModel, UnsupportedCheckpointsAreClearErrors) {
+  if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  auto w = LoadModelWeights(testing::TinyCheckpoint("cuda_dense", "f32", "bf16", 1.0));
+  ASSERT_TRUE(w.ok());
+  auto m = cuda::CudaModel::Create(std::move(*w), {});
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kUnimplemented);
+  auto w2 = LoadModelWeights(testing::TinyCheckpoint("cuda_tiny", "mxfp4", "bf16", 1.0));
+  ASSERT_TRUE(w2.ok());
+  cuda::CudaModelOptions huge;
+  huge.gpu_memory_utilization = 1e-6;
+  auto m2 = cuda::CudaModel::Create(std::move(*w2), huge);
+  EXPECT_EQ(m2.status().code(), absl::StatusCode::kResourceExhausted) << m2.status();
+}
+
+}  // namespace
+}  // namespace moeserve
