@@ -1,0 +1,193 @@
+// GPU engine benchmark: pp (prefill tokens/s), tg (batch-1 decode tokens/s)
+// and a decode batch sweep on the CUDA backend, each against the memory
+// roofline measured in the same run: the device's copy bandwidth (a 1 GiB
+// device-to-device copy: bytes read + written per second) over the weight
+// bytes one decode token reads (dense weights, the router, 4 experts per
+// layer, one embedding row and lm_head). One JSON object per measurement.
+//
+//   moeserve_gpu_bench --model DIR [--pp 512] [--tg 128] [--batches 1,2,4,...,256]
+//                      [--sweep-steps 8] [--reps 2] [--gpu-memory-utilization 0.9]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "engine/cuda/cuda_model.h"
+
+namespace moeserve {
+namespace {
+
+double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// Bytes of weights one decode token reads at batch 1.
+double BytesPerToken(const ModelConfig& c) {
+  const double hs = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), inter = c.intermediate_size;
+  const double attn = 2.0 * (hs * qd * 2 + hs * kvd * 2);                      // q, o and k, v in bf16
+  const double router = 4.0 * hs * c.num_local_experts;                        // f32
+  const double expert = (2 * inter * hs + hs * inter) * (0.5 + 1.0 / 32);     // MXFP4 blocks + scales
+  return c.num_hidden_layers * (attn + router + c.num_experts_per_tok * expert) + 2.0 * hs * c.vocab_size + 2.0 * hs;
+}
+
+double CopyBandwidth() {
+  const size_t bytes = size_t{1} << 30;
+  void *a = nullptr, *b = nullptr;
+  if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess) return 0;
+  cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+  cudaDeviceSynchronize();
+  double best = 0;
+  for (int r = 0; r < 5; ++r) {
+    const double t = Now();
+    cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+    cudaDeviceSynchronize();
+    best = std::max(best, 2.0 * bytes / (Now() - t));
+  }
+  cudaFree(a);
+  cudaFree(b);
+  return best;
+}
+
+struct Seq {
+  std::vector<int32_t> table;
+  int64_t pos = 0;
+};
+
+int Main(int argc, char** argv) {
+  std::string dir;
+  int pp = 512, tg = 128, reps = 2, sweep_steps = 8;
+  double util = 0.9;
+  std::vector<int> batches = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--model") dir = v;
+    else if (k == "--pp") pp = std::stoi(v);
+    else if (k == "--tg") tg = std::stoi(v);
+    else if (k == "--reps") reps = std::stoi(v);
+    else if (k == "--sweep-steps") sweep_steps = std::stoi(v);
+    else if (k == "--gpu-memory-utilization") util = std::stod(v);
+    else if (k == "--batches") {
+      batches.clear();
+      for (absl::string_view s : absl::StrSplit(v, ',', absl::SkipEmpty())) {
+        int b;
+        if (absl::SimpleAtoi(s, &b) && b > 0) batches.push_back(b);
+      }
+    } else {
+      std::fprintf(stderr, "unknown flag %s\n", k.c_str());
+      return 2;
+    }
+  }
+  if (dir.empty()) {
+    std::fprintf(stderr, "usage: moeserve_gpu_bench --model DIR [--pp 512] [--tg 128] [--batches 1,...,256]\n");
+    return 2;
+  }
+  auto w = LoadModelWeights(dir);
+  if (!w.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(w.status().message()).c_str());
+    return 1;
+  }
+  const ModelConfig config = (*w)->config;
+  const int max_batch = batches.empty() ? 1 : *std::max_element(batches.begin(), batches.end());
+  cuda::CudaModelOptions co;
+  co.gpu_memory_utilization = util;
+  co.max_num_seqs = std::max(64, max_batch);
+  const double t0 = Now();
+  auto created = cuda::CudaModel::Create(std::move(*w), co);
+  if (!created.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(created.status().message()).c_str());
+    return 1;
+  }
+  cuda::CudaModel& model = **created;
+  const double bw = CopyBandwidth(), bpt = BytesPerToken(config);
+  int driver = 0;
+  cudaDriverGetVersion(&driver);
+  std::printf("{\"what\":\"device\",\"name\":\"%s\",\"driver\":%d,\"load_s\":%.2f,\"weight_bytes\":%lld,"
+              "\"copy_bandwidth_gb_s\":%.1f,\"bytes_per_token\":%.0f,\"roofline_tok_s\":%.1f}\n",
+              model.device().c_str(), driver, Now() - t0, static_cast<long long>(model.weight_bytes()), bw / 1e9,
+              bpt, bw / bpt);
+  std::fflush(stdout);
+  const int64_t max_ctx = std::max<int64_t>(pp, tg + sweep_steps) + 16;
+  const int64_t blocks_per_seq = (max_ctx + 15) / 16;
+  if (model.kv_options().num_blocks[0] < blocks_per_seq * max_batch) {
+    std::fprintf(stderr, "the KV pool (%lld blocks) is too small for batch %d\n",
+                 static_cast<long long>(model.kv_options().num_blocks[0]), max_batch);
+    return 1;
+  }
+  const int64_t sliding_per_seq = model.kv_options().num_blocks[1] / std::max(1, max_batch);
+  auto make_seqs = [&](int n) {
+    std::vector<Seq> s(n);
+    for (int i = 0; i < n; ++i)
+      for (int64_t b = 0; b < blocks_per_seq; ++b) s[i].table.push_back(static_cast<int32_t>(i * blocks_per_seq + b));
+    return s;
+  };
+  // The sliding pool is smaller: each sequence gets its own ring of blocks.
+  std::vector<std::vector<int32_t>> sliding(max_batch);
+  for (int i = 0; i < max_batch; ++i)
+    for (int64_t b = 0; b < blocks_per_seq; ++b)
+      sliding[i].push_back(static_cast<int32_t>(i * sliding_per_seq + b % sliding_per_seq));
+  auto input = [&](Seq& s, int i, std::span<const int32_t> toks) {
+    SequenceInput in;
+    in.tokens = toks;
+    in.start_pos = s.pos;
+    in.block_tables[0] = s.table;
+    in.block_tables[1] = sliding[i];
+    return in;
+  };
+  ForwardOutput out;
+  const int64_t vocab = config.vocab_size;
+  std::vector<int32_t> prompt(pp);
+  for (int i = 0; i < pp; ++i) prompt[i] = static_cast<int32_t>((i * 7919 + 13) % (vocab - 16));
+  for (int r = 0; r <= reps; ++r) {  // the first run warms up
+    auto s = make_seqs(1);
+    SequenceInput in = input(s[0], 0, prompt);
+    const double a = Now();
+    if (absl::Status st = model.Forward({&in, 1}, &out); !st.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(st.message()).c_str());
+      return 1;
+    }
+    if (r > 0) std::printf("{\"what\":\"pp%d\",\"rep\":%d,\"tokens_per_s\":%.1f}\n", pp, r, pp / (Now() - a));
+  }
+  for (int r = 0; r < reps; ++r) {
+    auto s = make_seqs(1);
+    int32_t tok = 1;
+    const double a = Now();
+    for (int i = 0; i < tg; ++i) {
+      SequenceInput in = input(s[0], 0, {&tok, 1});
+      if (!model.Forward({&in, 1}, &out).ok()) return 1;
+      s[0].pos++;
+      tok = static_cast<int32_t>(std::max_element(out.logits.begin(), out.logits.begin() + vocab) - out.logits.begin());
+    }
+    const double tps = tg / (Now() - a);
+    std::printf("{\"what\":\"tg%d\",\"rep\":%d,\"tokens_per_s\":%.1f,\"roofline_pct\":%.1f}\n", tg, r, tps,
+                100.0 * tps / (bw / bpt));
+    std::fflush(stdout);
+  }
+  for (int b : batches) {
+    auto s = make_seqs(b);
+    std::vector<int32_t> toks(b);
+    for (int i = 0; i < b; ++i) toks[i] = 1 + i;
+    double best = 0;
+    for (int r = 0; r < reps; ++r) {
+      for (auto& q : s) q.pos = 0;
+      const double a = Now();
+      for (int step = 0; step < sweep_steps; ++step) {
+        std::vector<SequenceInput> batch;
+        for (int i = 0; i < b; ++i) batch.push_back(input(s[i], i, {&toks[i], 1}));
+        if (!model.Forward(batch, &out).ok()) return 1;
+        for (auto& q : s) q.pos++;
+      }
+      best = std::max(best, b * sweep_steps / (Now() - a));
+    }
+    std::printf("{\"what\":\"decode_batch\",\"batch\":%d,\"tokens_per_s\":%.1f}\n", b, best);
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace moeserve
+
+int main(int argc, char** argv) { return moeserve::Main(argc, argv); }
