@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -34,6 +35,9 @@
 #include "nlohmann/json.hpp"
 #include "tools/checkpoint_gen.h"
 #include "tools/gguf_writer.h"
+#ifdef MOESERVE_WITH_CUDA
+#include "engine/cuda/device.h"
+#endif
 
 #ifndef MOESERVE_DEMO_MODEL_DIR
 #define MOESERVE_DEMO_MODEL_DIR "models/demo"
@@ -47,7 +51,9 @@ constexpr char kUsage[] = R"(usage: moeserve COMMAND [flags]
 commands:
   serve            start the cluster on this machine: the router and its CPU worker(s)
       --model DIR            model directory (default: the demo model)
-      --data-parallel-size N workers, each a replica of the model (default 1); threads are shared out
+      --data-parallel-size N workers, each a replica of the model (default: one per GPU, each pinned to
+                             its GPU; without GPUs 1, CPU threads shared out)
+      --device auto|cpu|cuda --gpu-memory-utilization F   passed to the workers
       --grpc-port N          also serve the public gRPC API (moeserve.v1)
       --port N               HTTP port of the OpenAI API (default 8000)
       --host ADDR            listen address (default 127.0.0.1)
@@ -297,10 +303,11 @@ std::string FindBinary(const std::string& name, const std::string& sub) {
 
 // Starts `args` as a child that ends with this process; `stdout_fd` >= 0
 // becomes its standard output and `close_fd` >= 0 is closed in the child.
-pid_t Spawn(std::vector<std::string>& args, int stdout_fd, int close_fd) {
+pid_t Spawn(std::vector<std::string>& args, int stdout_fd, int close_fd, const std::string& gpu = "") {
   const pid_t pid = fork();
   if (pid == 0) {
     prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (!gpu.empty()) setenv("CUDA_VISIBLE_DEVICES", gpu.c_str(), 1);
     if (stdout_fd >= 0) dup2(stdout_fd, STDOUT_FILENO);
     if (close_fd >= 0) close(close_fd);
     std::vector<char*> argv;
@@ -313,11 +320,20 @@ pid_t Spawn(std::vector<std::string>& args, int stdout_fd, int close_fd) {
   return pid;
 }
 
+int NumGpus() {
+#ifdef MOESERVE_WITH_CUDA
+  return cuda::DeviceCount();
+#else
+  return 0;
+#endif
+}
+
 // Starts one worker; returns its pid and the address from its "listening on" line.
-absl::StatusOr<std::pair<pid_t, std::string>> StartWorker(std::vector<std::string> args) {
+// `gpu` non-empty: the worker sees only that GPU (CUDA_VISIBLE_DEVICES).
+absl::StatusOr<std::pair<pid_t, std::string>> StartWorker(std::vector<std::string> args, const std::string& gpu) {
   int out[2];
   if (pipe(out) != 0) return absl::InternalError("pipe failed");
-  const pid_t pid = Spawn(args, out[1], out[0]);
+  const pid_t pid = Spawn(args, out[1], out[0], gpu);
   close(out[1]);
   FILE* wf = fdopen(out[0], "r");
   char line[256] = {};
@@ -340,12 +356,15 @@ absl::StatusOr<std::pair<pid_t, std::string>> StartWorker(std::vector<std::strin
 // and takes it back when it answers); the router ending ends everything.
 absl::Status Serve(FlagReader& f) {
   const std::string dir = f.Str("--model", MOESERVE_DEMO_MODEL_DIR);
-  const int dp = f.Num<int>("--data-parallel-size", 1);
+  // One worker per GPU by default (each sees only its own), else one CPU worker.
+  const int gpus = NumGpus();
+  const int dp = f.Num<int>("--data-parallel-size", std::max(1, gpus));
   if (dp < 1 || dp > 64) return absl::InvalidArgumentError("--data-parallel-size must be in [1, 64]");
   std::vector<std::string> worker_args = {FindBinary("moeserve-worker", "worker"), "--model", dir};
   std::vector<std::string> router_args = {FindBinary("moeserve-router", "router"), "--model", dir,
                                           "--port", f.Str("--port", "8000"), "--host", f.Str("--host", "127.0.0.1")};
-  for (const char* k : {"--kv-cache-memory", "--max-model-len", "--kv-cache-dtype", "--max-num-seqs"}) {
+  for (const char* k : {"--kv-cache-memory", "--max-model-len", "--kv-cache-dtype", "--max-num-seqs", "--device",
+                        "--gpu-memory-utilization"}) {
     if (f.Has(k)) worker_args.insert(worker_args.end(), {k, f.Str(k, "")});
   }
   // CPU threads are shared out among the workers.
@@ -364,6 +383,8 @@ absl::Status Serve(FlagReader& f) {
     if (metrics_port >= 0) a.insert(a.end(), {"--metrics-port", std::to_string(metrics_port + i)});
     return a;
   };
+  const bool pin = gpus > 1 && std::getenv("CUDA_VISIBLE_DEVICES") == nullptr;
+  auto gpu_of = [&](int i) { return pin ? std::to_string(i % gpus) : std::string(); };
   std::vector<pid_t> pids(dp);
   std::vector<std::string> addresses(dp);
   auto stop_all = [&] {
@@ -372,7 +393,7 @@ absl::Status Serve(FlagReader& f) {
     }
   };
   for (int i = 0; i < dp; ++i) {
-    auto w = StartWorker(args_of(i, "0"));
+    auto w = StartWorker(args_of(i, "0"), gpu_of(i));
     if (!w.ok()) {
       stop_all();
       return w.status();
@@ -401,7 +422,7 @@ absl::Status Serve(FlagReader& f) {
       pids[i] = -1;
       for (int attempt = 0; attempt < 30 && pids[i] < 0; ++attempt) {
         sleep(1);
-        auto w = StartWorker(args_of(i, addresses[i].substr(addresses[i].rfind(':') + 1)));
+        auto w = StartWorker(args_of(i, addresses[i].substr(addresses[i].rfind(':') + 1)), gpu_of(i));
         if (w.ok()) pids[i] = w->first;
       }
       if (pids[i] < 0) std::fprintf(stderr, "moeserve: worker %d does not start again; serving without it\n", i);
