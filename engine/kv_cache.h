@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/config.h"
+#include "engine/kv_layout.h"
 
 namespace moeserve {
 
@@ -46,10 +47,12 @@ class KvCache {
   // The K (or V) row of one position: [kv_heads * head_dim] elements of bf16 or f32.
   void* Row(int64_t layer, bool value, int64_t block, int slot) {
     const int g = layer_group_[layer];
-    const size_t idx = ((static_cast<size_t>(layer_index_[layer]) * options_.num_blocks[g] + block) * 2 +
-                        (value ? 1 : 0)) * options_.block_size + slot;
-    return storage_[g].data() + idx * row_bytes_;
+    const int64_t rb = static_cast<int64_t>(row_bytes_);
+    return storage_[g].data() + layer_index_[layer] * KvLayerBytes(options_.num_blocks[g], options_.block_size, rb) +
+           KvRowOffset(block * options_.block_size + slot, value ? 1 : 0, options_.block_size, rb);
   }
+  // The first byte of a group's pool (tests compare addresses with it).
+  const uint8_t* pool_base(int group) const { return storage_[group].data(); }
 
   // Layers of the model that use `group`'s pool.
   static int LayersInGroup(const ModelConfig& config, int group);

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/cuda/common.cuh"
 #include "engine/cuda/ops.h"
+#include "engine/kv_layout.h"
 
 namespace moeserve::cuda {
 namespace {
@@ -28,11 +29,10 @@ __device__ __forceinline__ void KvStore(void* row, int64_t i, float v) {
   else static_cast<float*>(row)[i] = v;
 }
 
-// The K (value = 0) or V (value = 1) row of a cache slot.
+// The K (value = 0) or V (value = 1) row of a cache slot (engine/kv_layout.h).
 __device__ __forceinline__ char* KvRow(const KvLayer& kv, int64_t slot, int value) {
-  const int64_t block = slot / kv.block_size, offset = slot % kv.block_size;
   const int64_t row_bytes = static_cast<int64_t>(kv.kv_heads) * kv.head_dim * (kv.bf16 ? 2 : 4);
-  return static_cast<char*>(kv.base) + ((block * 2 + value) * kv.block_size + offset) * row_bytes;
+  return static_cast<char*>(kv.base) + KvRowOffset(slot, value, kv.block_size, row_bytes);
 }
 
 template <bool kBf16>

@@ -6,6 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/cuda/ops.h"
+#include "engine/kv_layout.h"
+#include "engine/step_layout.h"
 #include "engine/status.h"
 
 namespace moeserve::cuda {
@@ -208,59 +210,28 @@ absl::Status CudaModel::Forward(std::span<const SequenceInput> batch, ForwardOut
   RETURN_IF_ERROR(ValidateBatch(config(), kv_, batch));
   const ModelConfig& c = config();
   const int64_t hs = c.hidden_size;
-  const int bs = kv_.block_size;
 
   // Rows, positions, cache slots and block tables for the whole step.
-  h_ids_.clear();
-  h_pos_.clear();
-  h_tables_.clear();
-  std::vector<int64_t> seq_table_offset[kNumCacheGroups];
-  for (int g = 0; g < kNumCacheGroups; ++g) {
-    h_slots_[g].clear();
-    h_offsets_[g].clear();
-    for (const SequenceInput& in : batch) {
-      seq_table_offset[g].push_back(static_cast<int64_t>(h_tables_.size()));
-      h_tables_.insert(h_tables_.end(), in.block_tables[g].begin(), in.block_tables[g].end());
-    }
-  }
-  std::vector<int32_t> logit_rows;
+  step_ = LayOutStep(c, kv_, batch);
+  const std::vector<int32_t>& logit_rows = step_.logit_rows;
   out->vocab_size = c.vocab_size;
-  out->first_row.clear();
-  out->num_rows.clear();
-  for (size_t s = 0; s < batch.size(); ++s) {
-    const SequenceInput& in = batch[s];
-    const int cnt = static_cast<int>(in.tokens.size());
-    const int want = in.all_logits ? cnt : 1;
-    out->first_row.push_back(static_cast<int>(logit_rows.size()));
-    out->num_rows.push_back(want);
-    for (int i = 0; i < cnt; ++i) {
-      const int64_t p = in.start_pos + i;
-      const int row = static_cast<int>(h_ids_.size());
-      h_ids_.push_back(in.tokens[i]);
-      h_pos_.push_back(p);
-      for (int g = 0; g < kNumCacheGroups; ++g) {
-        const bool used = KvCache::LayersInGroup(c, g) > 0;
-        h_slots_[g].push_back(used ? static_cast<int64_t>(in.block_tables[g][p / bs]) * bs + p % bs : -1);
-        h_offsets_[g].push_back(seq_table_offset[g][s]);
-      }
-      if (i >= cnt - want) logit_rows.push_back(row);
-    }
-  }
-  if (static_cast<int64_t>(h_tables_.size()) > tables_capacity_) {
-    tables_capacity_ = std::max<int64_t>(static_cast<int64_t>(h_tables_.size()) * 2, 4096);
+  out->first_row = step_.first_row;
+  out->num_rows = step_.num_rows;
+  if (static_cast<int64_t>(step_.tables.size()) > tables_capacity_) {
+    tables_capacity_ = std::max<int64_t>(static_cast<int64_t>(step_.tables.size()) * 2, 4096);
     ASSIGN_OR_RETURN(DeviceBuffer tb, DeviceBuffer::Allocate(tables_capacity_ * 4));
     tables_ = tb.as<int32_t>();
     buffers_.push_back(std::move(tb));
   }
-  if (!h_tables_.empty()) {
-    RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(tables_, h_tables_.data(), h_tables_.size() * 4, cudaMemcpyHostToDevice,
+  if (!step_.tables.empty()) {
+    RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(tables_, step_.tables.data(), step_.tables.size() * 4, cudaMemcpyHostToDevice,
                                          stream_),
                          "block tables"));
   }
   out->logits.resize(logit_rows.size() * static_cast<size_t>(c.vocab_size));
 
   // Row chunks, each through every layer; then the logits of the rows in it.
-  const int n = static_cast<int>(h_ids_.size());
+  const int n = static_cast<int>(step_.ids.size());
   size_t next_logit = 0;
   for (int r0 = 0; r0 < n; r0 += static_cast<int>(max_rows_)) {
     const int r1 = std::min<int>(n, r0 + static_cast<int>(max_rows_));
@@ -304,11 +275,11 @@ absl::Status CudaModel::ForwardChunk(int r0, int r1) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   cudaStream_t s = stream_;
 
-  RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(ids_, h_ids_.data() + r0, n * 4, cudaMemcpyHostToDevice, s), "ids"));
-  RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(pos_, h_pos_.data() + r0, n * 8, cudaMemcpyHostToDevice, s), "positions"));
+  RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(ids_, step_.ids.data() + r0, n * 4, cudaMemcpyHostToDevice, s), "ids"));
+  RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(pos_, step_.pos.data() + r0, n * 8, cudaMemcpyHostToDevice, s), "positions"));
   for (int g = 0; g < kNumCacheGroups; ++g) {
-    RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(slots_[g], h_slots_[g].data() + r0, n * 8, cudaMemcpyHostToDevice, s), "slots"));
-    RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(table_offset_[g], h_offsets_[g].data() + r0, n * 8, cudaMemcpyHostToDevice, s),
+    RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(slots_[g], step_.slots[g].data() + r0, n * 8, cudaMemcpyHostToDevice, s), "slots"));
+    RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(table_offset_[g], step_.table_offset[g].data() + r0, n * 8, cudaMemcpyHostToDevice, s),
                          "table offsets"));
   }
   EmbeddingBf16(embed_, ids_, n, hs, x_, s);
@@ -316,9 +287,9 @@ absl::Status CudaModel::ForwardChunk(int r0, int r1) {
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const LayerDev& d = layers_[l];
     const int g = c.is_sliding(l) ? kSlidingGroup : kFullGroup;
-    const size_t block_bytes = KvCache::BytesPerBlock(c, g, kv_.block_size, kv_.f32) /
-                               static_cast<size_t>(KvCache::LayersInGroup(c, g));
-    KvLayer kv{static_cast<char*>(kv_base_[g]) + layer_in_group[g]++ * block_bytes * kv_.num_blocks[g],
+    const int64_t row_bytes = kvd * (kv_.f32 ? 4 : 2);
+    KvLayer kv{static_cast<char*>(kv_base_[g]) +
+                   layer_in_group[g]++ * KvLayerBytes(kv_.num_blocks[g], kv_.block_size, row_bytes),
                kv_.block_size, kvh, static_cast<int>(hd), !kv_.f32};
 
     RmsNorm(x_, hs, d.attn_norm, n, hs, eps, h_, hs, s);

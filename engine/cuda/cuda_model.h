@@ -25,6 +25,7 @@
 #include "engine/backend.h"
 #include "engine/cuda/device.h"
 #include "engine/model.h"
+#include "engine/step_layout.h"
 #include "engine/weights.h"
 
 namespace moeserve::cuda {
@@ -82,9 +83,7 @@ class CudaModel : public Backend {
   int32_t *topk_idx_, *pair_row_, *pair_identity_, *ids_, *logit_rows_, *tables_;
   int64_t *pos_, *slots_[kNumCacheGroups], *table_offset_[kNumCacheGroups], *counts_;
   int64_t tables_capacity_ = 0;
-  // Per step, on the host.
-  std::vector<int32_t> h_ids_, h_tables_;
-  std::vector<int64_t> h_pos_, h_slots_[kNumCacheGroups], h_offsets_[kNumCacheGroups];
+  StepLayout step_;  // this step, on the host
   std::vector<int64_t> expert_counts_;
 };
 
