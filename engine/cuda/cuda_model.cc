@@ -118,7 +118,8 @@ absl::Status CudaModel::Upload(const CudaModelOptions& o) {
   weight_bytes_ = static_cast<int64_t>(total);
 
   // The step workspace, for max_rows rows.
-  max_rows_ = std::max<int64_t>(1, o.max_rows_per_chunk);
+  // Kernel grids put pairs (rows x top-k) on gridDim.y, which holds 65535.
+  max_rows_ = std::clamp<int64_t>(o.max_rows_per_chunk, 1, 65535 / std::max<int64_t>(1, topk));
   const int64_t R = max_rows_, P = R * topk;
   const size_t f = 4;
   const size_t work_floats = static_cast<size_t>(R * (3 * hs + 2 * qd + 2 * kvd + ne + topk) +
