@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
+#include "bench/bench_flags.h"
 #include "engine/cuda/cuda_model.h"
 
 namespace moeserve {
@@ -57,33 +57,19 @@ struct Seq {
 };
 
 int Main(int argc, char** argv) {
-  std::string dir;
-  int pp = 512, tg = 128, reps = 2, sweep_steps = 8;
+  BenchFlags flags;
+  flags.batches = {1, 2, 4, 8, 16, 32, 64, 128, 256};
   double util = 0.9;
-  std::vector<int> batches = {1, 2, 4, 8, 16, 32, 64, 128, 256};
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--model") dir = v;
-    else if (k == "--pp") pp = std::stoi(v);
-    else if (k == "--tg") tg = std::stoi(v);
-    else if (k == "--reps") reps = std::stoi(v);
-    else if (k == "--sweep-steps") sweep_steps = std::stoi(v);
-    else if (k == "--gpu-memory-utilization") util = std::stod(v);
-    else if (k == "--batches") {
-      batches.clear();
-      for (absl::string_view s : absl::StrSplit(v, ',', absl::SkipEmpty())) {
-        int b;
-        if (absl::SimpleAtoi(s, &b) && b > 0) batches.push_back(b);
-      }
-    } else {
-      std::fprintf(stderr, "unknown flag %s\n", k.c_str());
-      return 2;
-    }
-  }
-  if (dir.empty()) {
-    std::fprintf(stderr, "usage: moeserve_gpu_bench --model DIR [--pp 512] [--tg 128] [--batches 1,...,256]\n");
+  if (!ParseBenchFlags(argc, argv, &flags, [&](const std::string& k, const std::string& v) {
+        return k == "--gpu-memory-utilization" && absl::SimpleAtod(v, &util) && util > 0 && util <= 1;
+      })) {
+    std::fprintf(stderr, "usage: moeserve_gpu_bench --model DIR [--pp 512] [--tg 128] [--batches 1,...,256] "
+                         "[--sweep-steps 8] [--reps 2] [--gpu-memory-utilization 0.9]\n");
     return 2;
   }
+  const std::string dir = flags.dir;
+  const int pp = flags.pp, tg = flags.tg, reps = flags.reps, sweep_steps = flags.sweep_steps;
+  const std::vector<int> batches = flags.batches;
   auto w = LoadModelWeights(dir);
   if (!w.ok()) {
     std::fprintf(stderr, "%s\n", std::string(w.status().message()).c_str());
