@@ -15,14 +15,14 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
-#include "bench/bench_flags.h"
+#include "bench/bench_util.h"
 #include "engine/cpu/kernels.h"
 #include "engine/model.h"
 
 namespace moeserve {
 namespace {
 
-double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+double Now() { return NowSeconds(); }
 
 int64_t PeakRssBytes() {
   std::ifstream f("/proc/self/status");
@@ -117,37 +117,32 @@ int Main(int argc, char** argv) {
   }
   print_phases("pp_phase_ms_per_token", before, static_cast<double>(reps) * pp);
   std::copy(model.phase_ns(), model.phase_ns() + Model::kNumPhases, before);
+  // Sequence i's blocks: i * blocks_per_seq onwards in both pools.
+  auto table_of = [&](int i) {
+    std::vector<int32_t> t;
+    for (int64_t k = 0; k < blocks_per_seq; ++k) t.push_back(static_cast<int32_t>(i * blocks_per_seq + k));
+    return t;
+  };
+  std::vector<std::vector<int32_t>> tables;
+  for (int i = 0; i < std::max(1, max_batch); ++i) tables.push_back(table_of(i));
+  const InputFn decode_input = [&](int i, int64_t pos, std::span<const int32_t> toks) {
+    SequenceInput in;
+    in.tokens = toks;
+    in.start_pos = pos;
+    in.block_tables[0] = tables[i];
+    in.block_tables[1] = tables[i];
+    return in;
+  };
   for (int r = 0; r < reps; ++r) {
-    auto s = make_seqs(1);
-    int32_t tok = 1;
-    const double a = Now();
-    for (int i = 0; i < tg; ++i) {
-      SequenceInput in = input(s[0], {&tok, 1});
-      if (!model.Forward({&in, 1}, &out).ok()) return 1;
-      s[0].pos++;
-      tok = static_cast<int32_t>(std::max_element(out.logits.begin(), out.logits.begin() + vocab) - out.logits.begin());
-    }
-    const double dt = Now() - a;
-    std::printf("{\"what\":\"tg%d\",\"rep\":%d,\"tokens_per_s\":%.2f}\n", tg, r, tg / dt);
+    const double tps = TimeGreedyDecode(model, tg, decode_input);
+    if (tps < 0) return 1;
+    std::printf("{\"what\":\"tg%d\",\"rep\":%d,\"tokens_per_s\":%.2f}\n", tg, r, tps);
     std::fflush(stdout);
   }
   print_phases("tg_phase_ms_per_token", before, static_cast<double>(reps) * tg);
   for (int b : batches) {
-    auto s = make_seqs(b);
-    std::vector<int32_t> toks(b);
-    for (int i = 0; i < b; ++i) toks[i] = 1 + i;
-    double best = 0;
-    for (int r = 0; r < reps; ++r) {
-      for (auto& q : s) q.pos = 0;
-      const double a = Now();
-      for (int step = 0; step < sweep_steps; ++step) {
-        std::vector<SequenceInput> batch;
-        for (int i = 0; i < b; ++i) batch.push_back(input(s[i], {&toks[i], 1}));
-        if (!model.Forward(batch, &out).ok()) return 1;
-        for (auto& q : s) q.pos++;
-      }
-      best = std::max(best, b * sweep_steps / (Now() - a));
-    }
+    const double best = TimeDecodeBatch(model, b, sweep_steps, reps, decode_input);
+    if (best < 0) return 1;
     std::printf("{\"what\":\"decode_batch\",\"batch\":%d,\"tokens_per_s\":%.2f}\n", b, best);
     std::fflush(stdout);
   }

@@ -16,13 +16,13 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
-#include "bench/bench_flags.h"
+#include "bench/bench_util.h"
 #include "engine/cuda/cuda_model.h"
 
 namespace moeserve {
 namespace {
 
-double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+double Now() { return NowSeconds(); }
 
 // Bytes of weights one decode token reads at batch 1.
 double BytesPerToken(const ModelConfig& c) {
@@ -50,11 +50,6 @@ double CopyBandwidth() {
   cudaFree(b);
   return best;
 }
-
-struct Seq {
-  std::vector<int32_t> table;
-  int64_t pos = 0;
-};
 
 int Main(int argc, char** argv) {
   BenchFlags flags;
@@ -103,32 +98,30 @@ int Main(int argc, char** argv) {
     return 1;
   }
   const int64_t sliding_per_seq = model.kv_options().num_blocks[1] / std::max(1, max_batch);
-  auto make_seqs = [&](int n) {
-    std::vector<Seq> s(n);
-    for (int i = 0; i < n; ++i)
-      for (int64_t b = 0; b < blocks_per_seq; ++b) s[i].table.push_back(static_cast<int32_t>(i * blocks_per_seq + b));
-    return s;
-  };
+  std::vector<std::vector<int32_t>> full_tables(max_batch);
+  for (int i = 0; i < max_batch; ++i)
+    for (int64_t b = 0; b < blocks_per_seq; ++b) full_tables[i].push_back(static_cast<int32_t>(i * blocks_per_seq + b));
   // The sliding pool is smaller: each sequence gets its own ring of blocks.
   std::vector<std::vector<int32_t>> sliding(max_batch);
   for (int i = 0; i < max_batch; ++i)
     for (int64_t b = 0; b < blocks_per_seq; ++b)
       sliding[i].push_back(static_cast<int32_t>(i * sliding_per_seq + b % sliding_per_seq));
-  auto input = [&](Seq& s, int i, std::span<const int32_t> toks) {
-    SequenceInput in;
-    in.tokens = toks;
-    in.start_pos = s.pos;
-    in.block_tables[0] = s.table;
-    in.block_tables[1] = sliding[i];
-    return in;
-  };
   ForwardOutput out;
   const int64_t vocab = config.vocab_size;
   std::vector<int32_t> prompt(pp);
   for (int i = 0; i < pp; ++i) prompt[i] = static_cast<int32_t>((i * 7919 + 13) % (vocab - 16));
+  // The prefill writes every position at once: its sliding table must not wrap.
+  std::vector<int32_t> prefill_sliding(blocks_per_seq);
+  for (int64_t b = 0; b < blocks_per_seq; ++b) prefill_sliding[b] = static_cast<int32_t>(b);
+  if (model.kv_options().num_blocks[1] < blocks_per_seq) {
+    std::fprintf(stderr, "the sliding pool is too small for a %d-token prefill\n", pp);
+    return 1;
+  }
   for (int r = 0; r <= reps; ++r) {  // the first run warms up
-    auto s = make_seqs(1);
-    SequenceInput in = input(s[0], 0, prompt);
+    SequenceInput in;
+    in.tokens = prompt;
+    in.block_tables[0] = full_tables[0];
+    in.block_tables[1] = prefill_sliding;
     const double a = Now();
     if (absl::Status st = model.Forward({&in, 1}, &out); !st.ok()) {
       std::fprintf(stderr, "%s\n", std::string(st.message()).c_str());
@@ -136,37 +129,24 @@ int Main(int argc, char** argv) {
     }
     if (r > 0) std::printf("{\"what\":\"pp%d\",\"rep\":%d,\"tokens_per_s\":%.1f}\n", pp, r, pp / (Now() - a));
   }
+  const InputFn decode_input = [&](int i, int64_t pos, std::span<const int32_t> toks) {
+    SequenceInput in;
+    in.tokens = toks;
+    in.start_pos = pos;
+    in.block_tables[0] = full_tables[i];
+    in.block_tables[1] = sliding[i];
+    return in;
+  };
   for (int r = 0; r < reps; ++r) {
-    auto s = make_seqs(1);
-    int32_t tok = 1;
-    const double a = Now();
-    for (int i = 0; i < tg; ++i) {
-      SequenceInput in = input(s[0], 0, {&tok, 1});
-      if (!model.Forward({&in, 1}, &out).ok()) return 1;
-      s[0].pos++;
-      tok = static_cast<int32_t>(std::max_element(out.logits.begin(), out.logits.begin() + vocab) - out.logits.begin());
-    }
-    const double tps = tg / (Now() - a);
+    const double tps = TimeGreedyDecode(model, tg, decode_input);
+    if (tps < 0) return 1;
     std::printf("{\"what\":\"tg%d\",\"rep\":%d,\"tokens_per_s\":%.1f,\"roofline_pct\":%.1f}\n", tg, r, tps,
                 100.0 * tps / (bw / bpt));
     std::fflush(stdout);
   }
   for (int b : batches) {
-    auto s = make_seqs(b);
-    std::vector<int32_t> toks(b);
-    for (int i = 0; i < b; ++i) toks[i] = 1 + i;
-    double best = 0;
-    for (int r = 0; r < reps; ++r) {
-      for (auto& q : s) q.pos = 0;
-      const double a = Now();
-      for (int step = 0; step < sweep_steps; ++step) {
-        std::vector<SequenceInput> batch;
-        for (int i = 0; i < b; ++i) batch.push_back(input(s[i], i, {&toks[i], 1}));
-        if (!model.Forward(batch, &out).ok()) return 1;
-        for (auto& q : s) q.pos++;
-      }
-      best = std::max(best, b * sweep_steps / (Now() - a));
-    }
+    const double best = TimeDecodeBatch(model, b, sweep_steps, reps, decode_input);
+    if (best < 0) return 1;
     std::printf("{\"what\":\"decode_batch\",\"batch\":%d,\"tokens_per_s\":%.1f}\n", b, best);
     std::fflush(stdout);
   }
