@@ -1,8 +1,11 @@
 #include "router/gateway.h"
 
+#include <sys/socket.h>
+
 #include <boost/asio.hpp>
 #include <boost/beast.hpp>
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <deque>
 #include <thread>
@@ -171,8 +174,27 @@ class Session : public std::enable_shared_from_this<Session>, public CompletionS
     if (body.is_discarded() || !body.is_object()) return ReplyError({400, "the body is not a JSON object"});
     std::shared_ptr<Completion> c;
     if (auto err = Completion::Start(gw_->api, chat, body, shared_from_this(), &c)) return ReplyError(*err);
-    if (!c->finished()) gen_ = c;
+    if (!c->finished()) {
+      gen_ = c;
+      WatchClient();
+    }
     if (c->stream()) StartStream();
+  }
+
+  // While a generation runs no read is outstanding (the next request may only
+  // be read after the response), so a client that hangs up is noticed by
+  // peeking at the socket every 100 ms: end of stream or an error aborts the
+  // generation, and its KV blocks return within a step. Pipelined bytes stay
+  // in the socket for the next read.
+  void WatchClient() {
+    auto timer = std::make_shared<net::steady_timer>(stream_.get_executor(), std::chrono::milliseconds(100));
+    timer->async_wait([self = shared_from_this(), timer](beast::error_code ec) {
+      if (ec || !self->gen_) return;  // finished: the watch ends with it
+      char byte;
+      const ssize_t n = ::recv(self->stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return self->Close();
+      self->WatchClient();
+    });
   }
 
   void StartStream() {

@@ -6,6 +6,7 @@ import { check, finish, parseArgs, start } from "./procs.mjs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
+import net from "node:net";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { default: OpenAI } = await import(join(here, "../node/node_modules/openai/index.mjs"));
@@ -219,6 +220,29 @@ await check("a client dropping mid-stream does not disturb others", async () => 
   assert.deepEqual([running, kv], [0, 0], "the dropped request freed its KV blocks");
   const { r } = await chatText([{ role: "user", content: "still there?" }]);
   assert.ok(r.choices[0].message);
+});
+
+await check("a non-streaming client that hangs up has its request aborted at once", async () => {
+  const before = await (await fetch(`http://${routerAddr}/metrics`)).text();
+  const aborts = m => Number(m.match(/^moeserve_requests_total\{finish_reason="abort"\} (\S+)/m)?.[1] ?? 0);
+  const [host, port] = routerAddr.split(":");
+  const body = JSON.stringify({ model, prompt: "Once upon a time", max_tokens: 1900, temperature: 0 });
+  const sock = net.connect(Number(port), host);
+  await new Promise(r => sock.on("connect", r));
+  sock.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-moeserve-test\r\n` +
+    `Content-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+  await new Promise(r => setTimeout(r, 300));
+  const t0 = Date.now();
+  sock.destroy();
+  let m = "";
+  for (let i = 0; i < 40; i++) {
+    await new Promise(r => setTimeout(r, 50));
+    m = await (await fetch(`http://${routerAddr}/metrics`)).text();
+    if (aborts(m) > aborts(before)) break;
+  }
+  assert.equal(aborts(m), aborts(before) + 1, "the request ended as aborted");
+  assert.ok(Date.now() - t0 < 1500, `aborted after ${Date.now() - t0} ms, long before 1,900 tokens`);
+  assert.match(m, /^moeserve_requests_running\{dp_rank="0"\} 0$/m);
 });
 
 await check("logprobs: chat (stream and not) and completions", async () => {
