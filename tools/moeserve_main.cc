@@ -36,6 +36,7 @@
 #include "tools/checkpoint_gen.h"
 #include "tools/gguf_writer.h"
 #ifdef MOESERVE_WITH_CUDA
+#include "engine/cuda/cuda_model.h"
 #include "engine/cuda/device.h"
 #endif
 
@@ -94,6 +95,7 @@ commands:
   logits           write logits for a token sequence (prefill, then one token per step)
       --model DIR --tokens IDS --prefill N --out FILE [--kv-f32]
       [--rope-ggml]          RoPE/YaRN computed as ggml does (llama.cpp comparisons)
+      [--device cpu|cuda]    the backend (default cpu)
 )";
 
 using Flags = std::map<std::string, std::string>;
@@ -111,7 +113,7 @@ absl::StatusOr<Flags> ParseFlags(int argc, char** argv, int first) {
     bool is_bool = false;
     for (const char* b : kBool) is_bool |= a == b;
     if (is_bool) {
-      f[a] = "1";
+      f[a].assign(1, '1');  // (not = "1": GCC 12 warns falsely, -Wrestrict)
     } else {
       if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat("flag ", a, " needs a value"));
       f[a] = argv[++i];
@@ -181,8 +183,9 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& s) {
 // Runs prefill then decode with a contiguous block table per sequence.
 struct SingleSequence {
   std::vector<int32_t> table;
-  explicit SingleSequence(Model& m, int64_t max_len) {
-    const int64_t blocks = (max_len + m.kv_cache().block_size() - 1) / m.kv_cache().block_size();
+  explicit SingleSequence(Backend& m, int64_t max_len) {
+    const int bs = m.kv_options().block_size;
+    const int64_t blocks = (max_len + bs - 1) / bs;
     for (int64_t i = 0; i < blocks; ++i) table.push_back(static_cast<int32_t>(i));
   }
   SequenceInput Input(std::span<const int32_t> tokens, int64_t pos, bool all) const {
@@ -549,12 +552,31 @@ absl::Status Logits(FlagReader& f) {
   const int64_t prefill = f.Num<int64_t>("--prefill", 0);
   const int threads = f.Num<int>("--threads", 0);
   const bool kv_f32 = f.Has("--kv-f32"), rope_ggml = f.Has("--rope-ggml");
+  const std::string device = f.Str("--device", "cpu");
   RETURN_IF_ERROR(f.Finish());
   ASSIGN_OR_RETURN(auto ids, ParseIds(tokens));
   if (ids.empty() || prefill < 1 || prefill > static_cast<int64_t>(ids.size())) {
     return absl::InvalidArgumentError("--tokens must be non-empty and 1 <= --prefill <= its length");
   }
-  ASSIGN_OR_RETURN(auto model, OpenModel(dir, threads, static_cast<int64_t>(ids.size()), kv_f32, rope_ggml));
+  std::unique_ptr<Backend> model;
+  if (device == "cuda") {
+#ifdef MOESERVE_WITH_CUDA
+    if (rope_ggml) return absl::InvalidArgumentError("--rope-ggml is a CPU-only comparison switch");
+    ASSIGN_OR_RETURN(auto w, LoadModelWeights(dir));
+    cuda::CudaModelOptions co;
+    co.kv_f32 = kv_f32;
+    // Enough sliding blocks for the one sequence's whole table.
+    co.max_num_seqs = static_cast<int64_t>(ids.size()) / co.block_size + 1;
+    co.gpu_memory_utilization = 0.8;
+    ASSIGN_OR_RETURN(model, cuda::CudaModel::Create(std::move(w), co));
+#else
+    return absl::UnimplementedError("this build has no CUDA backend");
+#endif
+  } else if (device == "cpu") {
+    ASSIGN_OR_RETURN(model, OpenModel(dir, threads, static_cast<int64_t>(ids.size()), kv_f32, rope_ggml));
+  } else {
+    return absl::InvalidArgumentError("--device must be cpu or cuda");
+  }
   SingleSequence seq(*model, static_cast<int64_t>(ids.size()));
   std::ofstream o(out_path, std::ios::binary | std::ios::trunc);
   if (!o) return absl::PermissionDeniedError(absl::StrCat("cannot write ", out_path));
