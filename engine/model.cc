@@ -49,6 +49,8 @@ int64_t NowNs() {
 
 absl::Status ValidateBatch(const ModelConfig& c, const KvCacheOptions& kv, std::span<const SequenceInput> batch) {
   const int bs = kv.block_size;
+  const bool used[kNumCacheGroups] = {KvCache::LayersInGroup(c, kFullGroup) > 0,
+                                      KvCache::LayersInGroup(c, kSlidingGroup) > 0};
   for (size_t s = 0; s < batch.size(); ++s) {
     const SequenceInput& in = batch[s];
     if (in.tokens.empty()) return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": no tokens"));
@@ -62,7 +64,7 @@ absl::Status ValidateBatch(const ModelConfig& c, const KvCacheOptions& kv, std::
     }
     const int64_t end = in.start_pos + static_cast<int64_t>(in.tokens.size());  // one past the last position
     for (int g = 0; g < kNumCacheGroups; ++g) {
-      if (KvCache::LayersInGroup(c, g) == 0) continue;
+      if (!used[g]) continue;
       int64_t first = 0;
       if (g == kSlidingGroup) first = std::max<int64_t>(0, in.start_pos - c.sliding_window + 1);
       const int64_t b0 = first / bs, b1 = (end - 1) / bs;

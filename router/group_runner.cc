@@ -52,7 +52,7 @@ void GroupRunner::Stop() {
     stream_->Finish();
     stream_.reset();
   }
-  FailAll("the router is shutting down");
+  EndAll("the router is shutting down", /*hand_on=*/false);
 }
 
 absl::StatusOr<int64_t> GroupRunner::Submit(GenerationRequest g, GenerationCallbacks callbacks, int64_t id_hint) {
@@ -63,7 +63,7 @@ absl::StatusOr<int64_t> GroupRunner::Submit(GenerationRequest g, GenerationCallb
   r->prompt = std::move(g.prompt);
   r->output = std::move(g.output);
   r->max_tokens = g.max_tokens;
-  r->stop_token_ids = g.stop_token_ids;
+  r->stop_token_ids = std::move(g.stop_token_ids);
   const int64_t id = r->id;
   for (int64_t i = 0; i < r->num_tokens(); ++i) {
     const int32_t t = r->token_at(i);
@@ -79,8 +79,6 @@ absl::StatusOr<int64_t> GroupRunner::Submit(GenerationRequest g, GenerationCallb
   Live& l = live_[id];
   l.sampling = g.sampling;
   l.callbacks = std::move(callbacks);
-  l.stop_token_ids = std::move(g.stop_token_ids);
-  l.max_tokens = g.max_tokens;
   l.submitted = std::chrono::steady_clock::now();
   cv_.notify_all();
   return id;
@@ -130,32 +128,13 @@ int64_t GroupRunner::num_preemptions() const {
   return num_preemptions_;
 }
 
-void GroupRunner::FailAll(const std::string& why) {
-  std::vector<GenerationCallbacks> failed;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    std::vector<int64_t> ids;
-    for (auto& [id, l] : live_) {
-      ids.push_back(id);
-      failed.push_back(std::move(l.callbacks));
-    }
-    if (scheduler_) {
-      scheduler_->FinishRequests(ids, RequestStatus::kFinishedError);
-      for (int64_t id : ids) scheduler_->Release(id);
-    }
-    live_.clear();
-  }
-  for (auto& cb : failed) {
-    if (cb.on_finish) cb.on_finish(RequestStatus::kFinishedError, why);
-  }
-}
-
-void GroupRunner::Orphan(const std::string& why) {
+void GroupRunner::EndAll(const std::string& why, bool hand_on) {
   std::vector<OrphanedRequest> orphans;
   std::vector<GenerationCallbacks> aborted;
   {
     std::lock_guard<std::mutex> lock(mu_);
     failed_ = true;
+    if (!scheduler_) return;  // never started: nothing was accepted
     for (int64_t id : aborts_) {
       auto it = live_.find(id);
       if (it == live_.end()) continue;
@@ -173,8 +152,8 @@ void GroupRunner::Orphan(const std::string& why) {
       o.id = id;
       o.request.prompt = r->prompt;
       o.request.output = r->output;
-      o.request.max_tokens = l.max_tokens;
-      o.request.stop_token_ids = l.stop_token_ids;
+      o.request.max_tokens = r->max_tokens;
+      o.request.stop_token_ids = r->stop_token_ids;
       o.request.sampling = l.sampling;
       o.callbacks = std::move(l.callbacks);
       orphans.push_back(std::move(o));
@@ -187,7 +166,7 @@ void GroupRunner::Orphan(const std::string& why) {
   for (auto& cb : aborted) {
     if (cb.on_finish) cb.on_finish(RequestStatus::kFinishedAborted, "");
   }
-  if (hooks_.on_orphans) {
+  if (hand_on && hooks_.on_orphans) {
     hooks_.on_orphans(std::move(orphans), why);
     return;
   }
@@ -209,7 +188,7 @@ void GroupRunner::Loop() {
     }
     if (!failure.empty() || !RunStep()) {
       // Marked down; reconnecting is the worker pool's job.
-      return Orphan(failure.empty() ? absl::StrCat("worker ", address_, " failed") : failure);
+      return EndAll(failure.empty() ? absl::StrCat("worker ", address_, " failed") : failure, /*hand_on=*/true);
     }
   }
 }

@@ -96,15 +96,14 @@ class GroupRunner {
     worker::v1::SamplingParams sampling;
     GenerationCallbacks callbacks;
     size_t blocks_sent[kNumGroups] = {0, 0};
-    std::vector<int32_t> stop_token_ids;
-    int64_t max_tokens = 0;
     std::chrono::steady_clock::time_point submitted;
     bool scheduled_once = false;
   };
   void Loop();
   bool RunStep();  // false when the worker failed
-  void FailAll(const std::string& why);
-  void Orphan(const std::string& why);
+  // Ends every request the runner holds: aborted ones as aborted; the rest go to
+  // hooks_.on_orphans when `hand_on` and the hook is set, else end with kFinishedError.
+  void EndAll(const std::string& why, bool hand_on);
 
   std::string address_;
   SchedulerConfig config_;
