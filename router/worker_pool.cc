@@ -101,6 +101,8 @@ GenerationCallbacks WorkerPool::Wrap(int64_t id, GenerationCallbacks callbacks) 
         --groups_[it->second.group].in_flight;
         routes_.erase(it);
       }
+      // An abort waiting for a move that never happened (no group was left) is moot.
+      pending_aborts_.erase(std::remove(pending_aborts_.begin(), pending_aborts_.end(), id), pending_aborts_.end());
     }
     if (finish) finish(st, why);
   };
