@@ -7,7 +7,7 @@
 //
 //   moeserve_gpu_bench --model DIR [--pp 512] [--tg 128] [--batches 1,2,4,...,256]
 //                      [--sweep-steps 8] [--reps 2] [--gpu-memory-utilization 0.9]
-#include <cuda_runtime.h>
+#include "engine/cuda/runtime.h"
 
 #include <algorithm>
 #include <chrono>

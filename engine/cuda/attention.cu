@@ -9,6 +9,7 @@
 // for long contexts and a tensor-core prefill kernel come next.
 #include "absl/strings/str_cat.h"
 #include "engine/cuda/common.cuh"
+#include "engine/cuda/launch.cuh"
 #include "engine/cuda/ops.h"
 #include "engine/kv_layout.h"
 
@@ -101,8 +102,8 @@ __global__ void AttentionKernel(KvLayer kv, const float* q, int64_t ldq, int num
 void KvWrite(KvLayer kv, const float* k, int64_t ldk, const float* v, int64_t ldv, const int64_t* slot, int rows,
              cudaStream_t stream) {
   if (rows == 0) return;
-  if (kv.bf16) KvWriteKernel<true><<<rows, 256, 0, stream>>>(kv, k, ldk, v, ldv, slot);
-  else KvWriteKernel<false><<<rows, 256, 0, stream>>>(kv, k, ldk, v, ldv, slot);
+  if (kv.bf16) Launch(KvWriteKernel<true>, rows, 256, 0, stream, kv, k, ldk, v, ldv, slot);
+  else Launch(KvWriteKernel<false>, rows, 256, 0, stream, kv, k, ldk, v, ldv, slot);
 }
 
 absl::Status PagedAttention(KvLayer kv, const float* q, int64_t ldq, int rows, int num_heads, const int64_t* pos,
@@ -118,10 +119,10 @@ absl::Status PagedAttention(KvLayer kv, const float* q, int64_t ldq, int rows, i
   if (rows == 0) return absl::OkStatus();
   const dim3 grid(rows, kv.kv_heads);
   if (kv.bf16) {
-    AttentionKernel<true><<<grid, group * 32, 0, stream>>>(kv, q, ldq, num_heads, pos, tables, table_offset, window,
+    Launch(AttentionKernel<true>, grid, group * 32, 0, stream, kv, q, ldq, num_heads, pos, tables, table_offset, window,
                                                            sinks, scale, out, ldo);
   } else {
-    AttentionKernel<false><<<grid, group * 32, 0, stream>>>(kv, q, ldq, num_heads, pos, tables, table_offset,
+    Launch(AttentionKernel<false>, grid, group * 32, 0, stream, kv, q, ldq, num_heads, pos, tables, table_offset,
                                                             window, sinks, scale, out, ldo);
   }
   return absl::OkStatus();

@@ -2,6 +2,7 @@
 // residual adds, the MoE combine, and the CUDA error check.
 #include "absl/strings/str_cat.h"
 #include "engine/cuda/common.cuh"
+#include "engine/cuda/launch.cuh"
 #include "engine/cuda/ops.h"
 
 namespace moeserve::cuda {
@@ -97,48 +98,48 @@ absl::Status Check(const char* what) {
 void EmbeddingBf16(const uint16_t* table, const int32_t* ids, int rows, int64_t hidden, float* out,
                    cudaStream_t stream) {
   if (rows == 0) return;
-  EmbeddingKernel<<<RowGrid(hidden, rows), 256, 0, stream>>>(table, ids, hidden, out);
+  Launch(EmbeddingKernel, RowGrid(hidden, rows), 256, 0, stream, table, ids, hidden, out);
 }
 
 void RmsNorm(const float* x, int64_t ldx, const float* w, int rows, int64_t n, float eps, float* y, int64_t ldy,
              cudaStream_t stream) {
   if (rows == 0) return;
-  RmsNormKernel<<<rows, 256, 0, stream>>>(x, ldx, w, n, eps, y, ldy);
+  Launch(RmsNormKernel, rows, 256, 0, stream, x, ldx, w, n, eps, y, ldy);
 }
 
 void Rope(float* x, int64_t ldx, int rows, int num_heads, int head_dim, const int64_t* pos, const float* inv_freq,
           float mscale, cudaStream_t stream) {
   const int64_t total = static_cast<int64_t>(rows) * num_heads * (head_dim / 2);
   if (total == 0) return;
-  RopeKernel<<<CeilDiv(total, 256), 256, 0, stream>>>(x, ldx, rows, num_heads, head_dim / 2, pos, inv_freq, mscale);
+  Launch(RopeKernel, CeilDiv(total, 256), 256, 0, stream, x, ldx, rows, num_heads, head_dim / 2, pos, inv_freq, mscale);
 }
 
 void SwiGlu(const float* gate_up, int64_t ld_in, int rows, int64_t n, float limit, float alpha, float* out,
             int64_t ld_out, cudaStream_t stream) {
   if (rows == 0) return;
-  SwiGluKernel<<<RowGrid(n, rows), 256, 0, stream>>>(gate_up, ld_in, n, limit, alpha, out, ld_out);
+  Launch(SwiGluKernel, RowGrid(n, rows), 256, 0, stream, gate_up, ld_in, n, limit, alpha, out, ld_out);
 }
 
 void MoeCombine(const float* y, int64_t ldy, const float* weight, int rows, int k, int64_t n, float* x, int64_t ldx,
                 cudaStream_t stream) {
   if (rows == 0) return;
-  MoeCombineKernel<<<RowGrid(n, rows), 256, 0, stream>>>(y, ldy, weight, k, n, x, ldx);
+  Launch(MoeCombineKernel, RowGrid(n, rows), 256, 0, stream, y, ldy, weight, k, n, x, ldx);
 }
 
 void GatherRows(const float* src, int64_t lds, const int32_t* idx, int rows, int64_t n, float* dst, int64_t ldd,
                 cudaStream_t stream) {
   if (rows == 0) return;
-  GatherKernel<<<RowGrid(n, rows), 256, 0, stream>>>(src, lds, idx, n, dst, ldd);
+  Launch(GatherKernel, RowGrid(n, rows), 256, 0, stream, src, lds, idx, n, dst, ldd);
 }
 
 void CountExperts(const int32_t* idx, int n, int64_t* counts, cudaStream_t stream) {
   if (n == 0) return;
-  CountKernel<<<CeilDiv(n, 256), 256, 0, stream>>>(idx, n, reinterpret_cast<unsigned long long*>(counts));
+  Launch(CountKernel, CeilDiv(n, 256), 256, 0, stream, idx, n, reinterpret_cast<unsigned long long*>(counts));
 }
 
 void AddInPlace(float* x, int64_t ldx, const float* y, int64_t ldy, int rows, int64_t n, cudaStream_t stream) {
   if (rows == 0) return;
-  AddKernel<<<RowGrid(n, rows), 256, 0, stream>>>(x, ldx, y, ldy, n);
+  Launch(AddKernel, RowGrid(n, rows), 256, 0, stream, x, ldx, y, ldy, n);
 }
 
 }  // namespace moeserve::cuda

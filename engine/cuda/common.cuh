@@ -1,7 +1,7 @@
 // Device helpers shared by the CUDA op files.
 #pragma once
 
-#include <cuda_runtime.h>
+#include "engine/cuda/runtime.h"
 
 #include <cstdint>
 

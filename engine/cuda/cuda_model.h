@@ -15,7 +15,7 @@
 // Thread-safety: one Forward at a time.
 #pragma once
 
-#include <cuda_runtime.h>
+#include "engine/cuda/runtime.h"
 
 #include <memory>
 #include <string>

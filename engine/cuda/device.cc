@@ -1,6 +1,6 @@
 #include "engine/cuda/device.h"
 
-#include <cuda_runtime.h>
+#include "engine/cuda/runtime.h"
 
 #include "absl/strings/str_cat.h"
 

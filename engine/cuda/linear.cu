@@ -5,6 +5,7 @@
 // decode (a few tokens) reads each weight once. Larger batches loop over
 // token tiles; a tensor-core GEMM for prefill comes after correctness.
 #include "engine/cuda/common.cuh"
+#include "engine/cuda/launch.cuh"
 #include "engine/cuda/ops.h"
 
 namespace moeserve::cuda {
@@ -80,14 +81,14 @@ void LinearBf16(const uint16_t* w, int64_t rows, int64_t k, const float* bias, c
                 int num_tokens, float* y, int64_t ldy, cudaStream_t stream) {
   if (num_tokens == 0 || rows == 0) return;
   const dim3 grid(CeilDiv(rows, kWarps), CeilDiv(num_tokens, kTokens));
-  LinearKernel<uint16_t><<<grid, kWarps * 32, 0, stream>>>(w, rows, k, bias, x, ldx, num_tokens, y, ldy);
+  Launch(LinearKernel<uint16_t>, grid, kWarps * 32, 0, stream, w, rows, k, bias, x, ldx, num_tokens, y, ldy);
 }
 
 void LinearF32(const float* w, int64_t rows, int64_t k, const float* bias, const float* x, int64_t ldx,
                int num_tokens, float* y, int64_t ldy, cudaStream_t stream) {
   if (num_tokens == 0 || rows == 0) return;
   const dim3 grid(CeilDiv(rows, kWarps), CeilDiv(num_tokens, kTokens));
-  LinearKernel<float><<<grid, kWarps * 32, 0, stream>>>(w, rows, k, bias, x, ldx, num_tokens, y, ldy);
+  Launch(LinearKernel<float>, grid, kWarps * 32, 0, stream, w, rows, k, bias, x, ldx, num_tokens, y, ldy);
 }
 
 }  // namespace moeserve::cuda

@@ -8,6 +8,7 @@
 // neighbouring warps share a matrix in cache.
 #include "absl/strings/str_cat.h"
 #include "engine/cuda/common.cuh"
+#include "engine/cuda/launch.cuh"
 #include "engine/cuda/ops.h"
 
 namespace moeserve::cuda {
@@ -111,7 +112,7 @@ absl::Status TopKSoftmax(const float* logits, int rows, int num_experts, int k, 
                                                    " experts"));
   }
   if (rows == 0) return absl::OkStatus();
-  TopKSoftmaxKernel<<<CeilDiv(rows, 4), 128, 0, stream>>>(logits, rows, num_experts, k, idx, weight);
+  Launch(TopKSoftmaxKernel, CeilDiv(rows, 4), 128, 0, stream, logits, rows, num_experts, k, idx, weight);
   return absl::OkStatus();
 }
 
@@ -120,7 +121,7 @@ void ExpertMxfp4(const uint8_t* blocks, const uint8_t* scales, const float* bias
                  float* y, int64_t ldy, cudaStream_t stream) {
   if (num_pairs == 0 || rows_out == 0) return;
   const dim3 grid(CeilDiv(rows_out, kWarps), num_pairs);
-  ExpertMxfp4Kernel<<<grid, kWarps * 32, 0, stream>>>(blocks, scales, bias, rows_out, k, x, ldx, pair_row,
+  Launch(ExpertMxfp4Kernel, grid, kWarps * 32, 0, stream, blocks, scales, bias, rows_out, k, x, ldx, pair_row,
                                                        pair_expert, y, ldy);
 }
 

@@ -14,7 +14,7 @@
 // Hopper kernels come later behind the same functions.
 #pragma once
 
-#include <cuda_runtime.h>
+#include "engine/cuda/runtime.h"
 
 #include <cstdint>
 #include <string>

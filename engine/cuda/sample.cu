@@ -1,5 +1,6 @@
 // Sampling on the device: greedy ids and their logprobs, one block per row.
 #include "engine/cuda/common.cuh"
+#include "engine/cuda/launch.cuh"
 #include "engine/cuda/ops.h"
 
 namespace moeserve::cuda {
@@ -48,7 +49,7 @@ __global__ void ArgmaxLogprobKernel(const float* logits, int64_t vocab, int32_t*
 
 void ArgmaxLogprob(const float* logits, int rows, int64_t vocab, int32_t* ids, float* logprob, cudaStream_t stream) {
   if (rows == 0) return;
-  ArgmaxLogprobKernel<<<rows, kThreads, 0, stream>>>(logits, vocab, ids, logprob);
+  Launch(ArgmaxLogprobKernel, rows, kThreads, 0, stream, logits, vocab, ids, logprob);
 }
 
 }  // namespace moeserve::cuda
