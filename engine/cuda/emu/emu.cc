@@ -64,7 +64,7 @@ int EnvInt(const char* name, int fallback) {
 struct Device {
   int arch = 86;
   size_t total = 0, used = 0;
-  std::map<uintptr_t, size_t> allocations;  // base -> bytes
+  std::map<uintptr_t, size_t> allocations;  // base -> bytes asked for (the mapping is rounded up to pages)
   std::map<const void*, int> max_dynamic_shared;
   std::set<CUstream_st*> streams;
   std::mutex mu;
@@ -647,7 +647,7 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
     d.used -= rounded;
     return Fail(cudaErrorMemoryAllocation);
   }
-  d.allocations[reinterpret_cast<uintptr_t>(p)] = rounded;
+  d.allocations[reinterpret_cast<uintptr_t>(p)] = bytes;
   *ptr = p;
   return cudaSuccess;
 }
@@ -658,8 +658,9 @@ cudaError_t cudaFree(void* ptr) {
   std::lock_guard<std::mutex> lock(d.mu);
   auto it = d.allocations.find(reinterpret_cast<uintptr_t>(ptr));
   if (it == d.allocations.end()) return Fail(cudaErrorInvalidDevicePointer);
-  munmap(ptr, it->second);
-  d.used -= it->second;
+  const size_t rounded = (it->second + 4095) & ~size_t{4095};
+  munmap(ptr, rounded);
+  d.used -= rounded;
   d.allocations.erase(it);
   return cudaSuccess;
 }
