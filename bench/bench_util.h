@@ -13,7 +13,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
-#include "engine/model.h"
+#include "engine/cpu/cpu_backend.h"
 
 namespace moeserve {
 

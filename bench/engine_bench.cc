@@ -17,7 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "bench/bench_util.h"
 #include "engine/cpu/kernels.h"
-#include "engine/model.h"
+#include "engine/cpu/cpu_backend.h"
 
 namespace moeserve {
 namespace {
@@ -59,13 +59,13 @@ int Main(int argc, char** argv) {
   }
   const size_t file_bytes = (*w)->checkpoint->total_file_bytes();
   const int max_batch = batches.empty() ? 1 : *std::max_element(batches.begin(), batches.end());
-  ModelOptions mo;
+  CpuOptions mo;
   mo.num_threads = threads;
   mo.kv.block_size = 16;
   const int64_t max_ctx = std::max<int64_t>(pp, tg + sweep_steps) + 16;
   const int64_t blocks_per_seq = (max_ctx + 15) / 16;
   mo.kv.num_blocks[0] = mo.kv.num_blocks[1] = blocks_per_seq * std::max(1, max_batch);
-  Model model(std::move(*w), mo);
+  CpuBackend model(std::move(*w), mo);
   const double load_s = Now() - t0;
   std::printf("{\"what\":\"load\",\"seconds\":%.2f,\"kernels\":\"%s\",\"threads\":%d,\"weight_file_bytes\":%zu}\n",
               load_s, cpu::ActiveKernels().name, model.pool().num_threads(), file_bytes);
@@ -99,13 +99,13 @@ int Main(int argc, char** argv) {
   }
   auto print_phases = [&](const char* what, const int64_t* before, double tokens) {
     std::printf("{\"what\":\"%s\"", what);
-    for (int p = 0; p < Model::kNumPhases; ++p) {
-      std::printf(",\"%s\":%.2f", Model::PhaseName(p), (model.phase_ns()[p] - before[p]) / 1e6 / tokens);
+    for (int p = 0; p < CpuBackend::kNumPhases; ++p) {
+      std::printf(",\"%s\":%.2f", CpuBackend::PhaseName(p), (model.phase_ns()[p] - before[p]) / 1e6 / tokens);
     }
     std::printf("}\n");
   };
-  int64_t before[Model::kNumPhases];
-  std::copy(model.phase_ns(), model.phase_ns() + Model::kNumPhases, before);
+  int64_t before[CpuBackend::kNumPhases];
+  std::copy(model.phase_ns(), model.phase_ns() + CpuBackend::kNumPhases, before);
   for (int r = 0; r < reps; ++r) {
     auto s = make_seqs(1);
     SequenceInput in = input(s[0], prompt);
@@ -116,7 +116,7 @@ int Main(int argc, char** argv) {
     std::fflush(stdout);
   }
   print_phases("pp_phase_ms_per_token", before, static_cast<double>(reps) * pp);
-  std::copy(model.phase_ns(), model.phase_ns() + Model::kNumPhases, before);
+  std::copy(model.phase_ns(), model.phase_ns() + CpuBackend::kNumPhases, before);
   // Sequence i's blocks: i * blocks_per_seq onwards in both pools.
   auto table_of = [&](int i) {
     std::vector<int32_t> t;

@@ -17,7 +17,7 @@
 
 #include "absl/strings/numbers.h"
 #include "bench/bench_util.h"
-#include "engine/cuda/cuda_model.h"
+#include "engine/cuda/cuda_backend.h"
 
 namespace moeserve {
 namespace {
@@ -72,16 +72,16 @@ int Main(int argc, char** argv) {
   }
   const ModelConfig config = (*w)->config;
   const int max_batch = batches.empty() ? 1 : *std::max_element(batches.begin(), batches.end());
-  cuda::CudaModelOptions co;
+  cuda::CudaOptions co;
   co.gpu_memory_utilization = util;
   co.max_num_seqs = std::max(64, max_batch);
   const double t0 = Now();
-  auto created = cuda::CudaModel::Create(std::move(*w), co);
+  auto created = cuda::CudaBackend::Create(std::move(*w), co);
   if (!created.ok()) {
     std::fprintf(stderr, "%s\n", std::string(created.status().message()).c_str());
     return 1;
   }
-  cuda::CudaModel& model = **created;
+  cuda::CudaBackend& model = **created;
   const double bw = CopyBandwidth(), bpt = BytesPerToken(config);
   int driver = 0;
   cudaDriverGetVersion(&driver);

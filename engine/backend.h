@@ -1,7 +1,9 @@
-// What a worker runs: gpt-oss on one device. The CPU backend is Model
-// (engine/model.h); the CUDA backend is cuda::CudaModel (engine/cuda/). Both
-// take the same ragged batches with router-owned block tables and return the
-// same logits, so the worker does not care which one it drives.
+// What a worker runs: gpt-oss on one device. The CPU backend is CpuBackend
+// (engine/cpu/cpu_backend.h), the CUDA backend cuda::CudaBackend
+// (engine/cuda/cuda_backend.h). Both run the one forward pass of
+// engine/forward.cc over their own op implementations, take the same ragged
+// batches with router-owned block tables (engine/batch.h) and return the same
+// logits, so the worker does not care which one it drives.
 #pragma once
 
 #include <span>
@@ -9,13 +11,11 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "engine/batch.h"
 #include "engine/config.h"
 #include "engine/kv_cache.h"
 
 namespace moeserve {
-
-struct SequenceInput;
-struct ForwardOutput;
 
 class Backend {
  public:
@@ -23,16 +23,12 @@ class Backend {
   virtual const ModelConfig& config() const = 0;
   // The KV pools: block size, blocks per cache group, element type.
   virtual const KvCacheOptions& kv_options() const = 0;
-  // One step: see engine/model.h for the batch contract.
+  // One step: see engine/batch.h for the batch contract.
   virtual absl::Status Forward(std::span<const SequenceInput> batch, ForwardOutput* out) = 0;
   // Expert selections per [layer][expert] since construction.
   virtual const std::vector<int64_t>& expert_counts() const = 0;
   // "cpu", or the GPU's name.
   virtual std::string device() const = 0;
 };
-
-// Checks a batch against the model and the KV pools (token ids, positions,
-// block tables long enough and inside the pools). Shared by the backends.
-absl::Status ValidateBatch(const ModelConfig& config, const KvCacheOptions& kv, std::span<const SequenceInput> batch);
 
 }  // namespace moeserve

@@ -8,7 +8,7 @@
 #include <random>
 
 #include "engine/cpu/kernels.h"
-#include "engine/model.h"
+#include "engine/cpu/cpu_backend.h"
 #include "tests/reference_model.h"
 #include "tests/test_util.h"
 
@@ -19,17 +19,17 @@ using testing::RandomTokens;
 using testing::ReferenceModel;
 using testing::TinyCheckpoint;
 
-std::unique_ptr<Model> Open(const std::string& dir, bool kv_f32, int blocks = 64, bool round_yarn = false,
+std::unique_ptr<CpuBackend> Open(const std::string& dir, bool kv_f32, int blocks = 64, bool round_yarn = false,
                             int block_size = 4) {
   auto w = LoadModelWeights(dir);
   EXPECT_TRUE(w.ok()) << w.status();
-  ModelOptions o;
+  CpuOptions o;
   o.num_threads = 2;
   o.kv.f32 = kv_f32;
   o.kv.block_size = block_size;
   o.kv.num_blocks[0] = o.kv.num_blocks[1] = blocks;
   o.rope_ggml = round_yarn;
-  return std::make_unique<Model>(std::move(*w), o);
+  return std::make_unique<CpuBackend>(std::move(*w), o);
 }
 
 std::vector<int32_t> Iota(int n, int start = 0) {
@@ -39,7 +39,7 @@ std::vector<int32_t> Iota(int n, int start = 0) {
 }
 
 // All-position logits of one sequence, prefilled in chunks of `chunk` tokens.
-std::vector<std::vector<float>> RunAlone(Model& m, const std::vector<int32_t>& tokens, int chunk,
+std::vector<std::vector<float>> RunAlone(CpuBackend& m, const std::vector<int32_t>& tokens, int chunk,
                                          const std::vector<int32_t>& table) {
   std::vector<std::vector<float>> rows;
   ForwardOutput out;

@@ -1,4 +1,4 @@
-// The host-side layout a device backend consumes (engine/step_layout.h,
+// The host-side layout a device backend consumes (engine/batch.h,
 // engine/kv_layout.h), checked on the CPU: KV row addresses form a bijection
 // onto each pool in the documented order, and a ragged batch flattens into
 // rows whose slots, table offsets and logit rows agree with the batch and with
@@ -8,8 +8,8 @@
 #include <set>
 
 #include "engine/kv_layout.h"
-#include "engine/model.h"
-#include "engine/step_layout.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/batch.h"
 #include "tests/test_util.h"
 #include "tools/checkpoint_gen.h"
 
@@ -59,11 +59,11 @@ TEST(StepLayout, RaggedBatchAgreesWithTheBatchAndTheCpuBackend) {
   const std::string dir = testing::TinyCheckpoint("layout", "mxfp4", "bf16", 1.0);
   auto w = LoadModelWeights(dir);
   ASSERT_TRUE(w.ok());
-  ModelOptions mo;
+  CpuOptions mo;
   mo.num_threads = 1;
   mo.kv.block_size = 4;
   mo.kv.num_blocks[0] = mo.kv.num_blocks[1] = 64;
-  Model m(std::move(*w), mo);
+  CpuBackend m(std::move(*w), mo);
   const ModelConfig& c = m.config();
   const std::vector<std::vector<int32_t>> tokens = {testing::RandomTokens(9, 500, 1), testing::RandomTokens(1, 500, 2),
                                                     testing::RandomTokens(5, 500, 3)};

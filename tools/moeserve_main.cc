@@ -27,7 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "engine/model.h"
+#include "engine/cpu/cpu_backend.h"
 #include "engine/sampler.h"
 #include "router/text/chat.h"
 #include "router/text/harmony.h"
@@ -36,7 +36,7 @@
 #include "tools/checkpoint_gen.h"
 #include "tools/gguf_writer.h"
 #ifdef MOESERVE_WITH_CUDA
-#include "engine/cuda/cuda_model.h"
+#include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/device.h"
 #endif
 
@@ -199,17 +199,17 @@ struct SingleSequence {
   }
 };
 
-absl::StatusOr<std::unique_ptr<Model>> OpenModel(const std::string& dir, int threads, int64_t max_len, bool kv_f32,
+absl::StatusOr<std::unique_ptr<CpuBackend>> OpenModel(const std::string& dir, int threads, int64_t max_len, bool kv_f32,
                                                  bool rope_ggml) {
   ASSIGN_OR_RETURN(auto w, LoadModelWeights(dir));
-  ModelOptions mo;
+  CpuOptions mo;
   mo.num_threads = threads;
   mo.rope_ggml = rope_ggml;
   mo.kv.f32 = kv_f32;
   const int64_t blocks = (max_len + mo.kv.block_size - 1) / mo.kv.block_size;
   mo.kv.num_blocks[kFullGroup] = blocks;
   mo.kv.num_blocks[kSlidingGroup] = blocks;
-  return std::make_unique<Model>(std::move(w), mo);
+  return std::make_unique<CpuBackend>(std::move(w), mo);
 }
 
 absl::Status Generate(FlagReader& f) {
@@ -563,12 +563,12 @@ absl::Status Logits(FlagReader& f) {
 #ifdef MOESERVE_WITH_CUDA
     if (rope_ggml) return absl::InvalidArgumentError("--rope-ggml is a CPU-only comparison switch");
     ASSIGN_OR_RETURN(auto w, LoadModelWeights(dir));
-    cuda::CudaModelOptions co;
+    cuda::CudaOptions co;
     co.kv_f32 = kv_f32;
     // Enough sliding blocks for the one sequence's whole table.
     co.max_num_seqs = static_cast<int64_t>(ids.size()) / co.block_size + 1;
     co.gpu_memory_utilization = 0.8;
-    ASSIGN_OR_RETURN(model, cuda::CudaModel::Create(std::move(w), co));
+    ASSIGN_OR_RETURN(model, cuda::CudaBackend::Create(std::move(w), co));
 #else
     return absl::UnimplementedError("this build has no CUDA backend");
 #endif

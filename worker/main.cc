@@ -16,7 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "tools/cli_flags.h"
 #ifdef MOESERVE_WITH_CUDA
-#include "engine/cuda/cuda_model.h"
+#include "engine/cuda/cuda_backend.h"
 #endif
 #include "worker/worker_service.h"
 
@@ -92,7 +92,7 @@ int main(int argc, char** argv) {
   // Sliding pool: the window plus a chunk for every sequence; the rest is full-attention.
   const std::string kv_dtype = get("--kv-cache-dtype", "bf16");
   if (kv_dtype != "bf16" && kv_dtype != "f32") return Fail("--kv-cache-dtype must be bf16 or f32");
-  ModelOptions mo;
+  CpuOptions mo;
   mo.num_threads = static_cast<int>(threads);
   mo.kv.block_size = static_cast<int>(block_size);
   mo.kv.f32 = kv_dtype == "f32";
@@ -105,12 +105,12 @@ int main(int argc, char** argv) {
   std::unique_ptr<Backend> backend;
 #ifdef MOESERVE_WITH_CUDA
   if (device == "cuda" || (device == "auto" && cuda::DeviceCount() > 0)) {
-    cuda::CudaModelOptions co;
+    cuda::CudaOptions co;
     co.gpu_memory_utilization = utilization;
     co.block_size = mo.kv.block_size;
     co.kv_f32 = mo.kv.f32;
     co.max_num_seqs = max_seqs;
-    auto m = cuda::CudaModel::Create(std::move(*weights), co);
+    auto m = cuda::CudaBackend::Create(std::move(*weights), co);
     if (!m.ok()) return Fail(std::string(m.status().message()));
     backend = std::move(*m);
   }
@@ -126,7 +126,7 @@ int main(int argc, char** argv) {
   worker::WorkerOptions wo;
   wo.served_model_name = get("--served-model-name", dir.substr(dir.find_last_of('/') + 1));
   wo.max_model_len = max_len;
-  if (!backend) backend = std::make_unique<Model>(std::move(*weights), mo);
+  if (!backend) backend = std::make_unique<CpuBackend>(std::move(*weights), mo);
   std::fprintf(stderr, "moeserve-worker: %s, KV blocks full %lld sliding %lld of %d tokens\n",
                backend->device().c_str(), static_cast<long long>(backend->kv_options().num_blocks[kFullGroup]),
                static_cast<long long>(backend->kv_options().num_blocks[kSlidingGroup]), backend->kv_options().block_size);

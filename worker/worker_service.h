@@ -1,4 +1,4 @@
-// The gRPC worker: one engine Model on one device, executing the router's
+// The gRPC worker: one engine Backend on one device, executing the router's
 // steps (proto/moeserve/worker/v1/worker.proto).
 //
 // Per sequence it keeps every known token, the block tables and the sampler;
@@ -25,7 +25,7 @@
 #include <prometheus/registry.h>
 
 #include "engine/backend.h"
-#include "engine/model.h"
+#include "engine/cpu/cpu_backend.h"
 #include "engine/sampler.h"
 #include "moeserve/worker/v1/worker.grpc.pb.h"
 

@@ -34,10 +34,10 @@ void Linear(ThreadPool& pool, const Matrix& w, const float* bias, const float* x
   pool.ParallelFor(w.rows, 16, [&](int64_t b, int64_t e) { LinearRows(w, bias, x, ldx, num_tokens, b, e, y, ldy); });
 }
 
-void LinearMany(ThreadPool& pool, std::initializer_list<LinearOut> outs, const float* x, int64_t ldx,
+void LinearMany(ThreadPool& pool, std::span<const LinearOut> outs, const float* x, int64_t ldx,
                 int num_tokens) {
   // One row space over all outputs: [0, rows_0) [rows_0, rows_0 + rows_1) ...
-  std::vector<LinearOut> v(outs);
+  const std::span<const LinearOut> v = outs;
   int64_t total = 0;
   for (const LinearOut& o : v) total += o.w->rows;
   pool.ParallelFor(total, 16, [&](int64_t b, int64_t e) {

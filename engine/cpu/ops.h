@@ -6,7 +6,7 @@
 #pragma once
 
 #include <cstdint>
-#include <initializer_list>
+#include <span>
 #include <vector>
 
 #include "engine/thread_pool.h"
@@ -32,7 +32,7 @@ struct LinearOut {
   float* y;     // [num_tokens, ldy]
   int64_t ldy;
 };
-void LinearMany(ThreadPool& pool, std::initializer_list<LinearOut> outs, const float* x, int64_t ldx, int num_tokens);
+void LinearMany(ThreadPool& pool, std::span<const LinearOut> outs, const float* x, int64_t ldx, int num_tokens);
 
 // cos/sin of one position for every rotary pair, scaled by `mscale`.  cos, sin: [head_dim/2]
 void RopeCosSin(int64_t pos, const std::vector<float>& inv_freq, float mscale, float* cos, float* sin);

@@ -57,13 +57,13 @@ __global__ void SwiGluKernel(const float* gate_up, int64_t ld_in, int64_t n, flo
   }
 }
 
-__global__ void MoeCombineKernel(const float* y, int64_t ldy, const float* weight, int k, int64_t n, float* x,
-                                 int64_t ldx) {
+__global__ void MoeCombineKernel(const float* y, int64_t ldy, const float* weight, int k, int64_t n, float* out,
+                                 int64_t ldo) {
   const int r = blockIdx.y;
   for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
     float acc = 0.0f;
     for (int s = 0; s < k; ++s) acc += weight[r * k + s] * y[(static_cast<int64_t>(r) * k + s) * ldy + i];
-    x[r * ldx + i] += acc;
+    out[r * ldo + i] = acc;
   }
 }
 
@@ -120,10 +120,10 @@ void SwiGlu(const float* gate_up, int64_t ld_in, int rows, int64_t n, float limi
   Launch(SwiGluKernel, RowGrid(n, rows), 256, 0, stream, gate_up, ld_in, n, limit, alpha, out, ld_out);
 }
 
-void MoeCombine(const float* y, int64_t ldy, const float* weight, int rows, int k, int64_t n, float* x, int64_t ldx,
+void MoeCombine(const float* y, int64_t ldy, const float* weight, int rows, int k, int64_t n, float* out, int64_t ldo,
                 cudaStream_t stream) {
   if (rows == 0) return;
-  Launch(MoeCombineKernel, RowGrid(n, rows), 256, 0, stream, y, ldy, weight, k, n, x, ldx);
+  Launch(MoeCombineKernel, RowGrid(n, rows), 256, 0, stream, y, ldy, weight, k, n, out, ldo);
 }
 
 void GatherRows(const float* src, int64_t lds, const int32_t* idx, int rows, int64_t n, float* dst, int64_t ldd,

@@ -102,9 +102,9 @@ void ExpertMxfp4(const uint8_t* blocks, const uint8_t* scales, const float* bias
 void SwiGlu(const float* gate_up, int64_t ld_in, int rows, int64_t n, float limit, float alpha, float* out,
             int64_t ld_out, cudaStream_t stream);
 
-// x[r] += sum_s weight[r, s] * y[r * k + s]     (the pairs of row r are rows r*k .. r*k+k-1 of y)
-//   x: [rows, ldx]  y: [rows * k, ldy]  weight: [rows, k]
-void MoeCombine(const float* y, int64_t ldy, const float* weight, int rows, int k, int64_t n, float* x, int64_t ldx,
+// out[r] = sum_s weight[r, s] * y[r * k + s]     (the pairs of row r are rows r*k .. r*k+k-1 of y)
+//   out: [rows, ldo]  y: [rows * k, ldy]  weight: [rows, k]
+void MoeCombine(const float* y, int64_t ldy, const float* weight, int rows, int k, int64_t n, float* out, int64_t ldo,
                 cudaStream_t stream);
 
 // x[r] += y[r]       x: [rows, ldx]  y: [rows, ldy]

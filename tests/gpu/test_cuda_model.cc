@@ -11,8 +11,8 @@
 #include <cstdlib>
 #include <filesystem>
 
-#include "engine/cuda/cuda_model.h"
-#include "engine/model.h"
+#include "engine/cuda/cuda_backend.h"
+#include "engine/cpu/cpu_backend.h"
 #include "tests/test_util.h"
 #include "tools/checkpoint_gen.h"
 
@@ -70,19 +70,19 @@ void Compare(const std::string& dir, int max_rows, double tolerance) {
   auto wg = LoadModelWeights(dir);
   ASSERT_TRUE(wc.ok() && wg.ok());
   const ModelConfig c = (*wc)->config;
-  ModelOptions mo;
+  CpuOptions mo;
   mo.num_threads = 2;
   mo.kv.block_size = 16;
   mo.kv.f32 = true;
   mo.kv.num_blocks[0] = mo.kv.num_blocks[1] = 3 * 64;
-  Model cpu(std::move(*wc), mo);
-  cuda::CudaModelOptions co;
+  CpuBackend cpu(std::move(*wc), mo);
+  cuda::CudaOptions co;
   co.block_size = 16;
   co.kv_f32 = true;
   co.max_num_seqs = 256;  // enough sliding blocks for the shuffled ids below
   co.max_rows_per_chunk = max_rows;
   co.gpu_memory_utilization = 0.5;
-  auto gpu = cuda::CudaModel::Create(std::move(*wg), co);
+  auto gpu = cuda::CudaBackend::Create(std::move(*wg), co);
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   ASSERT_GE((*gpu)->kv_options().num_blocks[0], 3 * 64);
   ASSERT_GE((*gpu)->kv_options().num_blocks[1], 3 * 64);
@@ -122,17 +122,17 @@ void Compare(const std::string& dir, int max_rows, double tolerance) {
   EXPECT_LE(worst_count, 2) << "expert selections";
 }
 
-TEST(CudaModel, TinyCheckpointMatchesTheCpu) {
+TEST(CudaBackend, TinyCheckpointMatchesTheCpu) {
   if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   Compare(testing::TinyCheckpoint("cuda_tiny", "mxfp4", "bf16", 1.0), 2048, 1e-8);
 }
 
-TEST(CudaModel, StepsLargerThanTheWorkspaceRunInChunks) {
+TEST(CudaBackend, StepsLargerThanTheWorkspaceRunInChunks) {
   if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   Compare(testing::TinyCheckpoint("cuda_tiny", "mxfp4", "bf16", 1.0), 13, 1e-8);
 }
 
-TEST(CudaModel, Gpt20bShape) {
+TEST(CudaBackend, Gpt20bShape) {
   if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   if (!std::getenv("MOESERVE_SLOW_TESTS")) GTEST_SKIP() << "set MOESERVE_SLOW_TESTS=1";
   const std::string dir = testing::TempDir("cuda_20b");
@@ -145,17 +145,17 @@ TEST(CudaModel, Gpt20bShape) {
   Compare(dir, 2048, 1e-7);
 }
 
-TEST(CudaModel, UnsupportedCheckpointsAreClearErrors) {
+TEST(CudaBackend, UnsupportedCheckpointsAreClearErrors) {
   if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   auto w = LoadModelWeights(testing::TinyCheckpoint("cuda_dense", "f32", "bf16", 1.0));
   ASSERT_TRUE(w.ok());
-  auto m = cuda::CudaModel::Create(std::move(*w), {});
+  auto m = cuda::CudaBackend::Create(std::move(*w), {});
   EXPECT_EQ(m.status().code(), absl::StatusCode::kUnimplemented);
   auto w2 = LoadModelWeights(testing::TinyCheckpoint("cuda_tiny", "mxfp4", "bf16", 1.0));
   ASSERT_TRUE(w2.ok());
-  cuda::CudaModelOptions huge;
+  cuda::CudaOptions huge;
   huge.gpu_memory_utilization = 1e-6;
-  auto m2 = cuda::CudaModel::Create(std::move(*w2), huge);
+  auto m2 = cuda::CudaBackend::Create(std::move(*w2), huge);
   EXPECT_EQ(m2.status().code(), absl::StatusCode::kResourceExhausted) << m2.status();
 }
 

@@ -12,7 +12,7 @@
 #include <numeric>
 #include <thread>
 
-#include "engine/model.h"
+#include "engine/cpu/cpu_backend.h"
 #include "engine/sampler.h"
 #include "moeserve/worker/v1/worker.grpc.pb.h"
 #include "tests/test_util.h"
@@ -61,11 +61,11 @@ TEST(WorkerGrpcTest, ExecutesStepsLikeTheEngine) {
   std::vector<int32_t> want1, want2;
   {
     auto w = LoadModelWeights(dir);
-    ModelOptions mo;
+    CpuOptions mo;
     mo.num_threads = 2;
     mo.kv.block_size = 4;
     mo.kv.num_blocks[0] = mo.kv.num_blocks[1] = 64;
-    Model m(std::move(*w), mo);
+    CpuBackend m(std::move(*w), mo);
     std::vector<int32_t> t1 = p1, t2 = p2;
     int64_t c1 = 0, c2 = 0;
     for (int step = 0; step < kSteps; ++step) {

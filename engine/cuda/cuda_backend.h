@@ -6,11 +6,11 @@
 // and the step workspace; a clear error when the model does not fit) and
 // allocates everything a step needs, so Forward allocates nothing.
 //
-// Forward follows engine/model.cc op for op with the kernels of ops.h. A step
-// with more rows than the workspace holds runs in row chunks, each through all
-// layers: attention only looks back, so earlier chunks' K/V are in the cache
-// when later chunks attend. Logits are computed in chunks of kLogitRows rows
-// and copied to the host (the worker samples there for now).
+// Forward is engine/forward.cc's gpt-oss loop over this backend's ops
+// (engine/forward_ops.h), each one or a few kernels of ops.h. A step with more
+// rows than the workspace holds runs in row chunks of max_rows_per_chunk.
+// Logits are computed kLogitRows rows at a time and copied to the host (the
+// worker samples there for now).
 //
 // Thread-safety: one Forward at a time.
 #pragma once
@@ -23,14 +23,15 @@
 
 #include "absl/status/statusor.h"
 #include "engine/backend.h"
+#include "engine/batch.h"
 #include "engine/cuda/device.h"
-#include "engine/model.h"
-#include "engine/step_layout.h"
+#include "engine/cuda/ops.h"
+#include "engine/forward_ops.h"
 #include "engine/weights.h"
 
 namespace moeserve::cuda {
 
-struct CudaModelOptions {
+struct CudaOptions {
   int device = 0;
   double gpu_memory_utilization = 0.9;
   int block_size = 16;
@@ -40,11 +41,11 @@ struct CudaModelOptions {
   bool progress = true;           // weight upload progress on stderr
 };
 
-class CudaModel : public Backend {
+class CudaBackend final : public Backend, private ForwardOps {
  public:
-  static absl::StatusOr<std::unique_ptr<CudaModel>> Create(std::unique_ptr<ModelWeights> weights,
-                                                           const CudaModelOptions& options);
-  ~CudaModel() override;
+  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(std::unique_ptr<ModelWeights> weights,
+                                                           const CudaOptions& options);
+  ~CudaBackend() override;
 
   const ModelConfig& config() const override { return weights_->config; }
   const KvCacheOptions& kv_options() const override { return kv_; }
@@ -61,9 +62,26 @@ class CudaModel : public Backend {
     const uint8_t *gu_blocks, *gu_scales, *down_blocks, *down_scales;
     const float *gu_bias, *down_bias;
   };
-  CudaModel() = default;
-  absl::Status Upload(const CudaModelOptions& options);
-  absl::Status ForwardChunk(int r0, int r1);
+  CudaBackend() = default;
+  absl::Status Upload(const CudaOptions& options);
+
+  // ForwardOps.
+  int max_rows() const override { return static_cast<int>(max_rows_); }
+  absl::Status BeginChunk(const StepLayout& step, int r0, int r1) override;
+  Tensor Buffer(Act which) override;
+  void Embed(Tensor x) override;
+  void RmsNorm(int64_t layer, Norm which, Tensor x, Tensor y) override;
+  void Linear(int64_t layer, Tensor x, std::initializer_list<Projection> outs) override;
+  void Rope(Tensor x, int num_heads) override;
+  void KvWrite(int64_t layer, Tensor k, Tensor v) override;
+  absl::Status Attention(int64_t layer, Tensor q, Tensor out) override;
+  void Add(Tensor x, Tensor y) override;
+  absl::StatusOr<Routing> Route(int64_t layer, Tensor h) override;
+  void Experts(int64_t layer, Tensor h, const Routing& routing, Tensor out) override;
+  absl::Status Logits(Tensor x, std::span<const int32_t> rows, float* logits) override;
+  absl::Status EndStep() override;
+  // This layer's KV cache, as the kernels address it.
+  KvLayer KvOf(int64_t layer) const;
 
   std::unique_ptr<ModelWeights> weights_;
   DeviceInfo info_;
@@ -77,13 +95,14 @@ class CudaModel : public Backend {
   float mscale_ = 1.0f;
   std::vector<LayerDev> layers_;
   void* kv_base_[kNumCacheGroups] = {nullptr, nullptr};
+  std::vector<int> layer_in_group_;  // per layer: its index among its cache group's layers
   // Workspace.
   float *x_, *h_, *q_, *k_, *v_, *attn_, *o_, *router_logits_, *topk_w_, *gate_up_, *act_, *down_, *logits_,
       *final_rows_;
   int32_t *topk_idx_, *pair_row_, *pair_identity_, *ids_, *logit_rows_, *tables_;
   int64_t *pos_, *slots_[kNumCacheGroups], *table_offset_[kNumCacheGroups], *counts_;
   int64_t tables_capacity_ = 0;
-  StepLayout step_;  // this step, on the host
+  int rows_ = 0;  // of the chunk being computed
   std::vector<int64_t> expert_counts_;
 };
 

@@ -1,4 +1,4 @@
-#include "engine/cuda/cuda_model.h"
+#include "engine/cuda/cuda_backend.h"
 
 #include <algorithm>
 #include <cmath>
@@ -6,8 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/cuda/ops.h"
+#include "engine/forward.h"
 #include "engine/kv_layout.h"
-#include "engine/step_layout.h"
 #include "engine/status.h"
 
 namespace moeserve::cuda {
@@ -23,13 +23,13 @@ absl::Status Cuda(cudaError_t e, const char* what) {
 
 }  // namespace
 
-CudaModel::~CudaModel() {
+CudaBackend::~CudaBackend() {
   buffers_.clear();
   if (stream_) cudaStreamDestroy(stream_);
 }
 
-absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(std::unique_ptr<ModelWeights> weights,
-                                                             const CudaModelOptions& options) {
+absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(std::unique_ptr<ModelWeights> weights,
+                                                             const CudaOptions& options) {
   if (DeviceCount() <= options.device) {
     return absl::UnavailableError(absl::StrCat("no CUDA device ", options.device, " (", DeviceCount(), " found)"));
   }
@@ -50,7 +50,7 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(std::unique_ptr<Mod
     return absl::UnimplementedError(
         "the CUDA backend needs hidden and intermediate sizes divisible by 32, q_dim by 8 and head_dim <= 256");
   }
-  std::unique_ptr<CudaModel> m(new CudaModel());
+  std::unique_ptr<CudaBackend> m(new CudaBackend());
   m->weights_ = std::move(weights);
   ASSIGN_OR_RETURN(m->info_, Describe(options.device));
   RETURN_IF_ERROR(Cuda(cudaStreamCreate(&m->stream_), "cudaStreamCreate"));
@@ -58,7 +58,7 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(std::unique_ptr<Mod
   return m;
 }
 
-absl::Status CudaModel::Upload(const CudaModelOptions& o) {
+absl::Status CudaBackend::Upload(const CudaOptions& o) {
   const ModelConfig& c = weights_->config;
   const ModelWeights& w = *weights_;
   const int64_t hs = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), ne = c.num_local_experts;
@@ -204,59 +204,158 @@ absl::Status CudaModel::Upload(const CudaModelOptions& o) {
   RETURN_IF_ERROR(Cuda(cudaMemcpy(pair_row_, pr.data(), P * 4, cudaMemcpyHostToDevice), "pair rows"));
   RETURN_IF_ERROR(Cuda(cudaMemcpy(pair_identity_, pid.data(), P * 4, cudaMemcpyHostToDevice), "pair ids"));
   expert_counts_.assign(c.num_hidden_layers * ne, 0);
+  int in_group[kNumCacheGroups] = {0, 0};
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    layer_in_group_.push_back(in_group[c.is_sliding(l) ? kSlidingGroup : kFullGroup]++);
+  }
   return absl::OkStatus();
 }
 
-absl::Status CudaModel::Forward(std::span<const SequenceInput> batch, ForwardOutput* out) {
-  RETURN_IF_ERROR(ValidateBatch(config(), kv_, batch));
+absl::Status CudaBackend::Forward(std::span<const SequenceInput> batch, ForwardOutput* out) {
+  return GptOssForward(config(), kv_, *this, batch, out);
+}
+
+absl::Status CudaBackend::BeginChunk(const StepLayout& step, int r0, int r1) {
+  const int n = r1 - r0;
+  rows_ = n;
+  cudaStream_t s = stream_;
+  if (r0 == 0) {  // the step's block tables, once
+    if (static_cast<int64_t>(step.tables.size()) > tables_capacity_) {
+      tables_capacity_ = std::max<int64_t>(static_cast<int64_t>(step.tables.size()) * 2, 4096);
+      ASSIGN_OR_RETURN(DeviceBuffer tb, DeviceBuffer::Allocate(tables_capacity_ * 4));
+      tables_ = tb.as<int32_t>();
+      buffers_.push_back(std::move(tb));
+    }
+    if (!step.tables.empty()) {
+      RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(tables_, step.tables.data(), step.tables.size() * 4,
+                                           cudaMemcpyHostToDevice, s),
+                           "block tables"));
+    }
+  }
+  RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(ids_, step.ids.data() + r0, n * 4, cudaMemcpyHostToDevice, s), "ids"));
+  RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(pos_, step.pos.data() + r0, n * 8, cudaMemcpyHostToDevice, s), "positions"));
+  for (int g = 0; g < kNumCacheGroups; ++g) {
+    RETURN_IF_ERROR(
+        Cuda(cudaMemcpyAsync(slots_[g], step.slots[g].data() + r0, n * 8, cudaMemcpyHostToDevice, s), "slots"));
+    RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(table_offset_[g], step.table_offset[g].data() + r0, n * 8,
+                                         cudaMemcpyHostToDevice, s),
+                         "table offsets"));
+  }
+  return absl::OkStatus();
+}
+
+Tensor CudaBackend::Buffer(Act which) {
+  const ModelConfig& c = config();
+  const int64_t hs = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim();
+  switch (which) {
+    case Act::kX: return {x_, rows_, hs, hs};
+    case Act::kH: return {h_, rows_, hs, hs};
+    case Act::kQ: return {q_, rows_, qd, qd};
+    case Act::kK: return {k_, rows_, kvd, kvd};
+    case Act::kV: return {v_, rows_, kvd, kvd};
+    case Act::kAttn: return {attn_, rows_, qd, qd};
+    case Act::kO: return {o_, rows_, hs, hs};
+  }
+  return {};
+}
+
+KvLayer CudaBackend::KvOf(int64_t layer) const {
+  const ModelConfig& c = config();
+  const int g = c.is_sliding(layer) ? kSlidingGroup : kFullGroup;
+  const int64_t row_bytes = c.kv_dim() * (kv_.f32 ? 4 : 2);
+  return KvLayer{static_cast<char*>(kv_base_[g]) +
+                     layer_in_group_[layer] * KvLayerBytes(kv_.num_blocks[g], kv_.block_size, row_bytes),
+                 kv_.block_size, static_cast<int>(c.num_key_value_heads), static_cast<int>(c.head_dim), !kv_.f32};
+}
+
+void CudaBackend::Embed(Tensor x) { EmbeddingBf16(embed_, ids_, static_cast<int>(x.rows), x.cols, x.data, stream_); }
+
+void CudaBackend::RmsNorm(int64_t layer, Norm which, Tensor x, Tensor y) {
+  const LayerDev& d = layers_[layer];
+  cuda::RmsNorm(x.data, x.ld, which == Norm::kAttention ? d.attn_norm : d.mlp_norm, static_cast<int>(x.rows), x.cols,
+                static_cast<float>(config().rms_norm_eps), y.data, y.ld, stream_);
+}
+
+void CudaBackend::Linear(int64_t layer, Tensor x, std::initializer_list<Projection> outs) {
+  const LayerDev& d = layers_[layer];
+  for (const Projection& p : outs) {
+    const uint16_t* w = p.w == Dense::kQ ? d.q : p.w == Dense::kK ? d.k : p.w == Dense::kV ? d.v : d.o;
+    const float* b = p.w == Dense::kQ ? d.q_bias : p.w == Dense::kK ? d.k_bias : p.w == Dense::kV ? d.v_bias : d.o_bias;
+    LinearBf16(w, p.y.cols, x.cols, b, x.data, x.ld, static_cast<int>(x.rows), p.y.data, p.y.ld, stream_);
+  }
+}
+
+void CudaBackend::Rope(Tensor x, int num_heads) {
+  cuda::Rope(x.data, x.ld, static_cast<int>(x.rows), num_heads, static_cast<int>(config().head_dim), pos_, inv_freq_,
+             mscale_, stream_);
+}
+
+void CudaBackend::KvWrite(int64_t layer, Tensor k, Tensor v) {
+  const int g = config().is_sliding(layer) ? kSlidingGroup : kFullGroup;
+  cuda::KvWrite(KvOf(layer), k.data, k.ld, v.data, v.ld, slots_[g], static_cast<int>(k.rows), stream_);
+}
+
+absl::Status CudaBackend::Attention(int64_t layer, Tensor q, Tensor out) {
+  const ModelConfig& c = config();
+  const bool sliding = c.is_sliding(layer);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  return PagedAttention(KvOf(layer), q.data, q.ld, static_cast<int>(q.rows), static_cast<int>(c.num_attention_heads),
+                        pos_, tables_, table_offset_[sliding ? kSlidingGroup : kFullGroup],
+                        sliding ? c.sliding_window : 0, layers_[layer].sinks, scale, out.data, out.ld, stream_);
+}
+
+void CudaBackend::Add(Tensor x, Tensor y) {
+  AddInPlace(x.data, x.ld, y.data, y.ld, static_cast<int>(x.rows), x.cols, stream_);
+}
+
+absl::StatusOr<Routing> CudaBackend::Route(int64_t layer, Tensor h) {
+  const ModelConfig& c = config();
+  const LayerDev& d = layers_[layer];
+  const int ne = static_cast<int>(c.num_local_experts), k = static_cast<int>(c.num_experts_per_tok);
+  const int rows = static_cast<int>(h.rows);
+  LinearF32(d.router, ne, h.cols, d.router_bias, h.data, h.ld, rows, router_logits_, ne, stream_);
+  RETURN_IF_ERROR(TopKSoftmax(router_logits_, rows, ne, k, topk_idx_, topk_w_, stream_));
+  CountExperts(topk_idx_, rows * k, counts_ + layer * ne, stream_);
+  return Routing{topk_idx_, topk_w_};
+}
+
+void CudaBackend::Experts(int64_t layer, Tensor h, const Routing& routing, Tensor out) {
+  // One (row, expert) pair per selection: pair p is row p / k with its (p % k)-th expert.
+  const ModelConfig& c = config();
+  const LayerDev& d = layers_[layer];
+  const int64_t hs = c.hidden_size, inter = c.intermediate_size;
+  const int k = static_cast<int>(c.num_experts_per_tok);
+  const int pairs = static_cast<int>(h.rows) * k;
+  ExpertMxfp4(d.gu_blocks, d.gu_scales, d.gu_bias, 2 * inter, hs, h.data, h.ld, pair_row_, routing.idx, pairs,
+              gate_up_, 2 * inter, stream_);
+  SwiGlu(gate_up_, 2 * inter, pairs, inter, static_cast<float>(c.swiglu_limit), static_cast<float>(c.swiglu_alpha),
+         act_, inter, stream_);
+  ExpertMxfp4(d.down_blocks, d.down_scales, d.down_bias, hs, inter, act_, inter, pair_identity_, routing.idx, pairs,
+              down_, hs, stream_);
+  MoeCombine(down_, hs, routing.weight, static_cast<int>(h.rows), k, hs, out.data, out.ld, stream_);
+}
+
+absl::Status CudaBackend::Logits(Tensor x, std::span<const int32_t> rows, float* logits) {
   const ModelConfig& c = config();
   const int64_t hs = c.hidden_size;
+  // kLogitRows at a time: gather, final norm, lm_head, copy back.
+  for (size_t a = 0; a < rows.size(); a += kLogitRows) {
+    const int cnt = static_cast<int>(std::min<size_t>(kLogitRows, rows.size() - a));
+    RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(logit_rows_, rows.data() + a, cnt * 4, cudaMemcpyHostToDevice, stream_),
+                         "logit rows"));
+    GatherRows(x.data, x.ld, logit_rows_, cnt, hs, final_rows_, hs, stream_);
+    cuda::RmsNorm(final_rows_, hs, final_norm_, cnt, hs, static_cast<float>(c.rms_norm_eps), final_rows_, hs,
+                  stream_);
+    LinearBf16(lm_head_, c.vocab_size, hs, nullptr, final_rows_, hs, cnt, logits_, c.vocab_size, stream_);
+    RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(logits + a * c.vocab_size, logits_, static_cast<size_t>(cnt) * c.vocab_size * 4,
+                                         cudaMemcpyDeviceToHost, stream_),
+                         "logits"));
+    RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "lm_head"));
+  }
+  return Check("logits");
+}
 
-  // Rows, positions, cache slots and block tables for the whole step.
-  step_ = LayOutStep(c, kv_, batch);
-  const std::vector<int32_t>& logit_rows = step_.logit_rows;
-  out->vocab_size = c.vocab_size;
-  out->first_row = step_.first_row;
-  out->num_rows = step_.num_rows;
-  if (static_cast<int64_t>(step_.tables.size()) > tables_capacity_) {
-    tables_capacity_ = std::max<int64_t>(static_cast<int64_t>(step_.tables.size()) * 2, 4096);
-    ASSIGN_OR_RETURN(DeviceBuffer tb, DeviceBuffer::Allocate(tables_capacity_ * 4));
-    tables_ = tb.as<int32_t>();
-    buffers_.push_back(std::move(tb));
-  }
-  if (!step_.tables.empty()) {
-    RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(tables_, step_.tables.data(), step_.tables.size() * 4, cudaMemcpyHostToDevice,
-                                         stream_),
-                         "block tables"));
-  }
-  out->logits.resize(logit_rows.size() * static_cast<size_t>(c.vocab_size));
-
-  // Row chunks, each through every layer; then the logits of the rows in it.
-  const int n = static_cast<int>(step_.ids.size());
-  size_t next_logit = 0;
-  for (int r0 = 0; r0 < n; r0 += static_cast<int>(max_rows_)) {
-    const int r1 = std::min<int>(n, r0 + static_cast<int>(max_rows_));
-    RETURN_IF_ERROR(ForwardChunk(r0, r1));
-    // Logit rows in [r0, r1), kLogitRows at a time: gather, final norm, lm_head, copy back.
-    size_t end = next_logit;
-    while (end < logit_rows.size() && logit_rows[end] < r1) ++end;
-    for (size_t a = next_logit; a < end; a += kLogitRows) {
-      const int cnt = static_cast<int>(std::min<size_t>(kLogitRows, end - a));
-      std::vector<int32_t> local(cnt);
-      for (int i = 0; i < cnt; ++i) local[i] = logit_rows[a + i] - r0;
-      RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(logit_rows_, local.data(), cnt * 4, cudaMemcpyHostToDevice, stream_),
-                           "logit rows"));
-      GatherRows(x_, hs, logit_rows_, cnt, hs, final_rows_, hs, stream_);
-      RmsNorm(final_rows_, hs, final_norm_, cnt, hs, static_cast<float>(c.rms_norm_eps), final_rows_, hs, stream_);
-      LinearBf16(lm_head_, c.vocab_size, hs, nullptr, final_rows_, hs, cnt, logits_, c.vocab_size, stream_);
-      RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(out->logits.data() + a * c.vocab_size, logits_,
-                                           static_cast<size_t>(cnt) * c.vocab_size * 4, cudaMemcpyDeviceToHost,
-                                           stream_),
-                           "logits"));
-      RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "lm_head"));
-    }
-    next_logit = end;
-  }
+absl::Status CudaBackend::EndStep() {
   std::vector<int64_t> counts(expert_counts_.size());
   RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(counts.data(), counts_, counts.size() * 8, cudaMemcpyDeviceToHost, stream_),
                        "expert counts"));
@@ -264,61 +363,6 @@ absl::Status CudaModel::Forward(std::span<const SequenceInput> batch, ForwardOut
   RETURN_IF_ERROR(Check("forward"));
   expert_counts_ = std::move(counts);
   return absl::OkStatus();
-}
-
-absl::Status CudaModel::ForwardChunk(int r0, int r1) {
-  const ModelConfig& c = config();
-  const int n = r1 - r0;
-  const int64_t hs = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), hd = c.head_dim;
-  const int64_t ne = c.num_local_experts, topk = c.num_experts_per_tok, inter = c.intermediate_size;
-  const int heads = static_cast<int>(c.num_attention_heads), kvh = static_cast<int>(c.num_key_value_heads);
-  const float eps = static_cast<float>(c.rms_norm_eps);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  cudaStream_t s = stream_;
-
-  RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(ids_, step_.ids.data() + r0, n * 4, cudaMemcpyHostToDevice, s), "ids"));
-  RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(pos_, step_.pos.data() + r0, n * 8, cudaMemcpyHostToDevice, s), "positions"));
-  for (int g = 0; g < kNumCacheGroups; ++g) {
-    RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(slots_[g], step_.slots[g].data() + r0, n * 8, cudaMemcpyHostToDevice, s), "slots"));
-    RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(table_offset_[g], step_.table_offset[g].data() + r0, n * 8, cudaMemcpyHostToDevice, s),
-                         "table offsets"));
-  }
-  EmbeddingBf16(embed_, ids_, n, hs, x_, s);
-  int layer_in_group[kNumCacheGroups] = {0, 0};
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const LayerDev& d = layers_[l];
-    const int g = c.is_sliding(l) ? kSlidingGroup : kFullGroup;
-    const int64_t row_bytes = kvd * (kv_.f32 ? 4 : 2);
-    KvLayer kv{static_cast<char*>(kv_base_[g]) +
-                   layer_in_group[g]++ * KvLayerBytes(kv_.num_blocks[g], kv_.block_size, row_bytes),
-               kv_.block_size, kvh, static_cast<int>(hd), !kv_.f32};
-
-    RmsNorm(x_, hs, d.attn_norm, n, hs, eps, h_, hs, s);
-    LinearBf16(d.q, qd, hs, d.q_bias, h_, hs, n, q_, qd, s);
-    LinearBf16(d.k, kvd, hs, d.k_bias, h_, hs, n, k_, kvd, s);
-    LinearBf16(d.v, kvd, hs, d.v_bias, h_, hs, n, v_, kvd, s);
-    Rope(q_, qd, n, heads, static_cast<int>(hd), pos_, inv_freq_, mscale_, s);
-    Rope(k_, kvd, n, kvh, static_cast<int>(hd), pos_, inv_freq_, mscale_, s);
-    KvWrite(kv, k_, kvd, v_, kvd, slots_[g], n, s);
-    RETURN_IF_ERROR(PagedAttention(kv, q_, qd, n, heads, pos_, tables_, table_offset_[g],
-                                   g == kSlidingGroup ? c.sliding_window : 0, d.sinks, scale, attn_, qd, s));
-    LinearBf16(d.o, hs, qd, d.o_bias, attn_, qd, n, o_, hs, s);
-    AddInPlace(x_, hs, o_, hs, n, hs, s);
-
-    RmsNorm(x_, hs, d.mlp_norm, n, hs, eps, h_, hs, s);
-    LinearF32(d.router, ne, hs, d.router_bias, h_, hs, n, router_logits_, ne, s);
-    RETURN_IF_ERROR(TopKSoftmax(router_logits_, n, static_cast<int>(ne), static_cast<int>(topk), topk_idx_, topk_w_, s));
-    CountExperts(topk_idx_, static_cast<int>(n * topk), counts_ + l * ne, s);
-    const int pairs = static_cast<int>(n * topk);
-    ExpertMxfp4(d.gu_blocks, d.gu_scales, d.gu_bias, 2 * inter, hs, h_, hs, pair_row_, topk_idx_, pairs, gate_up_,
-                2 * inter, s);
-    SwiGlu(gate_up_, 2 * inter, pairs, inter, static_cast<float>(c.swiglu_limit), static_cast<float>(c.swiglu_alpha),
-           act_, inter, s);
-    ExpertMxfp4(d.down_blocks, d.down_scales, d.down_bias, hs, inter, act_, inter, pair_identity_, topk_idx_, pairs,
-                down_, hs, s);
-    MoeCombine(down_, hs, topk_w_, n, static_cast<int>(topk), hs, x_, hs, s);
-  }
-  return Check("layers");
 }
 
 }  // namespace moeserve::cuda

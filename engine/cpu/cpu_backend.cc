@@ -1,0 +1,331 @@
+#include "engine/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+
+#include "engine/cpu/kernels.h"
+#include "engine/cpu/ops.h"
+#include "engine/forward.h"
+
+namespace moeserve {
+namespace {
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Adds the scope's wall time to a phase counter.
+class PhaseTimer {
+ public:
+  explicit PhaseTimer(int64_t& counter) : counter_(counter), start_(NowNs()) {}
+  ~PhaseTimer() { counter_ += NowNs() - start_; }
+
+ private:
+  int64_t& counter_;
+  int64_t start_;
+};
+
+}  // namespace
+
+CpuBackend::CpuBackend(std::unique_ptr<ModelWeights> weights, const CpuOptions& options)
+    : weights_(std::move(weights)), options_(options), pool_(options.num_threads), kv_(weights_->config, options.kv) {
+  const ModelConfig& c = weights_->config;
+  inv_freq_ = c.RopeInvFreq(/*round_ramp=*/false);
+  mscale_ = c.RopeMscale();
+  ggml_yarn_ = c.has_rope_scaling && c.rope_scaling.factor > 1.0;
+  const auto [low, high] = c.YarnRamp(/*round_ramp=*/true);
+  ggml_ramp_[0] = static_cast<float>(low);
+  ggml_ramp_[1] = static_cast<float>(high);
+  expert_counts_.assign(c.num_hidden_layers * c.num_local_experts, 0);
+}
+
+const char* CpuBackend::PhaseName(int p) {
+  static const char* kNames[] = {"embed", "qkv", "attention", "out", "router", "experts", "lm_head"};
+  return kNames[p];
+}
+
+absl::Status CpuBackend::Forward(std::span<const SequenceInput> batch, ForwardOutput* out) {
+  return GptOssForward(config(), kv_.options(), *this, batch, out);
+}
+
+absl::Status CpuBackend::BeginChunk(const StepLayout& step, int r0, int r1) {
+  PhaseTimer t(phase_ns_[kEmbed]);
+  const ModelConfig& c = config();
+  step_ = &step;
+  r0_ = r0;
+  rows_ = r1 - r0;
+  const int64_t widths[] = {c.hidden_size, c.hidden_size, c.q_dim(), c.kv_dim(), c.kv_dim(), c.q_dim(), c.hidden_size};
+  for (int b = 0; b < 7; ++b) act_[b].resize(static_cast<size_t>(rows_) * widths[b]);
+  // RoPE tables for every row.
+  const int half = static_cast<int>(c.head_dim / 2);
+  cos_.resize(static_cast<size_t>(rows_) * half);
+  sin_.resize(static_cast<size_t>(rows_) * half);
+  for (int r = 0; r < rows_; ++r) {
+    const int64_t pos = step.pos[r0 + r];
+    if (options_.rope_ggml) {
+      cpu::RopeCosSinGgml(pos, static_cast<int>(c.head_dim), static_cast<float>(c.rope_theta), ggml_yarn_,
+                          static_cast<float>(c.rope_scaling.factor), ggml_ramp_[0], ggml_ramp_[1], &cos_[r * half],
+                          &sin_[r * half]);
+    } else {
+      cpu::RopeCosSin(pos, inv_freq_, mscale_, &cos_[r * half], &sin_[r * half]);
+    }
+  }
+  return absl::OkStatus();
+}
+
+Tensor CpuBackend::Buffer(Act which) {
+  std::vector<float>& b = act_[static_cast<int>(which)];
+  const int64_t cols = rows_ > 0 ? static_cast<int64_t>(b.size()) / rows_ : 0;
+  return Tensor{b.data(), rows_, cols, cols};
+}
+
+void CpuBackend::Embed(Tensor x) {
+  PhaseTimer t(phase_ns_[kEmbed]);
+  const Matrix& e = weights_->embed;
+  for (int r = 0; r < x.rows; ++r) {
+    const size_t off = static_cast<size_t>(step_->ids[r0_ + r]) * x.cols;
+    if (e.dtype == DType::kBF16) {
+      ConvertToF32(DType::kBF16, static_cast<const uint16_t*>(e.data) + off, x.data + r * x.ld, x.cols);
+    } else {
+      std::memcpy(x.data + r * x.ld, static_cast<const float*>(e.data) + off, x.cols * sizeof(float));
+    }
+  }
+}
+
+void CpuBackend::RmsNorm(int64_t layer, Norm which, Tensor x, Tensor y) {
+  PhaseTimer t(phase_ns_[which == Norm::kAttention ? kQkv : kExperts]);
+  const LayerWeights& lw = weights_->layers[layer];
+  const float* w = (which == Norm::kAttention ? lw.attn_norm : lw.mlp_norm).data();
+  const float eps = static_cast<float>(config().rms_norm_eps);
+  for (int r = 0; r < x.rows; ++r) cpu::RmsNorm(x.data + r * x.ld, w, x.cols, eps, y.data + r * y.ld);
+}
+
+void CpuBackend::Linear(int64_t layer, Tensor x, std::initializer_list<Projection> outs) {
+  const LayerWeights& lw = weights_->layers[layer];
+  auto weight = [&](Dense d) -> std::pair<const Matrix*, const float*> {
+    switch (d) {
+      case Dense::kQ: return {&lw.q, lw.q_bias.data()};
+      case Dense::kK: return {&lw.k, lw.k_bias.data()};
+      case Dense::kV: return {&lw.v, lw.v_bias.data()};
+      case Dense::kO: return {&lw.o, lw.o_bias.data()};
+    }
+    return {nullptr, nullptr};
+  };
+  PhaseTimer t(phase_ns_[outs.begin()->w == Dense::kO ? kOut : kQkv]);
+  if (outs.size() == 1) {
+    const auto [w, b] = weight(outs.begin()->w);
+    cpu::Linear(pool_, *w, b, x.data, x.ld, static_cast<int>(x.rows), outs.begin()->y.data, outs.begin()->y.ld);
+    return;
+  }
+  // One parallel region for all projections of the same input (q, k and v).
+  std::vector<cpu::LinearOut> many;
+  for (const Projection& p : outs) {
+    const auto [w, b] = weight(p.w);
+    many.push_back({w, b, p.y.data, p.y.ld});
+  }
+  cpu::LinearMany(pool_, many, x.data, x.ld, static_cast<int>(x.rows));
+}
+
+void CpuBackend::Rope(Tensor x, int num_heads) {
+  PhaseTimer t(phase_ns_[kAttention]);
+  const int hd = static_cast<int>(config().head_dim), half = hd / 2;
+  for (int r = 0; r < x.rows; ++r) cpu::ApplyRope(x.data + r * x.ld, num_heads, hd, &cos_[r * half], &sin_[r * half]);
+}
+
+void CpuBackend::KvWrite(int64_t layer, Tensor k, Tensor v) {
+  PhaseTimer t(phase_ns_[kAttention]);
+  const int g = kv_.group_of_layer(layer);
+  const int bs = kv_.block_size();
+  const int64_t kvd = k.cols;
+  for (int r = 0; r < k.rows; ++r) {
+    const int64_t slot = step_->slots[g][r0_ + r];
+    void* kd = kv_.Row(layer, false, slot / bs, static_cast<int>(slot % bs));
+    void* vd = kv_.Row(layer, true, slot / bs, static_cast<int>(slot % bs));
+    const float* kr = k.data + r * k.ld;
+    const float* vr = v.data + r * v.ld;
+    if (kv_.f32()) {
+      std::memcpy(kd, kr, kvd * sizeof(float));
+      std::memcpy(vd, vr, kvd * sizeof(float));
+    } else {
+      for (int64_t i = 0; i < kvd; ++i) {
+        static_cast<uint16_t*>(kd)[i] = F32ToBf16(kr[i]);
+        static_cast<uint16_t*>(vd)[i] = F32ToBf16(vr[i]);
+      }
+    }
+  }
+}
+
+absl::Status CpuBackend::Attention(int64_t layer, Tensor q, Tensor out) {
+  PhaseTimer t(phase_ns_[kAttention]);
+  const ModelConfig& c = config();
+  const int hd = static_cast<int>(c.head_dim);
+  const int kvh = static_cast<int>(c.num_key_value_heads);
+  const int group = static_cast<int>(c.num_attention_heads / c.num_key_value_heads);
+  const bool sliding = c.is_sliding(layer);
+  const int cache_group = kv_.group_of_layer(layer);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const int bs = kv_.block_size();
+  const float* sinks = weights_->layers[layer].sinks.data();
+  const size_t elt = kv_.f32() ? 4 : 2;
+  const cpu::Kernels& kern = cpu::ActiveKernels();
+  pool_.Run(static_cast<int>(q.rows * kvh), [&](int task) {
+    thread_local std::vector<float> scores;
+    thread_local std::vector<const void*> k_rows, v_rows;
+    const int64_t r = task / kvh;
+    const int g = task % kvh;
+    const int64_t p = step_->pos[r0_ + r];
+    const int64_t first = sliding ? std::max<int64_t>(0, p - c.sliding_window + 1) : 0;
+    const int64_t n = p - first + 1;
+    const int32_t* table = step_->table(cache_group, r0_ + static_cast<int>(r));
+    k_rows.resize(n);
+    v_rows.resize(n);
+    scores.resize(static_cast<size_t>(n) * group + 16);
+    for (int64_t j = first; j <= p; ++j) {
+      const int32_t block = table[j / bs];
+      const int slot = static_cast<int>(j % bs);
+      k_rows[j - first] = static_cast<const char*>(kv_.Row(layer, false, block, slot)) + g * hd * elt;
+      v_rows[j - first] = static_cast<const char*>(kv_.Row(layer, true, block, slot)) + g * hd * elt;
+    }
+    kern.attend(q.data + r * q.ld + g * group * hd, group, hd, k_rows.data(), v_rows.data(), n, !kv_.f32(),
+                sinks + g * group, scale, scores.data(), out.data + r * out.ld + g * group * hd);
+  });
+  return absl::OkStatus();
+}
+
+void CpuBackend::Add(Tensor x, Tensor y) {
+  PhaseTimer t(phase_ns_[kOut]);
+  for (int64_t r = 0; r < x.rows; ++r) {
+    float* xr = x.data + r * x.ld;
+    const float* yr = y.data + r * y.ld;
+    for (int64_t i = 0; i < x.cols; ++i) xr[i] += yr[i];
+  }
+}
+
+absl::StatusOr<Routing> CpuBackend::Route(int64_t layer, Tensor h) {
+  PhaseTimer t(phase_ns_[kRouter]);
+  const ModelConfig& c = config();
+  const LayerWeights& lw = weights_->layers[layer];
+  const int ne = static_cast<int>(c.num_local_experts), k = static_cast<int>(c.num_experts_per_tok);
+  const int rows = static_cast<int>(h.rows);
+  // The router is tiny (E x H): one thread, no synchronisation.
+  std::vector<float> logits(static_cast<size_t>(rows) * ne);
+  cpu::LinearRows(lw.router, lw.router_bias.data(), h.data, h.ld, rows, 0, lw.router.rows, logits.data(), ne);
+  route_idx_.resize(static_cast<size_t>(rows) * k);
+  route_weight_.resize(static_cast<size_t>(rows) * k);
+  std::vector<int> idx(k);
+  for (int r = 0; r < rows; ++r) {
+    cpu::TopKSoftmax(logits.data() + static_cast<size_t>(r) * ne, ne, k, idx.data(), &route_weight_[r * k]);
+    for (int s = 0; s < k; ++s) {
+      route_idx_[r * k + s] = idx[s];
+      ++expert_counts_[layer * ne + idx[s]];
+    }
+  }
+  return Routing{route_idx_.data(), route_weight_.data()};
+}
+
+void CpuBackend::Experts(int64_t layer, Tensor h, const Routing& routing, Tensor out) {
+  PhaseTimer t(phase_ns_[kExperts]);
+  const ModelConfig& c = config();
+  const LayerWeights& lw = weights_->layers[layer];
+  const int64_t hs = c.hidden_size, inter = c.intermediate_size;
+  const int ne = static_cast<int>(c.num_local_experts), k = static_cast<int>(c.num_experts_per_tok);
+  const int num_rows = static_cast<int>(h.rows);
+  const bool mxfp4 = lw.gate_up.mxfp4;
+
+  // Group (row, weight) pairs by expert.
+  std::vector<std::vector<std::pair<int, float>>> by_expert(ne);
+  for (int r = 0; r < num_rows; ++r) {
+    for (int s = 0; s < k; ++s) by_expert[routing.idx[r * k + s]].emplace_back(r, routing.weight[r * k + s]);
+  }
+  struct Active {
+    int expert;
+    int offset;  // first row in the gathered buffers
+    int count;
+  };
+  std::vector<Active> active;
+  int total = 0;
+  for (int e = 0; e < ne; ++e) {
+    if (by_expert[e].empty()) continue;
+    active.push_back({e, total, static_cast<int>(by_expert[e].size())});
+    total += static_cast<int>(by_expert[e].size());
+  }
+  // Gather inputs (permuted for MXFP4 so nibbles meet contiguous activations).
+  std::vector<std::pair<int, float>> gathered(total);  // (token row, weight) of each gathered row
+  for (const Active& a : active) std::copy(by_expert[a.expert].begin(), by_expert[a.expert].end(), &gathered[a.offset]);
+  std::vector<float> xin(static_cast<size_t>(total) * hs);
+  pool_.ParallelFor(total, 1, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const float* src = h.data + static_cast<size_t>(gathered[r].first) * h.ld;
+      float* dst = xin.data() + static_cast<size_t>(r) * hs;
+      if (mxfp4) cpu::PermuteForMxfp4(src, dst, hs);
+      else std::memcpy(dst, src, hs * sizeof(float));
+    }
+  });
+  // Runs `m` for every active expert, split into row chunks, in one parallel region.
+  auto run_experts = [&](const ExpertMatrix& m, const float* in, int64_t ld_in, float* outp, int64_t ld_out) {
+    constexpr int64_t kChunk = 128;
+    const int64_t chunks = (m.rows + kChunk - 1) / kChunk;
+    pool_.Run(static_cast<int>(active.size() * chunks), [&](int task) {
+      const Active& a = active[task / chunks];
+      const int64_t b = (task % chunks) * kChunk, e = std::min(m.rows, b + kChunk);
+      cpu::ExpertGemm(m, a.expert, in + static_cast<size_t>(a.offset) * ld_in, ld_in, a.count, b, e,
+                      outp + static_cast<size_t>(a.offset) * ld_out, ld_out);
+    });
+  };
+  std::vector<float> gate_up(static_cast<size_t>(total) * 2 * inter);
+  run_experts(lw.gate_up, xin.data(), hs, gate_up.data(), 2 * inter);
+
+  std::vector<float> act(static_cast<size_t>(total) * inter);
+  const float limit = static_cast<float>(c.swiglu_limit), alpha = static_cast<float>(c.swiglu_alpha);
+  pool_.ParallelFor(total, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> tmp(inter);
+    for (int64_t r = b; r < e; ++r) {
+      float* dst = act.data() + static_cast<size_t>(r) * inter;
+      const float* src = gate_up.data() + static_cast<size_t>(r) * 2 * inter;
+      if (mxfp4) {
+        cpu::SwiGlu(src, inter, limit, alpha, tmp.data());
+        cpu::PermuteForMxfp4(tmp.data(), dst, inter);
+      } else {
+        cpu::SwiGlu(src, inter, limit, alpha, dst);
+      }
+    }
+  });
+  std::vector<float> down(static_cast<size_t>(total) * hs);
+  run_experts(lw.down, act.data(), inter, down.data(), hs);
+
+  // out = sum_e w_e y_e, each token's terms added in descending weight order so
+  // the result does not depend on which other tokens share the batch.
+  std::vector<std::vector<std::pair<float, int>>> contrib(num_rows);  // (weight, gathered row) per token
+  for (int r = 0; r < total; ++r) contrib[gathered[r].first].emplace_back(gathered[r].second, r);
+  pool_.ParallelFor(num_rows, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      auto& terms = contrib[t];
+      std::sort(terms.begin(), terms.end(), [](const auto& p, const auto& q) { return p.first > q.first; });
+      float* sum = out.data + static_cast<size_t>(t) * out.ld;
+      std::fill(sum, sum + hs, 0.0f);
+      for (const auto& [w, row] : terms) {
+        const float* y = down.data() + static_cast<size_t>(row) * hs;
+        for (int64_t i = 0; i < hs; ++i) sum[i] += w * y[i];
+      }
+    }
+  });
+}
+
+absl::Status CpuBackend::Logits(Tensor x, std::span<const int32_t> rows, float* logits) {
+  PhaseTimer t(phase_ns_[kLmHead]);
+  const ModelConfig& c = config();
+  const ModelWeights& w = *weights_;
+  const int64_t hs = c.hidden_size;
+  std::vector<float> xf(rows.size() * hs);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    cpu::RmsNorm(x.data + static_cast<size_t>(rows[i]) * x.ld, w.final_norm.data(), hs,
+                 static_cast<float>(c.rms_norm_eps), &xf[i * hs]);
+  }
+  cpu::Linear(pool_, w.lm_head, nullptr, xf.data(), hs, static_cast<int>(rows.size()), logits, c.vocab_size);
+  return absl::OkStatus();
+}
+
+}  // namespace moeserve

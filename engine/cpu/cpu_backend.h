@@ -1,0 +1,87 @@
+// gpt-oss on the CPU: the CPU Backend. It holds the memory (weights mapped
+// from the checkpoint, the paged KV cache, the step's activation buffers) and
+// implements the forward's ops (engine/forward_ops.h) with the SIMD kernels of
+// engine/cpu/ over a thread pool; engine/forward.cc runs the layers.
+//
+// Thread-safety: one Forward at a time; it uses the backend's thread pool.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/forward_ops.h"
+#include "engine/kv_cache.h"
+#include "engine/thread_pool.h"
+#include "engine/weights.h"
+
+namespace moeserve {
+
+struct CpuOptions {
+  int num_threads = 0;  // 0: one per hardware thread
+  KvCacheOptions kv;
+  // RoPE/YaRN computed as ggml does (rounded ramp ends, fp32 angle recurrence),
+  // for comparisons with llama.cpp. The default follows the OpenAI reference.
+  bool rope_ggml = false;
+};
+
+class CpuBackend final : public Backend, private ForwardOps {
+ public:
+  CpuBackend(std::unique_ptr<ModelWeights> weights, const CpuOptions& options);
+
+  const ModelConfig& config() const override { return weights_->config; }
+  const KvCacheOptions& kv_options() const override { return kv_.options(); }
+  std::string device() const override { return "cpu"; }
+  absl::Status Forward(std::span<const SequenceInput> batch, ForwardOutput* out) override;
+  // Expert selections counted per [layer][expert] since construction.
+  const std::vector<int64_t>& expert_counts() const override { return expert_counts_; }
+
+  const ModelWeights& weights() const { return *weights_; }
+  KvCache& kv_cache() { return kv_; }
+  ThreadPool& pool() { return pool_; }
+
+  // Wall time spent per phase of Forward since construction, in nanoseconds.
+  enum Phase { kEmbed, kQkv, kAttention, kOut, kRouter, kExperts, kLmHead, kNumPhases };
+  static const char* PhaseName(int p);
+  const int64_t* phase_ns() const { return phase_ns_; }
+
+ private:
+  // ForwardOps.
+  int max_rows() const override { return 1 << 30; }  // one chunk: host memory grows with the step
+  absl::Status BeginChunk(const StepLayout& step, int r0, int r1) override;
+  Tensor Buffer(Act which) override;
+  void Embed(Tensor x) override;
+  void RmsNorm(int64_t layer, Norm which, Tensor x, Tensor y) override;
+  void Linear(int64_t layer, Tensor x, std::initializer_list<Projection> outs) override;
+  void Rope(Tensor x, int num_heads) override;
+  void KvWrite(int64_t layer, Tensor k, Tensor v) override;
+  absl::Status Attention(int64_t layer, Tensor q, Tensor out) override;
+  void Add(Tensor x, Tensor y) override;
+  absl::StatusOr<Routing> Route(int64_t layer, Tensor h) override;
+  void Experts(int64_t layer, Tensor h, const Routing& routing, Tensor out) override;
+  absl::Status Logits(Tensor x, std::span<const int32_t> rows, float* logits) override;
+  absl::Status EndStep() override { return absl::OkStatus(); }
+
+  std::unique_ptr<ModelWeights> weights_;
+  CpuOptions options_;
+  ThreadPool pool_;
+  KvCache kv_;
+  std::vector<float> inv_freq_;
+  float mscale_;
+  bool ggml_yarn_ = false;       // rope_ggml: YaRN active
+  float ggml_ramp_[2] = {0, 0};  // rope_ggml: rounded ramp ends
+  std::vector<int64_t> expert_counts_;
+  int64_t phase_ns_[kNumPhases] = {};
+
+  // The chunk being computed.
+  const StepLayout* step_ = nullptr;
+  int r0_ = 0, rows_ = 0;
+  std::vector<float> cos_, sin_;  // [rows, head_dim / 2]
+  std::vector<float> act_[7];     // Act buffers
+  std::vector<int32_t> route_idx_;
+  std::vector<float> route_weight_;
+};
+
+}  // namespace moeserve
