@@ -193,6 +193,24 @@ std::string ModelConfig::ToJson() const {
   return j.dump(2) + "\n";
 }
 
+// Appends the ids of an "eos_token_id" value (a number, a list of numbers or
+// null) that are not there yet.
+absl::Status AddEosIds(const json& v, const std::string& origin, std::vector<int64_t>* ids) {
+  auto add = [&](const json& e) {
+    if (!e.is_number_integer()) return false;
+    const int64_t id = e.get<int64_t>();
+    if (std::find(ids->begin(), ids->end(), id) == ids->end()) ids->push_back(id);
+    return true;
+  };
+  bool ok = v.is_null() || add(v);
+  if (v.is_array()) {
+    ok = true;
+    for (const json& e : v) ok &= add(e);
+  }
+  if (!ok) return absl::InvalidArgumentError(absl::StrCat(origin, ": \"eos_token_id\" must be a token id or a list of them"));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::string& origin) {
   json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(origin, ": not valid JSON"));
@@ -225,9 +243,11 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const
   RETURN_IF_ERROR(Read(j, "pad_token_id", origin, &c.pad_token_id));
   RETURN_IF_ERROR(Read(j, "router_aux_loss_coef", origin, &c.router_aux_loss_coef));
   if (auto it = j.find("eos_token_id"); it != j.end()) {
-    if (it->is_number_integer()) c.eos_token_id = it->get<int64_t>();
-    else if (it->is_array() && !it->empty() && (*it)[0].is_number_integer()) c.eos_token_id = (*it)[0].get<int64_t>();
-    else if (!it->is_null()) return absl::InvalidArgumentError(absl::StrCat(origin, ": \"eos_token_id\" has the wrong type"));
+    c.eos_token_ids.clear();
+    RETURN_IF_ERROR(AddEosIds(*it, origin, &c.eos_token_ids));
+    if (!c.eos_token_ids.empty()) c.eos_token_id = c.eos_token_ids[0];
+  } else {
+    c.eos_token_ids = {c.eos_token_id};
   }
   if (auto it = j.find("architectures"); it != j.end() && !it->is_null()) {
     if (!it->is_array()) return absl::InvalidArgumentError(absl::StrCat(origin, ": \"architectures\" is not an array"));
@@ -292,7 +312,16 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir) {
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
   std::stringstream ss;
   ss << in.rdbuf();
-  return ParseModelConfig(ss.str(), path);
+  ASSIGN_OR_RETURN(ModelConfig c, ParseModelConfig(ss.str(), path));
+  const std::string gen_path = model_dir + "/generation_config.json";
+  if (std::ifstream gen{gen_path}) {
+    std::stringstream gs;
+    gs << gen.rdbuf();
+    const json g = json::parse(gs.str(), nullptr, /*allow_exceptions=*/false);
+    if (g.is_discarded() || !g.is_object()) return absl::InvalidArgumentError(absl::StrCat(gen_path, ": not a JSON object"));
+    if (auto it = g.find("eos_token_id"); it != g.end()) RETURN_IF_ERROR(AddEosIds(*it, gen_path, &c.eos_token_ids));
+  }
+  return c;
 }
 
 }  // namespace moeserve

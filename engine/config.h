@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/status.h"
+#include "base/status.h"
 
 namespace moeserve {
 
@@ -56,7 +56,12 @@ struct ModelConfig {
   RopeScaling rope_scaling;
   std::vector<LayerType> layer_types;
   QuantizationConfig quantization_config;
-  int64_t eos_token_id = 200002;
+  int64_t eos_token_id = 200002;        // config.json's (its first, when it holds a list)
+  // Every token that ends a generation: config.json's eos_token_id (a number
+  // or a list) and, when the directory has one, generation_config.json's,
+  // without repeats, in that order. The one source of stop ids for the engine,
+  // the worker (Describe) and the router.
+  std::vector<int64_t> eos_token_ids = {200002};
   int64_t pad_token_id = 199999;
   double router_aux_loss_coef = 0.9;
   std::string hidden_act = "silu";
@@ -89,7 +94,8 @@ struct ModelConfig {
 // Parses config.json text; `origin` names the file in error messages.
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
                                              const std::string& origin);
-// Reads and parses `<model_dir>/config.json`.
+// Reads and parses `<model_dir>/config.json`, and adds the eos ids of
+// `<model_dir>/generation_config.json` when that file exists.
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir);
 
 }  // namespace moeserve

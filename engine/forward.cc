@@ -11,7 +11,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "engine/status.h"
+#include "base/status.h"
 
 namespace moeserve {
 

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "engine/dtype.h"
-#include "engine/status.h"
+#include "base/status.h"
 
 namespace moeserve {
 

@@ -11,15 +11,6 @@ namespace {
 
 using json = ordered_json;
 
-// The ids that end a plain completion: <|endoftext|>, <|return|>, <|call|>.
-constexpr int32_t kCompletionStops[] = {199999, 200002, 200012};
-
-bool IsCompletionStop(int32_t t) {
-  for (int32_t s : kCompletionStops) {
-    if (t == s) return true;
-  }
-  return false;
-}
 
 int64_t UnixNow() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -167,14 +158,14 @@ std::optional<ApiError> Completion::Parse(const json& body, GenerationRequest* g
       prefill_ = tok.EncodeWithSpecials(prefill);
       gr->prompt.insert(gr->prompt.end(), prefill_.begin(), prefill_.end());
     }
-    gr->stop_token_ids = text::AssistantStopTokens();
+    gr->stop_token_ids = text::AssistantStopTokens(tok, ctx_->eos_token_ids);
   } else {
     if (!body.contains("prompt")) return BadRequest("'prompt' is required", "prompt");
     auto ids = text::CompletionPromptTokens(tok, body["prompt"]);
     if (!ids.ok()) return BadRequest(std::string(ids.status().message()), "prompt");
     if (ids->empty()) return BadRequest("the prompt is empty", "prompt");
     gr->prompt = std::move(*ids);
-    gr->stop_token_ids.assign(std::begin(kCompletionStops), std::end(kCompletionStops));
+    gr->stop_token_ids = ctx_->eos_token_ids;
   }
   float temperature = 1.0f, top_p = 1.0f, min_p = 0.0f, presence = 0.0f, frequency = 0.0f;
   int64_t top_k = 0, seed = 0, n = 1, top_logprobs = 0;
@@ -457,7 +448,7 @@ void Completion::OnToken(Choice& c, const worker::v1::SampleOutput& s) {
     std::vector<text::HarmonyDelta> ds;
     c.parser->Push(token, &ds);
     Apply(c, ds);
-  } else if (!IsCompletionStop(token)) {
+  } else if (std::find(ctx_->eos_token_ids.begin(), ctx_->eos_token_ids.end(), token) == ctx_->eos_token_ids.end()) {
     auto t = c.decoder->Add(token);
     if (t.ok()) EmitContent(c, *t);
   }

@@ -51,6 +51,8 @@ struct ApiContext {
   std::string served_model_name = "gpt-oss";
   std::string current_date;  // rendered into the harmony system message
   int max_n = 16;            // most choices per request
+  // The model's eos ids (the workers' Describe): where a generation stops.
+  std::vector<int32_t> eos_token_ids;
 };
 
 class CompletionSink {

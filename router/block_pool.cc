@@ -1,6 +1,6 @@
 #include "router/block_pool.h"
 
-#include "engine/status.h"
+#include "base/status.h"
 
 namespace moeserve::router {
 

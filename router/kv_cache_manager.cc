@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "engine/status.h"
+#include "base/status.h"
 
 namespace moeserve::router {
 

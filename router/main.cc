@@ -19,7 +19,7 @@
 #include "router/grpc_api.h"
 #include "router/metrics.h"
 #include "router/worker_pool.h"
-#include "tools/cli_flags.h"
+#include "base/cli_flags.h"
 
 namespace {
 
@@ -103,6 +103,7 @@ int main(int argc, char** argv) {
   api.pool = &pool;
   api.tokenizer = tok->get();
   api.metrics = &metrics;
+  api.eos_token_ids.assign(pool.description().eos_token_ids().begin(), pool.description().eos_token_ids().end());
   std::string name = dir;
   while (!name.empty() && name.back() == '/') name.pop_back();
   api.served_model_name = get("--served-model-name", name.substr(name.find_last_of('/') + 1));

@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "engine/dtype.h"
 #include "engine/thread_pool.h"
+#include "base/harmony_tokens.h"
 #include "nlohmann/json.hpp"
 
 namespace moeserve {
@@ -260,10 +261,11 @@ absl::Status GenerateCheckpoint(const std::string& out_dir, const CheckpointGenO
   json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
   std::ofstream(out_dir + "/model.safetensors.index.json") << index.dump(2) << "\n";
   std::ofstream(out_dir + "/config.json") << config.ToJson();
-  json gen = {{"bos_token_id", 199998},
+  // As openai/gpt-oss-20b ships it; the eos ids are where generation stops.
+  json gen = {{"bos_token_id", harmony::kStartOfText},
               {"do_sample", true},
-              {"eos_token_id", {200002, 199999, 200012}},
-              {"pad_token_id", 199999},
+              {"eos_token_id", {harmony::kReturn, harmony::kEndOfText, harmony::kCall}},
+              {"pad_token_id", harmony::kEndOfText},
               {"transformers_version", "4.55.0.dev0"}};
   std::ofstream(out_dir + "/generation_config.json") << gen.dump(2) << "\n";
   if (!o.tokenizer_json.empty() && fs::exists(o.tokenizer_json)) {

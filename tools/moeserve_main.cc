@@ -244,7 +244,7 @@ absl::Status Generate(FlagReader& f) {
     return absl::InvalidArgumentError(absl::StrCat(dir, " has no tokenizer.json: pass --prompt-ids"));
   }
   if (ids.empty()) return absl::InvalidArgumentError("empty prompt");
-  sp.stop_token_ids = {200002, 200012, 199999};
+  sp.stop_token_ids.assign(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end());
   const auto t0 = std::chrono::steady_clock::now();
   ASSIGN_OR_RETURN(auto model, OpenModel(dir, threads, static_cast<int64_t>(ids.size()) + max_tokens, false, false));
   const auto t1 = std::chrono::steady_clock::now();

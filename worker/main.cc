@@ -14,7 +14,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "tools/cli_flags.h"
+#include "base/cli_flags.h"
 #ifdef MOESERVE_WITH_CUDA
 #include "engine/cuda/cuda_backend.h"
 #endif

@@ -107,8 +107,7 @@ grpc::Status WorkerService::Describe(grpc::ServerContext*, const v1::DescribeReq
   out->set_rank(0);
   out->set_world_size(1);
   out->set_device(model_->device());
-  out->add_eos_token_ids(200002);
-  out->add_eos_token_ids(200012);
+  for (int64_t id : c.eos_token_ids) out->add_eos_token_ids(static_cast<int32_t>(id));
   return grpc::Status::OK;
 }
 

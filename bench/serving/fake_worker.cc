@@ -12,8 +12,9 @@
 #include <unordered_map>
 
 #include "absl/strings/numbers.h"
+#include "base/cli_flags.h"
+#include "base/harmony_tokens.h"
 #include "moeserve/worker/v1/worker.grpc.pb.h"
-#include "tools/cli_flags.h"
 
 namespace {
 
@@ -40,7 +41,7 @@ class FakeWorker final : public v1::Worker::Service {
     d->mutable_sliding()->set_num_layers(12);
     d->set_world_size(1);
     d->set_device("fake");
-    d->add_eos_token_ids(200002);
+    d->add_eos_token_ids(moeserve::harmony::kReturn);
     return grpc::Status::OK;
   }
   grpc::Status Init(grpc::ServerContext*, const v1::InitRequest*, v1::InitResponse*) override {

@@ -21,7 +21,7 @@
 #include "absl/strings/numbers.h"
 #include "router/group_runner.h"
 #include "router/scheduler.h"
-#include "tools/cli_flags.h"
+#include "base/cli_flags.h"
 
 namespace {
 

@@ -8,7 +8,7 @@
 #include "engine/cuda/ops.h"
 #include "engine/forward.h"
 #include "engine/kv_layout.h"
-#include "engine/status.h"
+#include "base/status.h"
 
 namespace moeserve::cuda {
 namespace {

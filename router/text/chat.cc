@@ -2,7 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "engine/status.h"
+#include "base/status.h"
 
 namespace moeserve::text {
 namespace {
@@ -31,7 +31,14 @@ absl::StatusOr<std::string> ContentText(const json& m, size_t i) {
 
 }  // namespace
 
-std::vector<int32_t> AssistantStopTokens() { return {200002, 200012}; }
+std::vector<int32_t> AssistantStopTokens(const Tokenizer& tok, const std::vector<int32_t>& model_eos) {
+  std::vector<int32_t> ids = model_eos;
+  for (const char* name : {"<|return|>", "<|call|>"}) {
+    const int32_t id = tok.SpecialId(name);
+    if (id >= 0 && std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+  }
+  return ids;
+}
 
 absl::StatusOr<std::vector<int32_t>> CompletionPromptTokens(const Tokenizer& tok, const json& prompt) {
   if (prompt.is_string()) return tok.EncodeWithSpecials(prompt.get<std::string>());

@@ -50,7 +50,9 @@ absl::StatusOr<std::vector<int32_t>> RenderChatRequest(const Tokenizer& tok, con
 // tokens); a token-id array is checked against the vocabulary.
 absl::StatusOr<std::vector<int32_t>> CompletionPromptTokens(const Tokenizer& tok, const nlohmann::ordered_json& prompt);
 
-// The stop tokens of an assistant turn: <|return|> and <|call|>.
-std::vector<int32_t> AssistantStopTokens();
+// The stop tokens of an assistant turn: the model's eos ids (Describe, from
+// its config and generation_config) and harmony's <|return|> and <|call|> as
+// the tokenizer has them.
+std::vector<int32_t> AssistantStopTokens(const Tokenizer& tok, const std::vector<int32_t>& model_eos);
 
 }  // namespace moeserve::text

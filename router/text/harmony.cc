@@ -3,14 +3,15 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "engine/status.h"
+#include "base/harmony_tokens.h"
+#include "base/status.h"
 
 namespace moeserve::text {
 namespace {
 
 using json = nlohmann::ordered_json;
 
-constexpr int32_t kStart = 200006, kMessage = 200008, kEnd = 200007, kCall = 200012, kChannel = 200005;
+using harmony::kCall, harmony::kChannel, harmony::kEnd, harmony::kMessage, harmony::kStart;
 
 bool IsEnum(const json& s) { return s.contains("enum") && s["enum"].is_array() && !s["enum"].empty(); }
 

@@ -1,11 +1,12 @@
 #include "router/text/harmony_parser.h"
 
 #include "absl/strings/match.h"
+#include "base/harmony_tokens.h"
 
 namespace moeserve::text {
 namespace {
 
-constexpr int32_t kReturn = 200002, kStart = 200006, kEnd = 200007, kMessage = 200008, kCall = 200012;
+using harmony::kCall, harmony::kEnd, harmony::kMessage, harmony::kReturn, harmony::kStart;
 
 bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 

@@ -9,7 +9,8 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
-#include "engine/status.h"
+#include "base/harmony_tokens.h"
+#include "base/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
@@ -94,9 +95,11 @@ int DecodeUtf8(const std::string& s, size_t i, uint32_t* cp) {
 // The harmony special tokens with fixed ids (openai/gpt-oss tokenizer.py).
 const std::vector<std::pair<std::string, int32_t>>& HarmonySpecials() {
   static const auto* v = new std::vector<std::pair<std::string, int32_t>>{
-      {"<|startoftext|>", 199998}, {"<|endoftext|>", 199999}, {"<|return|>", 200002}, {"<|constrain|>", 200003},
-      {"<|channel|>", 200005},     {"<|start|>", 200006},     {"<|end|>", 200007},    {"<|message|>", 200008},
-      {"<|call|>", 200012},        {"<|endofprompt|>", 200018}};
+      {"<|startoftext|>", harmony::kStartOfText}, {"<|endoftext|>", harmony::kEndOfText},
+      {"<|return|>", harmony::kReturn},             {"<|constrain|>", harmony::kConstrain},
+      {"<|channel|>", harmony::kChannel},           {"<|start|>", harmony::kStart},
+      {"<|end|>", harmony::kEnd},                   {"<|message|>", harmony::kMessage},
+      {"<|call|>", harmony::kCall},                 {"<|endofprompt|>", harmony::kEndOfPrompt}};
   return *v;
 }
 
