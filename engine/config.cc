@@ -89,10 +89,13 @@ std::pair<double, double> ModelConfig::YarnRamp(bool round_ramp) const {
   auto corr_dim = [&](double n_rot) { return (d * std::log(l0 / (n_rot * 2.0 * M_PI))) / (2.0 * std::log(rope_theta)); };
   double low = corr_dim(rope_scaling.beta_fast), high = corr_dim(rope_scaling.beta_slow);
   if (round_ramp) {
-    low = std::max(0.0, std::floor(low));
-    high = std::min(d - 1, std::ceil(high));
+    low = std::floor(low);
+    high = std::ceil(high);
   }
-  return {low, high};
+  // Hugging Face's find_correction_range clamps in both modes: a short
+  // original context puts `low` below 0 (tiny test configs), which would
+  // otherwise blend the highest frequencies too.
+  return {std::max(0.0, low), std::min(d - 1, high)};
 }
 
 float ModelConfig::RopeMscale() const {

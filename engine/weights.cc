@@ -59,13 +59,20 @@ class Loader {
     } else {
       const TensorView* v = ck_.Find(prefix);
       if (!v) return absl::NotFoundError(absl::StrCat("checkpoint is missing tensor ", prefix));
-      if (v->dtype != DType::kF32 && v->dtype != DType::kBF16) {
+      if (v->dtype == DType::kU8) {
         return absl::DataLossError(absl::StrCat(v->file, ": tensor ", prefix, " has dtype ", DTypeName(v->dtype),
-                                                ", expected BF16 or F32 dense experts"));
+                                                ", expected BF16, F16 or F32 dense experts"));
       }
       ASSIGN_OR_RETURN(auto t, ck_.Get(prefix, v->dtype, {e, cols, rows}));
-      x.dtype = t->dtype;
-      x.dense = t->data;
+      if (t->dtype == DType::kF16) {  // as other F16 weights: converted once
+        x.owned.resize(static_cast<size_t>(e) * cols * rows);
+        ConvertToF32(t->dtype, t->data, x.owned.data(), x.owned.size());
+        x.dtype = DType::kF32;
+        x.dense = x.owned.data();
+      } else {
+        x.dtype = t->dtype;
+        x.dense = t->data;
+      }
     }
     ASSIGN_OR_RETURN(x.bias, Vector(prefix + "_bias", {e, rows}));
     return x;

@@ -32,8 +32,9 @@ struct ExpertMatrix {
   DType dtype = DType::kU8;
   const uint8_t* blocks = nullptr;
   const uint8_t* scales = nullptr;
-  const void* dense = nullptr;
+  const void* dense = nullptr;             // BF16 or F32 [E, cols, rows], in place or in `owned`
   int64_t num_experts = 0, rows = 0, cols = 0;
+  std::vector<float> owned;                // F16 experts, converted once to F32
   std::vector<float> bias;  // [E, rows]
 };
 

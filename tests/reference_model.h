@@ -133,7 +133,12 @@ class ReferenceModel {
     for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * r * w[i];
     return y;
   }
-  // YaRN straight from spec §2.3 (double precision throughout).
+  // YaRN straight from spec §2.3 (double precision throughout), with the
+  // correction range as Hugging Face's _compute_yarn_parameters defines it:
+  //   low, high = find_correction_dim(beta_fast), find_correction_dim(beta_slow)
+  //   if truncate: low, high = floor(low), ceil(high)
+  //   return max(low, 0), min(high, dim - 1)        (dim = head_dim; always clamped)
+  //   ramp = clamp((i - low) / (high - low), 0, 1)  (high == low: high += 0.001)
   void Rope(std::vector<double>& v, int64_t heads, int pos) const {
     const double d = static_cast<double>(c_.head_dim), base = c_.rope_theta;
     const auto& s = c_.rope_scaling;
@@ -141,9 +146,12 @@ class ReferenceModel {
     double low = d / 2 * std::log(s.original_max_position_embeddings / (s.beta_fast * 2 * M_PI)) / std::log(base);
     double high = d / 2 * std::log(s.original_max_position_embeddings / (s.beta_slow * 2 * M_PI)) / std::log(base);
     if (o_.round_yarn) {
-      low = std::max(0.0, std::floor(low));
-      high = std::min(d - 1, std::ceil(high));
+      low = std::floor(low);
+      high = std::ceil(high);
     }
+    low = std::max(0.0, low);
+    high = std::min(d - 1, high);
+    if (high == low) high += 0.001;
     const double m = yarn ? 0.1 * std::log(s.factor) + 1.0 : 1.0;
     const int64_t half = c_.head_dim / 2;
     for (int64_t i = 0; i < half; ++i) {

@@ -116,7 +116,7 @@ TEST_P(ReferenceTest, MatchesScalarReferenceEveryPosition) {
 INSTANTIATE_TEST_SUITE_P(Models, ReferenceTest,
                          ::testing::Values(Case{"f32", "f32", false}, Case{"f32", "f32", true},
                                            Case{"mxfp4", "bf16", false}, Case{"mxfp4", "f32", false},
-                                           Case{"bf16", "bf16", false}),
+                                           Case{"bf16", "bf16", false}, Case{"f16", "bf16", false}),
                          [](const auto& info) {
                            return info.param.experts + "_" + info.param.dense + (info.param.round_yarn ? "_ggml_yarn" : "");
                          });

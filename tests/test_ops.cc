@@ -197,6 +197,36 @@ TEST(OpsTest, YarnFrequenciesMatchSpec) {
   EXPECT_NEAR(rounded[12], (1 / (32 * f)) * 0.4 + (1 / f) * 0.6, 1e-9);
 }
 
+// Hugging Face clamps the correction range in both modes. The tiny test preset
+// (theta 1e4, original context 64, head_dim 16, factor 32) puts the unclamped
+// low end at -0.99: without the clamp pair 0 — the highest frequency, which
+// YaRN keeps as it is — would be blended a third of the way toward 1/32.
+TEST(OpsTest, YarnCorrectionRangeIsClampedAsHuggingFace) {
+  ModelConfig c = ModelConfig::GptOss20b();
+  c.head_dim = 16;
+  c.rope_theta = 1e4;
+  c.rope_scaling.original_max_position_embeddings = 64;
+  const double d = 16, l0 = 64, base = 1e4;
+  const double low_raw = d * std::log(l0 / (32 * 2 * M_PI)) / (2 * std::log(base));   // beta_fast 32
+  const double high_raw = d * std::log(l0 / (1 * 2 * M_PI)) / (2 * std::log(base));   // beta_slow 1
+  ASSERT_LT(low_raw, -0.9);
+  for (bool truncate : {false, true}) {
+    const auto [low, high] = c.YarnRamp(truncate);
+    EXPECT_EQ(low, 0.0) << "truncate " << truncate;
+    EXPECT_NEAR(high, truncate ? std::ceil(high_raw) : high_raw, 1e-12);
+    const auto inv = c.RopeInvFreq(truncate);
+    EXPECT_FLOAT_EQ(inv[0], 1.0f) << "pair 0 is not interpolated";
+    for (int i = 1; i < 8; ++i) {
+      const double f = std::pow(base, 2.0 * i / d);
+      const double ramp = std::clamp((i - low) / (high - low), 0.0, 1.0);
+      EXPECT_NEAR(inv[i], (1 / (32 * f)) * ramp + (1 / f) * (1 - ramp), 1e-7 / f) << "pair " << i;
+    }
+  }
+  // The upper end is clamped to head_dim - 1 (a long original context).
+  c.rope_scaling.original_max_position_embeddings = 1 << 30;
+  EXPECT_EQ(c.YarnRamp(false).second, 15.0);
+}
+
 TEST(OpsTest, RopeRotatesHalves) {
   std::vector<float> inv = {1.0f, 0.5f};
   float cs[2], sn[2];

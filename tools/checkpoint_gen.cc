@@ -90,7 +90,8 @@ std::vector<TensorSpec> Specs(const CheckpointGenOptions& o) {
         s.push_back(b);
         s.push_back(sc);
       } else {
-        TensorSpec d{ep, o.experts == "f32" ? DType::kF32 : DType::kBF16, {e, cols, rows}, Fill::kUniform, 0.0f,
+        const DType dt = o.experts == "f32" ? DType::kF32 : o.experts == "f16" ? DType::kF16 : DType::kBF16;
+        TensorSpec d{ep, dt, {e, cols, rows}, Fill::kUniform, 0.0f,
                      static_cast<float>(rms * std::sqrt(3.0))};
         s.push_back(d);
       }
@@ -122,8 +123,12 @@ void FillChunk(const TensorSpec& t, uint64_t seed, size_t ti, int64_t elem_begin
       for (int64_t i = 0; i < count; ++i) {
         const double u = static_cast<double>(rnd(elem_begin + i) >> 11) * 0x1.0p-53 * 2.0 - 1.0;
         const float v = t.center + t.half_range * static_cast<float>(u);
-        if (t.dtype == DType::kF32) std::memcpy(out + i * 4, &v, 4);
-        else {
+        if (t.dtype == DType::kF32) {
+          std::memcpy(out + i * 4, &v, 4);
+        } else if (t.dtype == DType::kF16) {
+          const uint16_t h = F32ToF16(v);
+          std::memcpy(out + i * 2, &h, 2);
+        } else {
           const uint16_t b = F32ToBf16(v);
           std::memcpy(out + i * 2, &b, 2);
         }
@@ -214,8 +219,8 @@ absl::StatusOr<ModelConfig> PresetConfig(const std::string& name) {
 
 absl::Status GenerateCheckpoint(const std::string& out_dir, const CheckpointGenOptions& o) {
   RETURN_IF_ERROR(o.config.Validate());
-  if (o.experts != "mxfp4" && o.experts != "bf16" && o.experts != "f32") {
-    return absl::InvalidArgumentError("experts must be mxfp4, bf16 or f32");
+  if (o.experts != "mxfp4" && o.experts != "bf16" && o.experts != "f16" && o.experts != "f32") {
+    return absl::InvalidArgumentError("experts must be mxfp4, bf16, f16 or f32");
   }
   if (o.dense != "bf16" && o.dense != "f32") return absl::InvalidArgumentError("dense must be bf16 or f32");
   ModelConfig config = o.config;

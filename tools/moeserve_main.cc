@@ -74,7 +74,7 @@ commands:
       --out DIR              output directory (required)
       --preset NAME          tiny | demo | 20b | 120b (default tiny)
       --seed N               (default 0)
-      --experts KIND         mxfp4 | bf16 | f32 (default mxfp4)
+      --experts KIND         mxfp4 | bf16 | f16 | f32 (default mxfp4)
       --dense KIND           bf16 | f32 (default bf16)
       --expert-scale F       RMS of expert pre-activations (default 1; >3 hits the SwiGLU clamps)
       --layers N --vocab N --sliding-window N --yarn-factor F   override the preset
