@@ -61,10 +61,43 @@ TEST(ConfigTest, ParsesPublishedGptOss20b) {
   EXPECT_TRUE(c->is_sliding(0));
   EXPECT_FALSE(c->is_sliding(1));
   EXPECT_EQ(c->eos_token_id, 200002);
+  EXPECT_EQ(c->eos_token_ids, std::vector<int64_t>{200002});
   // Round trip through our own writer.
   auto again = ParseModelConfig(c->ToJson(), "again");
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->ToJson(), c->ToJson());
+}
+
+// Stop ids come from the model: config.json's eos_token_id (a number or a
+// list) and generation_config.json's, in that order, without repeats.
+TEST(ConfigTest, EosIdsFromConfigAndGenerationConfig) {
+  const std::string dir = testing::TinyCheckpoint("eos", "f32", "f32");
+  auto c = LoadModelConfig(dir);  // as generated: 200002, then [200002, 199999, 200012]
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int64_t>{200002, 199999, 200012}));
+  std::string text;
+  {
+    std::ifstream in(dir + "/config.json");
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const std::string key = "\"eos_token_id\": 200002";
+  ASSERT_NE(text.find(key), std::string::npos);
+  std::ofstream(dir + "/config.json") << std::string(text).replace(text.find(key), key.size(), "\"eos_token_id\": [5, 6]");
+  std::ofstream(dir + "/generation_config.json") << R"({"eos_token_id": 6, "bos_token_id": 1})";
+  c = LoadModelConfig(dir);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int64_t>{5, 6}));
+  EXPECT_EQ(c->eos_token_id, 5);
+  std::ofstream(dir + "/generation_config.json") << R"({"eos_token_id": "</s>"})";
+  c = LoadModelConfig(dir);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(c.status().message()).find("generation_config.json"), std::string::npos) << c.status();
+  std::ofstream(dir + "/generation_config.json") << "{not json";
+  EXPECT_FALSE(LoadModelConfig(dir).ok());
+  std::filesystem::remove(dir + "/generation_config.json");
+  c = LoadModelConfig(dir);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int64_t>{5, 6}));
 }
 
 TEST(ConfigTest, RejectsBadConfigsWithClearErrors) {

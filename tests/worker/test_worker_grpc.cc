@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
 #include <numeric>
 #include <thread>
 
@@ -25,6 +26,8 @@ namespace v1 = moeserve::worker::v1;
 
 TEST(WorkerGrpcTest, ExecutesStepsLikeTheEngine) {
   const std::string dir = testing::TinyCheckpoint("worker", "mxfp4", "bf16", 1.0);
+  // A vocabulary of its own: the model's stop ids are config.json's and generation_config.json's.
+  std::ofstream(dir + "/generation_config.json") << R"({"eos_token_id": [7, 200002, 9]})";
   testing::WorkerProcess proc(dir, {"--kv-cache-memory", "16MiB", "--block-size", "4", "--max-num-seqs", "4"});
   ASSERT_FALSE(proc.address().empty()) << "worker did not start";
   auto channel = grpc::CreateChannel(proc.address(), grpc::InsecureChannelCredentials());
@@ -40,6 +43,8 @@ TEST(WorkerGrpcTest, ExecutesStepsLikeTheEngine) {
     EXPECT_GT(d.full().num_blocks(), 16);
     EXPECT_EQ(d.sliding().num_blocks(), 4 * (2 + 2));
     EXPECT_EQ(d.full().num_layers(), 2);
+    EXPECT_EQ(std::vector<int32_t>(d.eos_token_ids().begin(), d.eos_token_ids().end()),
+              (std::vector<int32_t>{200002, 7, 9}));
     grpc::ClientContext hctx;
     v1::HealthResponse h;
     ASSERT_TRUE(stub->Health(&hctx, v1::HealthRequest(), &h).ok());
