@@ -3,7 +3,7 @@
 // steps, the sliding window and shuffled block ids, greedy tokens, expert
 // counts, and row chunking of a step larger than the workspace. Label `gpu`;
 // skipped without a CUDA device. MOESERVE_SLOW_TESTS=1 adds the full
-// gpt-oss-20b shape (a 13.8 GB random checkpoint, written on first use).
+// gpt-oss-20b shape (a 13.8 GB random checkpoint, written on first use, or MOESERVE_20B_DIR).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -135,7 +135,10 @@ TEST(CudaBackend, StepsLargerThanTheWorkspaceRunInChunks) {
 TEST(CudaBackend, Gpt20bShape) {
   if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   if (!std::getenv("MOESERVE_SLOW_TESTS")) GTEST_SKIP() << "set MOESERVE_SLOW_TESTS=1";
-  const std::string dir = testing::TempDir("cuda_20b");
+  // MOESERVE_20B_DIR: a 20b-shape checkpoint to use (written there when missing; tests/gpu/device_check.sh
+  // shares it with the GPU benchmark).
+  const char* given = std::getenv("MOESERVE_20B_DIR");
+  const std::string dir = given ? std::string(given) : testing::TempDir("cuda_20b");
   if (!std::filesystem::exists(dir + "/config.json")) {
     CheckpointGenOptions o;
     o.config = *PresetConfig("20b");
