@@ -6,6 +6,7 @@
 // death-test subprocesses.
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <numeric>
 #include <vector>
 
@@ -212,6 +213,17 @@ __global__ void DivergentBarrierKernel(int* out) {
   }
 }
 
+__global__ void PastTheEndKernel(const float* x, int n, float* out) { out[0] = x[n + threadIdx.x]; }
+
+int ReadPastTheEnd() {
+  float* x = nullptr;
+  float* out = nullptr;
+  cudaMalloc(&x, 64 * sizeof(float));
+  cudaMalloc(&out, sizeof(float));
+  Launch(PastTheEndKernel, 1, 32, 0, nullptr, x, 64, out);
+  std::_Exit(0);
+}
+
 int RunFault(void (*kernel)(int*)) {
   int* d = nullptr;
   cudaMalloc(&d, 64 * sizeof(int));
@@ -227,6 +239,8 @@ TEST(CudaEmuDeathTest, KernelFaultsAreStickyErrors) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(RunFault(ExitedLaneShuffleKernel), ::testing::ExitedWithCode(3), "lanes that have exited|exited while");
   EXPECT_EXIT(RunFault(DivergentBarrierKernel), ::testing::ExitedWithCode(3), "deadlock");
+  // Device allocations end at a guard page: reading past one is an illegal address, not a neighbour's data.
+  EXPECT_EXIT(ReadPastTheEnd(), ::testing::KilledBySignal(SIGSEGV), "illegal memory access in a kernel");
 }
 
 }  // namespace

@@ -20,12 +20,16 @@
 //   * the runtime calls used: device properties of an sm_86 card (sm_90 with
 //     MOESERVE_CUDA_EMU_ARCH=90), allocation inside an emulated memory size
 //     (MOESERVE_CUDA_EMU_MEMORY_MB, default 4096), copies and memsets with
-//     their direction checked against where the pointers live, streams and
+//     their direction and bounds checked against the allocations, streams and
 //     events as synchronous host operations, sticky errors after a fault.
 // What the hardware refuses, it refuses: more than 1,024 threads per block
 // (or block.z > 64), grid.y/z over 65,535 and grid.x over 2^31 - 1, dynamic
 // shared memory over 48 KB without cudaFuncSetAttribute and over the opt-in
-// maximum (99 KB on sm_86, 227 KB on sm_90) with it.
+// maximum (99 KB on sm_86, 227 KB on sm_90) with it. (Static __shared__ over
+// 48 KB is refused by nvcc itself, which compiles the same sources in every
+// build where it exists.) Device allocations sit between guard pages: a kernel
+// running past the end of one dies with "illegal memory access", and copies and
+// memsets must stay inside one allocation and go the direction they say.
 //
 // Environment: MOESERVE_CUDA_EMU_SEED (thread order, default 1),
 // MOESERVE_CUDA_EMU_THREADS (host threads running blocks; default the

@@ -13,6 +13,7 @@
 //
 // A fault (deadlock, a bad warp mask) ends the launch, unwinds the block's
 // fibers and leaves a sticky cudaErrorLaunchFailure, as a device fault does.
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -59,12 +60,36 @@ int EnvInt(const char* name, int fallback) {
   return v && *v ? std::atoi(v) : fallback;
 }
 
+thread_local bool t_in_kernel = false;  // this host thread runs a block
+
+// A fault inside a kernel (a guard page of a device allocation, or any other
+// bad address) is reported as the illegal memory access it would be on a GPU,
+// then the process dies of the signal as it would have.
+void OnSegv(int sig, siginfo_t* info, void*) {
+  if (t_in_kernel) {
+    char msg[160] = "moeserve CUDA emulator: illegal memory access in a kernel at 0x";
+    size_t n = std::strlen(msg);
+    const uintptr_t a = reinterpret_cast<uintptr_t>(info->si_addr);
+    for (int shift = 60; shift >= 0; shift -= 4) msg[n++] = "0123456789abcdef"[(a >> shift) & 15];
+    const char tail[] = " (past the end of a device allocation?)\n";
+    std::memcpy(msg + n, tail, sizeof(tail) - 1);
+    n += sizeof(tail) - 1;
+    (void)!write(2, msg, n);
+  }
+  signal(sig, SIG_DFL);  // the faulting access runs again and ends the process
+}
+
 // ---- The emulated device: memory, errors, attributes -------------------------
 
 struct Device {
   int arch = 86;
   size_t total = 0, used = 0;
-  std::map<uintptr_t, size_t> allocations;  // base -> bytes asked for (the mapping is rounded up to pages)
+  struct Allocation {
+    size_t bytes;        // asked for
+    void* mapping;       // guard page, data pages, guard page
+    size_t mapped;
+  };
+  std::map<uintptr_t, Allocation> allocations;  // by the pointer handed out
   std::map<const void*, int> max_dynamic_shared;
   std::set<CUstream_st*> streams;
   std::mutex mu;
@@ -81,6 +106,10 @@ Device& Dev() {
     dev->arch = EnvInt("MOESERVE_CUDA_EMU_ARCH", 86) >= 90 ? 90 : 86;
     dev->total = static_cast<size_t>(EnvInt("MOESERVE_CUDA_EMU_MEMORY_MB", 4096)) << 20;
     dev->seed = static_cast<uint64_t>(EnvInt("MOESERVE_CUDA_EMU_SEED", 1));
+    struct sigaction sa = {};
+    sa.sa_sigaction = OnSegv;
+    sa.sa_flags = SA_SIGINFO;
+    sigaction(SIGSEGV, &sa, nullptr);
     return dev;
   }();
   return *d;
@@ -105,7 +134,8 @@ int Classify(const void* p, size_t bytes) {
     return it != d.allocations.end() && a + bytes > it->first ? 0 : -1;
   }
   --it;
-  if (a < it->first + it->second) return a + bytes <= it->first + it->second ? 1 : 0;
+  const uintptr_t end = it->first + it->second.bytes;
+  if (a < end) return a + bytes <= end ? 1 : 0;
   auto next = std::next(it);
   return next != d.allocations.end() && a + bytes > next->first ? 0 : -1;
 }
@@ -207,6 +237,7 @@ class Runner {
       queue_.push_back(i);
     }
     Shuffle(queue_.begin(), queue_.end());
+    t_in_kernel = true;
     while (head_ < queue_.size() && fault_.empty()) {
       Thread& t = *threads_[queue_[head_++]];
       current_ = &t;
@@ -215,6 +246,7 @@ class Runner {
       t.fiber = std::move(t.fiber).resume();
     }
     current_ = nullptr;
+    t_in_kernel = false;
     if (fault_.empty() && done_ != n_) fault_ = DescribeDeadlock();
     for (int i = 0; i < n_; ++i) {
       Thread& t = *threads_[i];
@@ -629,25 +661,34 @@ const char* cudaGetErrorString(cudaError_t e) {
   return "unknown error";
 }
 
+// Device memory: anonymous pages (untouched KV pools cost no host memory)
+// between two inaccessible guard pages. The data ends at most 255 bytes before
+// the upper guard (pointers stay 256-byte aligned, as cudaMalloc's), so a
+// kernel that runs past the end of an allocation faults instead of reading its
+// neighbour.
 cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   *ptr = nullptr;
   if (const cudaError_t s = Sticky(); s != cudaSuccess) return Fail(s);
   if (bytes == 0) return cudaSuccess;
   Device& d = Dev();
-  const size_t rounded = (bytes + 4095) & ~size_t{4095};
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t rounded = (bytes + page - 1) / page * page;
   {
     std::lock_guard<std::mutex> lock(d.mu);
     if (rounded > d.total - d.used) return Fail(cudaErrorMemoryAllocation);
     d.used += rounded;
   }
-  // Anonymous pages: untouched KV pools cost no host memory.
-  void* p = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  std::lock_guard<std::mutex> lock(d.mu);
-  if (p == MAP_FAILED) {
+  const size_t mapped = rounded + 2 * page;
+  void* m = mmap(nullptr, mapped, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (m == MAP_FAILED || mprotect(static_cast<char*>(m) + page, rounded, PROT_READ | PROT_WRITE) != 0) {
+    if (m != MAP_FAILED) munmap(m, mapped);
+    std::lock_guard<std::mutex> lock(d.mu);
     d.used -= rounded;
     return Fail(cudaErrorMemoryAllocation);
   }
-  d.allocations[reinterpret_cast<uintptr_t>(p)] = bytes;
+  char* p = static_cast<char*>(m) + page + (rounded - (bytes + 255) / 256 * 256);
+  std::lock_guard<std::mutex> lock(d.mu);
+  d.allocations[reinterpret_cast<uintptr_t>(p)] = {bytes, m, mapped};
   *ptr = p;
   return cudaSuccess;
 }
@@ -658,9 +699,8 @@ cudaError_t cudaFree(void* ptr) {
   std::lock_guard<std::mutex> lock(d.mu);
   auto it = d.allocations.find(reinterpret_cast<uintptr_t>(ptr));
   if (it == d.allocations.end()) return Fail(cudaErrorInvalidDevicePointer);
-  const size_t rounded = (it->second + 4095) & ~size_t{4095};
-  munmap(ptr, rounded);
-  d.used -= rounded;
+  munmap(it->second.mapping, it->second.mapped);
+  d.used -= it->second.mapped - 2 * static_cast<size_t>(sysconf(_SC_PAGESIZE));
   d.allocations.erase(it);
   return cudaSuccess;
 }
