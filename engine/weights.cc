@@ -33,16 +33,21 @@ class Loader {
     Matrix m;
     m.rows = rows;
     m.cols = cols;
-    if (t->dtype == DType::kF16 || force_f32) {
-      m.owned.resize(rows * cols);
-      ConvertToF32(t->dtype, t->data, m.owned.data(), m.owned.size());
-      m.dtype = DType::kF32;
-      m.data = m.owned.data();
-    } else {
-      m.dtype = t->dtype;
-      m.data = t->data;
-    }
+    m.data = InPlaceOrF32(*t, force_f32, &m.dtype, &m.owned);
     return m;
+  }
+
+  // The tensor's bytes when BF16 or F32 (used in place), else (F16, or
+  // `force_f32`) an F32 copy in `owned`.
+  static const void* InPlaceOrF32(const TensorView& t, bool force_f32, DType* dtype, std::vector<float>* owned) {
+    if (t.dtype != DType::kF16 && !force_f32) {
+      *dtype = t.dtype;
+      return t.data;
+    }
+    owned->resize(t.numel());
+    ConvertToF32(t.dtype, t.data, owned->data(), owned->size());
+    *dtype = DType::kF32;
+    return owned->data();
   }
 
   absl::StatusOr<ExpertMatrix> Experts(const std::string& prefix, bool mxfp4, int64_t e, int64_t rows, int64_t cols) {
@@ -64,15 +69,7 @@ class Loader {
                                                 ", expected BF16, F16 or F32 dense experts"));
       }
       ASSIGN_OR_RETURN(auto t, ck_.Get(prefix, v->dtype, {e, cols, rows}));
-      if (t->dtype == DType::kF16) {  // as other F16 weights: converted once
-        x.owned.resize(static_cast<size_t>(e) * cols * rows);
-        ConvertToF32(t->dtype, t->data, x.owned.data(), x.owned.size());
-        x.dtype = DType::kF32;
-        x.dense = x.owned.data();
-      } else {
-        x.dtype = t->dtype;
-        x.dense = t->data;
-      }
+      x.dense = InPlaceOrF32(*t, /*force_f32=*/false, &x.dtype, &x.owned);  // F16: converted once, as other weights
     }
     ASSIGN_OR_RETURN(x.bias, Vector(prefix + "_bias", {e, rows}));
     return x;
