@@ -224,6 +224,18 @@ int ReadPastTheEnd() {
   std::_Exit(0);
 }
 
+__global__ void MisalignedKernel(const float* x, float* out) {
+  const float4 v = *reinterpret_cast<const float4*>(x + 1);  // 4 bytes past a 16-byte boundary
+  out[0] = v.x;
+}
+
+int LoadMisaligned() {
+  float* x = nullptr;
+  cudaMalloc(&x, 64 * sizeof(float));
+  Launch(MisalignedKernel, 1, 1, 0, nullptr, x, x + 32);
+  std::_Exit(0);
+}
+
 int RunFault(void (*kernel)(int*)) {
   int* d = nullptr;
   cudaMalloc(&d, 64 * sizeof(int));
@@ -241,6 +253,8 @@ TEST(CudaEmuDeathTest, KernelFaultsAreStickyErrors) {
   EXPECT_EXIT(RunFault(DivergentBarrierKernel), ::testing::ExitedWithCode(3), "deadlock");
   // Device allocations end at a guard page: reading past one is an illegal address, not a neighbour's data.
   EXPECT_EXIT(ReadPastTheEnd(), ::testing::KilledBySignal(SIGSEGV), "illegal memory access in a kernel");
+  // A vector load from an address its type's alignment does not divide: "misaligned address" on a GPU.
+  EXPECT_DEATH(LoadMisaligned(), "misaligned address");
 }
 
 }  // namespace

@@ -29,7 +29,10 @@
 // 48 KB is refused by nvcc itself, which compiles the same sources in every
 // build where it exists.) Device allocations sit between guard pages: a kernel
 // running past the end of one dies with "illegal memory access", and copies and
-// memsets must stay inside one allocation and go the direction they say.
+// memsets must stay inside one allocation and go the direction they say. The
+// kernels are compiled with UBSan's alignment check (engine/CMakeLists.txt): a
+// misaligned vector load stops the process with "misaligned address", as the
+// GPU's fault would.
 //
 // Environment: MOESERVE_CUDA_EMU_SEED (thread order, default 1),
 // MOESERVE_CUDA_EMU_THREADS (host threads running blocks; default the
@@ -68,7 +71,7 @@
 // ---- Vector and index types ------------------------------------------------
 
 struct uint3 {
-  unsigned x = 0, y = 0, z = 0;
+  unsigned x, y, z;
 };
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
@@ -93,10 +96,11 @@ struct alignas(8) uint2 {
 
 // The executing CUDA thread's indices. Set by the emulator before it resumes a
 // fiber; kernels read them as on the device.
-extern thread_local uint3 threadIdx;
-extern thread_local uint3 blockIdx;
-extern thread_local dim3 blockDim;
-extern thread_local dim3 gridDim;
+// Constant-initialized: reads are plain TLS loads, no wrapper calls.
+inline thread_local uint3 threadIdx = {0, 0, 0};
+inline thread_local uint3 blockIdx = {0, 0, 0};
+inline thread_local dim3 blockDim{1, 1, 1};
+inline thread_local dim3 gridDim{1, 1, 1};
 constexpr int warpSize = 32;
 
 // ---- Runtime API -----------------------------------------------------------

@@ -33,11 +33,6 @@
 
 #include "engine/cuda/emu/cuda_emu.h"
 
-thread_local uint3 threadIdx;
-thread_local uint3 blockIdx;
-thread_local dim3 blockDim;
-thread_local dim3 gridDim;
-
 struct CUstream_st {
   int unused = 0;
 };
