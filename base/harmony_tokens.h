@@ -10,16 +10,16 @@
 
 namespace moeserve::harmony {
 
-constexpr int32_t kStartOfText = 199998;  // <|startoftext|>
-constexpr int32_t kEndOfText = 199999;    // <|endoftext|>
-constexpr int32_t kReturn = 200002;       // <|return|>: the final message is done
-constexpr int32_t kConstrain = 200003;    // <|constrain|>
-constexpr int32_t kChannel = 200005;      // <|channel|>
-constexpr int32_t kStart = 200006;        // <|start|>
-constexpr int32_t kEnd = 200007;          // <|end|>
-constexpr int32_t kMessage = 200008;      // <|message|>
-constexpr int32_t kCall = 200012;         // <|call|>: a tool call is done
-constexpr int32_t kEndOfPrompt = 200018;  // <|endofprompt|>
+constexpr int32_t kStartOfText = 199998;    // <|startoftext|>
+constexpr int32_t kEndOfText = 199999;      // <|endoftext|>
+constexpr int32_t kReturn = 200002;         // <|return|>: the final message is done
+constexpr int32_t kConstrain = 200003;      // <|constrain|>
+constexpr int32_t kChannel = 200005;        // <|channel|>
+constexpr int32_t kStart = 200006;          // <|start|>
+constexpr int32_t kEnd = 200007;            // <|end|>
+constexpr int32_t kMessage = 200008;        // <|message|>
+constexpr int32_t kCall = 200012;           // <|call|>: a tool call is done
+constexpr int32_t kEndOfPrompt = 200018;    // <|endofprompt|>
 constexpr int32_t kFirstReserved = 200019;  // <|reserved_200019|> ... up to the vocabulary's end
 
 }  // namespace moeserve::harmony

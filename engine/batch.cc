@@ -18,7 +18,8 @@ absl::Status ValidateBatch(const ModelConfig& c, const KvCacheOptions& kv, std::
     }
     for (int32_t t : in.tokens) {
       if (t < 0 || t >= c.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": token id ", t, " outside [0, ", c.vocab_size, ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("sequence ", s, ": token id ", t, " outside [0, ", c.vocab_size, ")"));
       }
     }
     const int64_t end = in.start_pos + static_cast<int64_t>(in.tokens.size());  // one past the last position

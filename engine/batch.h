@@ -54,9 +54,9 @@ struct StepLayout {
   std::vector<int64_t> pos;                            // [rows]
   std::vector<int32_t> tables;                         // group 0's tables of every sequence, then group 1's
   std::vector<int64_t> table_offset[kNumCacheGroups];  // [rows]: where the row's sequence table starts
-  std::vector<int64_t> slots[kNumCacheGroups];         // [rows]: block * block_size + pos % block_size (-1: unused group)
-  std::vector<int32_t> logit_rows;                     // rows returning logits, in ForwardOutput order
-  std::vector<int> first_row, num_rows;                // per sequence, as ForwardOutput
+  std::vector<int64_t> slots[kNumCacheGroups];  // [rows]: block * block_size + pos % block_size (-1: unused group)
+  std::vector<int32_t> logit_rows;              // rows returning logits, in ForwardOutput order
+  std::vector<int> first_row, num_rows;         // per sequence, as ForwardOutput
 
   int num_rows_total() const { return static_cast<int>(ids.size()); }
   // Row r's block table of cache group g (entries up to its position are valid).

@@ -107,10 +107,14 @@ void CpuBackend::Linear(int64_t layer, Tensor x, std::initializer_list<Projectio
   const LayerWeights& lw = weights_->layers[layer];
   auto weight = [&](Dense d) -> std::pair<const Matrix*, const float*> {
     switch (d) {
-      case Dense::kQ: return {&lw.q, lw.q_bias.data()};
-      case Dense::kK: return {&lw.k, lw.k_bias.data()};
-      case Dense::kV: return {&lw.v, lw.v_bias.data()};
-      case Dense::kO: return {&lw.o, lw.o_bias.data()};
+      case Dense::kQ:
+        return {&lw.q, lw.q_bias.data()};
+      case Dense::kK:
+        return {&lw.k, lw.k_bias.data()};
+      case Dense::kV:
+        return {&lw.v, lw.v_bias.data()};
+      case Dense::kO:
+        return {&lw.o, lw.o_bias.data()};
     }
     return {nullptr, nullptr};
   };
@@ -260,8 +264,10 @@ void CpuBackend::Experts(int64_t layer, Tensor h, const Routing& routing, Tensor
     for (int64_t r = b; r < e; ++r) {
       const float* src = h.data + static_cast<size_t>(gathered[r].first) * h.ld;
       float* dst = xin.data() + static_cast<size_t>(r) * hs;
-      if (mxfp4) cpu::PermuteForMxfp4(src, dst, hs);
-      else std::memcpy(dst, src, hs * sizeof(float));
+      if (mxfp4)
+        cpu::PermuteForMxfp4(src, dst, hs);
+      else
+        std::memcpy(dst, src, hs * sizeof(float));
     }
   });
   // Runs `m` for every active expert, split into row chunks, in one parallel region.

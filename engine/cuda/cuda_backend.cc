@@ -5,10 +5,10 @@
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
+#include "base/status.h"
 #include "engine/cuda/ops.h"
 #include "engine/forward.h"
 #include "engine/kv_layout.h"
-#include "base/status.h"
 
 namespace moeserve::cuda {
 namespace {
@@ -29,7 +29,7 @@ CudaBackend::~CudaBackend() {
 }
 
 absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(std::unique_ptr<ModelWeights> weights,
-                                                             const CudaOptions& options) {
+                                                                 const CudaOptions& options) {
   if (DeviceCount() <= options.device) {
     return absl::UnavailableError(absl::StrCat("no CUDA device ", options.device, " (", DeviceCount(), " found)"));
   }
@@ -104,11 +104,15 @@ absl::Status CudaBackend::Upload(const CudaOptions& o) {
     add_dense(lw.o, &d.o);
     const ExpertMatrix& gu = lw.gate_up;
     const ExpertMatrix& dn = lw.down;
-    add(gu.blocks, static_cast<size_t>(gu.num_experts * gu.rows * gu.cols / 2), reinterpret_cast<const void**>(&d.gu_blocks));
-    add(gu.scales, static_cast<size_t>(gu.num_experts * gu.rows * gu.cols / 32), reinterpret_cast<const void**>(&d.gu_scales));
+    add(gu.blocks, static_cast<size_t>(gu.num_experts * gu.rows * gu.cols / 2),
+        reinterpret_cast<const void**>(&d.gu_blocks));
+    add(gu.scales, static_cast<size_t>(gu.num_experts * gu.rows * gu.cols / 32),
+        reinterpret_cast<const void**>(&d.gu_scales));
     add_f32(gu.bias, &d.gu_bias);
-    add(dn.blocks, static_cast<size_t>(dn.num_experts * dn.rows * dn.cols / 2), reinterpret_cast<const void**>(&d.down_blocks));
-    add(dn.scales, static_cast<size_t>(dn.num_experts * dn.rows * dn.cols / 32), reinterpret_cast<const void**>(&d.down_scales));
+    add(dn.blocks, static_cast<size_t>(dn.num_experts * dn.rows * dn.cols / 2),
+        reinterpret_cast<const void**>(&d.down_blocks));
+    add(dn.scales, static_cast<size_t>(dn.num_experts * dn.rows * dn.cols / 32),
+        reinterpret_cast<const void**>(&d.down_scales));
     add_f32(dn.bias, &d.down_bias);
   }
   // 256-byte aligned offsets in one allocation.
@@ -129,9 +133,9 @@ absl::Status CudaBackend::Upload(const CudaOptions& o) {
   const size_t workspace = align(work_floats * f) + align(work_ints * 4) + align(work_int64 * 8) + (64 << 20);
 
   // KV pools from what is left under the utilization cap.
-  ASSIGN_OR_RETURN(const int64_t budget, GpuKvBudget(static_cast<int64_t>(info_.total_bytes),
-                                                     static_cast<int64_t>(info_.free_bytes), o.gpu_memory_utilization,
-                                                     weight_bytes_, static_cast<int64_t>(workspace)));
+  ASSIGN_OR_RETURN(const int64_t budget,
+                   GpuKvBudget(static_cast<int64_t>(info_.total_bytes), static_cast<int64_t>(info_.free_bytes),
+                               o.gpu_memory_utilization, weight_bytes_, static_cast<int64_t>(workspace)));
   ASSIGN_OR_RETURN(const auto blocks, PlanKvBlocks(c, budget, o.block_size, o.kv_f32, o.max_num_seqs));
   kv_.block_size = o.block_size;
   kv_.f32 = o.kv_f32;
@@ -227,9 +231,9 @@ absl::Status CudaBackend::BeginChunk(const StepLayout& step, int r0, int r1) {
       buffers_.push_back(std::move(tb));
     }
     if (!step.tables.empty()) {
-      RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(tables_, step.tables.data(), step.tables.size() * 4,
-                                           cudaMemcpyHostToDevice, s),
-                           "block tables"));
+      RETURN_IF_ERROR(
+          Cuda(cudaMemcpyAsync(tables_, step.tables.data(), step.tables.size() * 4, cudaMemcpyHostToDevice, s),
+               "block tables"));
     }
   }
   RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(ids_, step.ids.data() + r0, n * 4, cudaMemcpyHostToDevice, s), "ids"));
@@ -237,9 +241,9 @@ absl::Status CudaBackend::BeginChunk(const StepLayout& step, int r0, int r1) {
   for (int g = 0; g < kNumCacheGroups; ++g) {
     RETURN_IF_ERROR(
         Cuda(cudaMemcpyAsync(slots_[g], step.slots[g].data() + r0, n * 8, cudaMemcpyHostToDevice, s), "slots"));
-    RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(table_offset_[g], step.table_offset[g].data() + r0, n * 8,
-                                         cudaMemcpyHostToDevice, s),
-                         "table offsets"));
+    RETURN_IF_ERROR(
+        Cuda(cudaMemcpyAsync(table_offset_[g], step.table_offset[g].data() + r0, n * 8, cudaMemcpyHostToDevice, s),
+             "table offsets"));
   }
   return absl::OkStatus();
 }
@@ -248,13 +252,20 @@ Tensor CudaBackend::Buffer(Act which) {
   const ModelConfig& c = config();
   const int64_t hs = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim();
   switch (which) {
-    case Act::kX: return {x_, rows_, hs, hs};
-    case Act::kH: return {h_, rows_, hs, hs};
-    case Act::kQ: return {q_, rows_, qd, qd};
-    case Act::kK: return {k_, rows_, kvd, kvd};
-    case Act::kV: return {v_, rows_, kvd, kvd};
-    case Act::kAttn: return {attn_, rows_, qd, qd};
-    case Act::kO: return {o_, rows_, hs, hs};
+    case Act::kX:
+      return {x_, rows_, hs, hs};
+    case Act::kH:
+      return {h_, rows_, hs, hs};
+    case Act::kQ:
+      return {q_, rows_, qd, qd};
+    case Act::kK:
+      return {k_, rows_, kvd, kvd};
+    case Act::kV:
+      return {v_, rows_, kvd, kvd};
+    case Act::kAttn:
+      return {attn_, rows_, qd, qd};
+    case Act::kO:
+      return {o_, rows_, hs, hs};
   }
   return {};
 }
@@ -326,8 +337,8 @@ void CudaBackend::Experts(int64_t layer, Tensor h, const Routing& routing, Tenso
   const int64_t hs = c.hidden_size, inter = c.intermediate_size;
   const int k = static_cast<int>(c.num_experts_per_tok);
   const int pairs = static_cast<int>(h.rows) * k;
-  ExpertMxfp4(d.gu_blocks, d.gu_scales, d.gu_bias, 2 * inter, hs, h.data, h.ld, pair_row_, routing.idx, pairs,
-              gate_up_, 2 * inter, stream_);
+  ExpertMxfp4(d.gu_blocks, d.gu_scales, d.gu_bias, 2 * inter, hs, h.data, h.ld, pair_row_, routing.idx, pairs, gate_up_,
+              2 * inter, stream_);
   SwiGlu(gate_up_, 2 * inter, pairs, inter, static_cast<float>(c.swiglu_limit), static_cast<float>(c.swiglu_alpha),
          act_, inter, stream_);
   ExpertMxfp4(d.down_blocks, d.down_scales, d.down_bias, hs, inter, act_, inter, pair_identity_, routing.idx, pairs,
@@ -341,14 +352,13 @@ absl::Status CudaBackend::Logits(Tensor x, std::span<const int32_t> rows, float*
   // kLogitRows at a time: gather, final norm, lm_head, copy back.
   for (size_t a = 0; a < rows.size(); a += kLogitRows) {
     const int cnt = static_cast<int>(std::min<size_t>(kLogitRows, rows.size() - a));
-    RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(logit_rows_, rows.data() + a, cnt * 4, cudaMemcpyHostToDevice, stream_),
-                         "logit rows"));
+    RETURN_IF_ERROR(
+        Cuda(cudaMemcpyAsync(logit_rows_, rows.data() + a, cnt * 4, cudaMemcpyHostToDevice, stream_), "logit rows"));
     GatherRows(x.data, x.ld, logit_rows_, cnt, hs, final_rows_, hs, stream_);
-    cuda::RmsNorm(final_rows_, hs, final_norm_, cnt, hs, static_cast<float>(c.rms_norm_eps), final_rows_, hs,
-                  stream_);
+    cuda::RmsNorm(final_rows_, hs, final_norm_, cnt, hs, static_cast<float>(c.rms_norm_eps), final_rows_, hs, stream_);
     LinearBf16(lm_head_, c.vocab_size, hs, nullptr, final_rows_, hs, cnt, logits_, c.vocab_size, stream_);
-    RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(logits + a * c.vocab_size, logits_, static_cast<size_t>(cnt) * c.vocab_size * 4,
-                                         cudaMemcpyDeviceToHost, stream_),
+    RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(logits + a * c.vocab_size, logits_,
+                                         static_cast<size_t>(cnt) * c.vocab_size * 4, cudaMemcpyDeviceToHost, stream_),
                          "logits"));
     RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "lm_head"));
   }

@@ -15,8 +15,6 @@
 // Thread-safety: one Forward at a time.
 #pragma once
 
-#include "engine/cuda/runtime.h"
-
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,6 +24,7 @@
 #include "engine/batch.h"
 #include "engine/cuda/device.h"
 #include "engine/cuda/ops.h"
+#include "engine/cuda/runtime.h"
 #include "engine/forward_ops.h"
 #include "engine/weights.h"
 
@@ -36,15 +35,15 @@ struct CudaOptions {
   double gpu_memory_utilization = 0.9;
   int block_size = 16;
   bool kv_f32 = false;
-  int64_t max_num_seqs = 64;      // the sliding-window pool is sized for this many sequences
+  int64_t max_num_seqs = 64;          // the sliding-window pool is sized for this many sequences
   int64_t max_rows_per_chunk = 2048;  // workspace rows (tokens) per forward chunk
-  bool progress = true;           // weight upload progress on stderr
+  bool progress = true;               // weight upload progress on stderr
 };
 
 class CudaBackend final : public Backend, private ForwardOps {
  public:
   static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(std::unique_ptr<ModelWeights> weights,
-                                                           const CudaOptions& options);
+                                                             const CudaOptions& options);
   ~CudaBackend() override;
 
   const ModelConfig& config() const override { return weights_->config; }

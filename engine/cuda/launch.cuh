@@ -23,7 +23,9 @@ void Launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_byte
   emu::LaunchKernel(reinterpret_cast<const void*>(kernel), grid, block, shared_bytes, stream,
                     [&] { std::apply(kernel, params); });
 #else
+  // clang-format off
   kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Args>(args)...);
+  // clang-format on
 #endif
 }
 

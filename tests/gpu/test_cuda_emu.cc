@@ -59,8 +59,10 @@ TEST(CudaEmu, BarriersOrderSharedMemoryAndAMissingOneIsCaught) {
       const float want = static_cast<float>(threads) * b * threads + threads * (threads - 1) / 2.0f;
       wrong += out[b] != want;
     }
-    if (sync) EXPECT_EQ(wrong, 0);
-    else EXPECT_GT(wrong, blocks / 2) << "without the barrier most blocks must come out wrong";
+    if (sync)
+      EXPECT_EQ(wrong, 0);
+    else
+      EXPECT_GT(wrong, blocks / 2) << "without the barrier most blocks must come out wrong";
   }
   cudaFree(dx);
   cudaFree(dout);
@@ -71,8 +73,8 @@ __global__ void IndexKernel(int* out) {
   const int t = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
   const int b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
   const int i = b * blockDim.x * blockDim.y * blockDim.z + t;
-  atomicAdd(out + i, 1 + static_cast<int>(threadIdx.x + 10 * threadIdx.y + 100 * threadIdx.z +
-                                          1000 * blockIdx.x + 10000 * blockIdx.y + 100000 * blockIdx.z));
+  atomicAdd(out + i, 1 + static_cast<int>(threadIdx.x + 10 * threadIdx.y + 100 * threadIdx.z + 1000 * blockIdx.x +
+                                          10000 * blockIdx.y + 100000 * blockIdx.z));
 }
 
 TEST(CudaEmu, ThreadAndBlockIndices) {
@@ -107,7 +109,8 @@ __global__ void WarpKernel(int* out) {
   const unsigned ballot = __ballot_sync(0xffffffffu, lane % 3 == 0);
   const int any = __any_sync(0xffffffffu, lane == 31), all = __all_sync(0xffffffffu, lane < 31);
   int* o = out + threadIdx.x * 7;
-  o[0] = xor_sum, o[1] = down, o[2] = up, o[3] = bcast, o[4] = seg, o[5] = static_cast<int>(ballot), o[6] = any * 2 + all;
+  o[0] = xor_sum, o[1] = down, o[2] = up, o[3] = bcast, o[4] = seg, o[5] = static_cast<int>(ballot),
+  o[6] = any * 2 + all;
 }
 
 TEST(CudaEmu, WarpPrimitives) {

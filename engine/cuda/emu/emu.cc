@@ -80,8 +80,8 @@ struct Device {
   int arch = 86;
   size_t total = 0, used = 0;
   struct Allocation {
-    size_t bytes;        // asked for
-    void* mapping;       // guard page, data pages, guard page
+    size_t bytes;   // asked for
+    void* mapping;  // guard page, data pages, guard page
     size_t mapped;
   };
   std::map<uintptr_t, Allocation> allocations;  // by the pointer handed out
@@ -160,8 +160,8 @@ struct PooledStack {
       base = pool->free.back();
       pool->free.pop_back();
     } else {
-      base = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                  -1, 0);
+      base =
+          mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
       if (base == MAP_FAILED) throw std::bad_alloc();
       mprotect(base, page, PROT_NONE);  // a stack overflow faults instead of corrupting memory
     }
@@ -487,9 +487,9 @@ void LaunchKernel(const void* kernel, dim3 grid, dim3 block, size_t dynamic_shar
     std::abort();
   }
   const uint64_t threads = static_cast<uint64_t>(block.x) * block.y * block.z;
-  if (block.x == 0 || block.y == 0 || block.z == 0 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
-      block.x > 1024 || block.y > 1024 || block.z > 64 || threads > kMaxThreadsPerBlock || grid.x > 2147483647u ||
-      grid.y > 65535 || grid.z > 65535) {
+  if (block.x == 0 || block.y == 0 || block.z == 0 || grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x > 1024 ||
+      block.y > 1024 || block.z > 64 || threads > kMaxThreadsPerBlock || grid.x > 2147483647u || grid.y > 65535 ||
+      grid.z > 65535) {
     Fail(cudaErrorInvalidConfiguration);
     return;
   }
@@ -589,7 +589,9 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
   return cudaSuccess;
 }
 
-cudaError_t cudaSetDevice(int device) { return device == 0 && !NoDevice() ? cudaSuccess : Fail(cudaErrorInvalidDevice); }
+cudaError_t cudaSetDevice(int device) {
+  return device == 0 && !NoDevice() ? cudaSuccess : Fail(cudaErrorInvalidDevice);
+}
 cudaError_t cudaGetDevice(int* device) {
   *device = 0;
   return cudaSuccess;
@@ -620,40 +622,46 @@ cudaError_t cudaGetLastError() {
 }
 cudaError_t cudaPeekAtLastError() { return t_last_error != cudaSuccess ? t_last_error : Sticky(); }
 
-const char* cudaGetErrorName(cudaError_t e) {
-  switch (e) {
-    case cudaSuccess: return "cudaSuccess";
-    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
-    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
-    case cudaErrorInitializationError: return "cudaErrorInitializationError";
-    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
-    case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
-    case cudaErrorInvalidMemcpyDirection: return "cudaErrorInvalidMemcpyDirection";
-    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
-    case cudaErrorNoDevice: return "cudaErrorNoDevice";
-    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
-    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
-    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+namespace {
+
+struct ErrorText {
+  cudaError_t code;
+  const char* name;
+  const char* text;
+};
+constexpr ErrorText kErrors[] = {
+    {cudaSuccess, "cudaSuccess", "no error"},
+    {cudaErrorInvalidValue, "cudaErrorInvalidValue", "invalid argument"},
+    {cudaErrorMemoryAllocation, "cudaErrorMemoryAllocation", "out of memory"},
+    {cudaErrorInitializationError, "cudaErrorInitializationError", "initialization error"},
+    {cudaErrorInvalidConfiguration, "cudaErrorInvalidConfiguration", "invalid configuration argument"},
+    {cudaErrorInvalidDevicePointer, "cudaErrorInvalidDevicePointer", "invalid device pointer"},
+    {cudaErrorInvalidMemcpyDirection, "cudaErrorInvalidMemcpyDirection", "invalid copy direction for memcpy"},
+    {cudaErrorInvalidDevice, "cudaErrorInvalidDevice", "invalid device ordinal"},
+    {cudaErrorNoDevice, "cudaErrorNoDevice", "no CUDA-capable device is detected"},
+    {cudaErrorInvalidResourceHandle, "cudaErrorInvalidResourceHandle", "invalid resource handle"},
+    {cudaErrorIllegalAddress, "cudaErrorIllegalAddress", "an illegal memory access was encountered"},
+    {cudaErrorLaunchFailure, "cudaErrorLaunchFailure",
+     "unspecified launch failure (a kernel fault in the CUDA emulator)"},
+};
+
+const ErrorText* FindError(cudaError_t e) {
+  for (const ErrorText& t : kErrors) {
+    if (t.code == e) return &t;
   }
-  return "cudaErrorUnknown";
+  return nullptr;
+}
+
+}  // namespace
+
+const char* cudaGetErrorName(cudaError_t e) {
+  const ErrorText* t = FindError(e);
+  return t ? t->name : "cudaErrorUnknown";
 }
 
 const char* cudaGetErrorString(cudaError_t e) {
-  switch (e) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInitializationError: return "initialization error";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
-    case cudaErrorInvalidDevicePointer: return "invalid device pointer";
-    case cudaErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
-    case cudaErrorInvalidDevice: return "invalid device ordinal";
-    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
-    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
-    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
-    case cudaErrorLaunchFailure: return "unspecified launch failure (a kernel fault in the CUDA emulator)";
-  }
-  return "unknown error";
+  const ErrorText* t = FindError(e);
+  return t ? t->text : "unknown error";
 }
 
 // Device memory: anonymous pages (untouched KV pools cost no host memory)
@@ -708,12 +716,22 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind 
   if (dst_dev == 0 || src_dev == 0) return Fail(cudaErrorInvalidValue);
   bool ok = true;
   switch (kind) {
-    case cudaMemcpyHostToHost: ok = dst_dev < 0 && src_dev < 0; break;
-    case cudaMemcpyHostToDevice: ok = dst_dev > 0 && src_dev < 0; break;
-    case cudaMemcpyDeviceToHost: ok = dst_dev < 0 && src_dev > 0; break;
-    case cudaMemcpyDeviceToDevice: ok = dst_dev > 0 && src_dev > 0; break;
-    case cudaMemcpyDefault: break;
-    default: return Fail(cudaErrorInvalidMemcpyDirection);
+    case cudaMemcpyHostToHost:
+      ok = dst_dev < 0 && src_dev < 0;
+      break;
+    case cudaMemcpyHostToDevice:
+      ok = dst_dev > 0 && src_dev < 0;
+      break;
+    case cudaMemcpyDeviceToHost:
+      ok = dst_dev < 0 && src_dev > 0;
+      break;
+    case cudaMemcpyDeviceToDevice:
+      ok = dst_dev > 0 && src_dev > 0;
+      break;
+    case cudaMemcpyDefault:
+      break;
+    default:
+      return Fail(cudaErrorInvalidMemcpyDirection);
   }
   if (!ok) return Fail(cudaErrorInvalidValue);
   std::memmove(dst, src, bytes);
