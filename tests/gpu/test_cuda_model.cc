@@ -65,7 +65,9 @@ Step Run(Backend& m, const std::vector<std::vector<int32_t>>& seqs, const std::v
   return out;
 }
 
-void Compare(const std::string& dir, int max_rows, double tolerance) {
+// kv_f32 false: both backends keep K/V in bf16; their f32 K/V differ in the
+// last bits (summation order), so a value may round to the neighbouring bf16.
+void Compare(const std::string& dir, int max_rows, double tolerance, bool kv_f32 = true) {
   auto wc = LoadModelWeights(dir);
   auto wg = LoadModelWeights(dir);
   ASSERT_TRUE(wc.ok() && wg.ok());
@@ -73,17 +75,26 @@ void Compare(const std::string& dir, int max_rows, double tolerance) {
   CpuOptions mo;
   mo.num_threads = 2;
   mo.kv.block_size = 16;
-  mo.kv.f32 = true;
+  mo.kv.f32 = kv_f32;
   mo.kv.num_blocks[0] = mo.kv.num_blocks[1] = 3 * 64;
   CpuBackend cpu(std::move(*wc), mo);
   cuda::CudaOptions co;
   co.block_size = 16;
-  co.kv_f32 = true;
+  co.kv_f32 = kv_f32;
   co.max_num_seqs = 256;  // enough sliding blocks for the shuffled ids below
   co.max_rows_per_chunk = max_rows;
   co.gpu_memory_utilization = 0.5;
+  size_t free_before = 0, free_after = 0, total = 0;
+  ASSERT_EQ(cudaMemGetInfo(&free_before, &total), cudaSuccess);
   auto gpu = cuda::CudaBackend::Create(std::move(*wg), co);
   ASSERT_TRUE(gpu.ok()) << gpu.status();
+  // --gpu-memory-utilization: weights, workspace and KV pools fill this process's share
+  // (utilization x total, less what others held before) up to the workspace's 64 MiB reserve.
+  ASSERT_EQ(cudaMemGetInfo(&free_after, &total), cudaSuccess);
+  const double share = 0.5 * static_cast<double>(total) - static_cast<double>(total - free_before);
+  const double allocated = static_cast<double>(free_before) - static_cast<double>(free_after);
+  EXPECT_LE(allocated, share);
+  EXPECT_GE(allocated, share - 128.0 * (1 << 20)) << "the KV pools take what is left";
   ASSERT_GE((*gpu)->kv_options().num_blocks[0], 3 * 64);
   ASSERT_GE((*gpu)->kv_options().num_blocks[1], 3 * 64);
 
@@ -125,6 +136,11 @@ void Compare(const std::string& dir, int max_rows, double tolerance) {
 TEST(CudaBackend, TinyCheckpointMatchesTheCpu) {
   if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   Compare(testing::TinyCheckpoint("cuda_tiny", "mxfp4", "bf16", 1.0), 2048, 1e-8);
+}
+
+TEST(CudaBackend, Bf16KvCacheMatchesTheCpu) {
+  if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  Compare(testing::TinyCheckpoint("cuda_tiny", "mxfp4", "bf16", 1.0), 2048, 1e-5, /*kv_f32=*/false);
 }
 
 TEST(CudaBackend, StepsLargerThanTheWorkspaceRunInChunks) {
