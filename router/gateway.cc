@@ -77,6 +77,7 @@ class Session : public std::enable_shared_from_this<Session>, public CompletionS
       // Answer 413, then keep reading (and discarding) what the client is still
       // sending for a while, so it sees the answer instead of a reset.
       ApiError e{413, "request body too large"};
+      if (gw_->api->metrics) gw_->api->metrics->HttpResponse(413);
       auto res = std::make_shared<http::response<http::string_body>>(http::status::payload_too_large, 11);
       res->set(http::field::content_type, "application/json");
       res->keep_alive(false);
@@ -106,6 +107,7 @@ class Session : public std::enable_shared_from_this<Session>, public CompletionS
 
   void Reply(http::status status, std::string body, bool keep_alive, int retry_after = 0,
              const char* content_type = "application/json") {
+    CountResponse(static_cast<int>(status));
     auto res = std::make_shared<http::response<http::string_body>>(status, 11);
     res->set(http::field::content_type, content_type);
     res->set(http::field::server, "moeserve");
@@ -117,6 +119,14 @@ class Session : public std::enable_shared_from_this<Session>, public CompletionS
       if (ec || !keep_alive) return self->Close();
       self->Read();
     });
+  }
+
+  // API responses by status code (moeserve_http_responses_total); probes and scrapes are not counted.
+  void CountResponse(int code) {
+    const std::string_view target(req_.target().data(), req_.target().size());
+    const std::string_view path = target.substr(0, target.find('?'));
+    if (path == "/metrics" || path == "/health" || path == "/ready") return;
+    if (gw_->api->metrics) gw_->api->metrics->HttpResponse(code);
   }
 
   void ReplyError(const ApiError& e) {
@@ -200,6 +210,7 @@ class Session : public std::enable_shared_from_this<Session>, public CompletionS
   void StartStream() {
     if (headers_sent_) return;
     headers_sent_ = true;
+    CountResponse(200);
     Write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nServer: moeserve\r\n"
           "Connection: close\r\n\r\n");
   }

@@ -103,6 +103,7 @@ int main(int argc, char** argv) {
   api.pool = &pool;
   api.tokenizer = tok->get();
   api.metrics = &metrics;
+  metrics.SetQueueLimit(sc.max_num_queued_requests);
   api.eos_token_ids.assign(pool.description().eos_token_ids().begin(), pool.description().eos_token_ids().end());
   std::string name = dir;
   while (!name.empty() && name.back() == '/') name.pop_back();

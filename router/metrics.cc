@@ -47,6 +47,14 @@ RouterMetrics::RouterMetrics()
                    .Name("moeserve_requests_waiting")
                    .Help("Requests waiting for admission, per worker group.")
                    .Register(*registry_)),
+      waiting_limit_(prometheus::BuildGauge()
+                         .Name("moeserve_requests_waiting_limit")
+                         .Help("Waiting requests a worker group queues before answering 429 (--max-num-queued-requests).")
+                         .Register(*registry_)),
+      http_responses_(prometheus::BuildCounter()
+                          .Name("moeserve_http_responses_total")
+                          .Help("HTTP responses of the API routes by status code (streams count once, as 200).")
+                          .Register(*registry_)),
       kv_usage_(prometheus::BuildGauge()
                     .Name("moeserve_kv_cache_usage_ratio")
                     .Help("Fraction of KV blocks in use, per worker group and cache group (full, sliding).")
@@ -108,6 +116,8 @@ RunnerHooks RouterMetrics::Hooks() {
   return h;
 }
 
+void RouterMetrics::HttpResponse(int code) { http_responses_.Add({{"code", std::to_string(code)}}).Increment(); }
+
 std::string RouterMetrics::Serialize(const WorkerPool& pool) {
   const std::vector<GroupStatus> groups = pool.Status();
   std::lock_guard<std::mutex> lock(mu_);
@@ -119,6 +129,7 @@ std::string RouterMetrics::Serialize(const WorkerPool& pool) {
     up_.Add(label).Set(s.up ? 1 : 0);
     running_.Add(label).Set(s.running);
     waiting_.Add(label).Set(s.waiting);
+    waiting_limit_.Add(label).Set(static_cast<double>(queue_limit_.load()));
     kv_usage_.Add({{"dp_rank", std::to_string(g)}, {"cache_group", "full"}}).Set(s.kv_usage[kFullGroup]);
     kv_usage_.Add({{"dp_rank", std::to_string(g)}, {"cache_group", "sliding"}}).Set(s.kv_usage[kSlidingGroup]);
     auto& p = preemptions_.Add(label);

@@ -10,6 +10,7 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -29,6 +30,10 @@ class RouterMetrics {
   void InterToken(double seconds);
   void QueueTime(double seconds);
   void Step(double seconds, int64_t batched_tokens);
+  // One HTTP response of the API (not /metrics, /health, /ready), by status code.
+  void HttpResponse(int code);
+  // The waiting-queue bound of each group (--max-num-queued-requests), exported beside the queue.
+  void SetQueueLimit(int64_t limit) { queue_limit_ = limit; }
   // Hooks that feed QueueTime and Step from every group's loop.
   RunnerHooks Hooks();
   // Text exposition format, with the groups' gauges read now.
@@ -44,6 +49,8 @@ class RouterMetrics {
   prometheus::Family<prometheus::Gauge>& up_;
   prometheus::Family<prometheus::Gauge>& running_;
   prometheus::Family<prometheus::Gauge>& waiting_;
+  prometheus::Family<prometheus::Gauge>& waiting_limit_;
+  prometheus::Family<prometheus::Counter>& http_responses_;
   prometheus::Family<prometheus::Gauge>& kv_usage_;
   prometheus::Histogram& ttft_;
   prometheus::Histogram& itl_;
@@ -53,6 +60,7 @@ class RouterMetrics {
   prometheus::Histogram& step_tokens_;
   std::mutex mu_;  // Serialize's bookkeeping
   std::vector<int64_t> preemptions_seen_, failures_seen_;
+  std::atomic<int64_t> queue_limit_{0};
 };
 
 }  // namespace moeserve::router

@@ -91,6 +91,36 @@ await check("Kubernetes manifests: the router lists every worker replica", async
   assert.equal(svc.spec.clusterIP, "None");
 });
 
+await check("alert rules: Prometheus, compose and the Kubernetes manifests load deploy/prometheus/alerts.yml", async () => {
+  const [prom] = yaml("deploy/prometheus/prometheus.yml");
+  assert.deepEqual(prom.rule_files, ["alerts.yml"]);
+  const [compose] = yaml("docker/docker-compose.yml");
+  assert.ok(compose.services.prometheus.volumes.includes("../deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro"),
+            "compose mounts the rules beside prometheus.yml");
+  const [rules] = yaml("deploy/prometheus/alerts.yml");
+  const cm = yaml("deploy/k8s/moeserve.yaml").find(d => d.kind === "ConfigMap" && d.metadata.name === "moeserve-prometheus-rules");
+  assert.ok(cm, "the Kubernetes manifests carry the rules");
+  const embedded = JSON.parse(execFileSync("python3", ["-c",
+    "import json,sys,yaml; print(json.dumps(yaml.safe_load(sys.stdin.read())))"], { input: cm.data["alerts.yml"] }));
+  assert.deepEqual(embedded, rules, "the ConfigMap's rules are deploy/prometheus/alerts.yml's");
+});
+
+await check("dashboard: what Grafana provisioning expects", async () => {
+  const [ds] = yaml("deploy/grafana/provisioning/datasources/prometheus.yml").map(d => d.datasources[0]);
+  assert.equal(typeof dashboard.uid, "string");
+  assert.ok(Number.isInteger(dashboard.schemaVersion) && dashboard.schemaVersion >= 36, "schemaVersion");
+  const ids = dashboard.panels.map(p => p.id);
+  assert.equal(new Set(ids).size, ids.length, "unique panel ids");
+  for (const p of dashboard.panels) {
+    assert.ok(p.title, `panel ${p.id} has a title`);
+    if (p.type === "row") continue;
+    assert.ok(p.description, `panel "${p.title}" has a description`);
+    assert.ok(p.targets?.length, `panel "${p.title}" has queries`);
+    for (const t of [p, ...p.targets]) assert.equal(t.datasource?.uid, ds.uid, `panel "${p.title}" uses the provisioned data source`);
+    for (const t of p.targets) assert.ok(t.refId && t.expr, `panel "${p.title}": refId and expr`);
+  }
+});
+
 await check("Dockerfile: targets exist, flags are real, the tokenizer checksum is the setup's", async () => {
   const dockerfile = read("docker/Dockerfile");
   const cmake = ["tools/CMakeLists.txt", "router/CMakeLists.txt", "worker/CMakeLists.txt"].map(read).join("\n");

@@ -1,0 +1,206 @@
+// A real Prometheus (Debian's `prometheus`) scrapes a real moeserve cluster —
+// a router and two data-parallel workers on loopback — with the shipped
+// deploy/prometheus/prometheus.yml (same jobs, labels, scrape settings and
+// alert rules; only the targets point at this test's ports). Traffic: chat
+// streams, a tool call, completions, bad requests, a client that drops its
+// stream, and worker 1 killed and restarted. Then:
+//   - the worker-down alerts fire while worker 1 is dead and resolve after it rejoins;
+//   - every target is up;
+//   - every query of every panel of the shipped Grafana dashboard, with Grafana's
+//     variables expanded, evaluates without error to at least one series of
+//     finite, plausible values.
+// Exits 77 (ctest: skipped) only when no prometheus binary is installed.
+//   node prometheus_e2e.mjs --worker BIN --router BIN --model DIR --root DIR [--prometheus BIN]
+import { check, finish, parseArgs, start, startProc } from "./procs.mjs";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync, spawn } from "node:child_process";
+import { tmpdir } from "node:os";
+import net from "node:net";
+import assert from "node:assert/strict";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const args = parseArgs(process.argv.slice(2));
+const promBin = args.prometheus ?? "prometheus";
+try {
+  execFileSync(promBin, ["--version"], { stdio: "ignore" });
+} catch {
+  console.log(`skipped: no prometheus binary (${promBin}); scripts/setup.sh installs Debian's prometheus`);
+  process.exit(77);
+}
+const { default: OpenAI } = await import(join(here, "../node/node_modules/openai/index.mjs"));
+const sleep = ms => new Promise(r => setTimeout(r, ms));
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+// The cluster: two workers with metrics, one router checking them every 200 ms.
+const metricsPorts = [await freePort(), await freePort()];
+const workerFlags = i => ["--model", args.model, "--metrics-port", String(metricsPorts[i]), "--kv-cache-memory", "64MiB",
+                          "--max-num-seqs", "16", "--max-model-len", "1024", "--threads", "1"];
+const workers = [];
+for (let i = 0; i < 2; ++i) workers.push(await startProc(args.worker, [...workerFlags(i), "--port", "0"]));
+const routerAddr = await start(args.router, ["--worker", workers.map(w => w.addr).join(","), "--model", args.model,
+  "--port", "0", "--health-check-interval-ms", "200", "--max-num-queued-requests", "64"]);
+const model = args.model.replace(/\/+$/, "").split("/").pop();
+const client = new OpenAI({ baseURL: `http://${routerAddr}/v1`, apiKey: "x", maxRetries: 0 });
+
+// Prometheus with the shipped configuration, targets rewritten to this cluster.
+const dir = mkdtempSync(join(tmpdir(), "moeserve-prom-"));
+process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+const shipped = JSON.parse(execFileSync("python3", ["-c",
+  "import json,sys,yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+  join(args.root, "deploy/prometheus/prometheus.yml")]).toString());
+const config = structuredClone(shipped);
+for (const job of config.scrape_configs) {
+  for (const sc of job.static_configs) {
+    sc.targets = sc.targets.map(t => {
+      if (job.job_name === "moeserve-router") return routerAddr;
+      const i = Number(sc.labels?.dp_rank ?? t.match(/worker-(\d+)/)[1]);
+      return `127.0.0.1:${metricsPorts[i]}`;
+    });
+  }
+}
+for (const f of config.rule_files ?? []) copyFileSync(join(args.root, "deploy/prometheus", f), join(dir, f));
+writeFileSync(join(dir, "prometheus.yml"), JSON.stringify(config, null, 2));  // JSON is YAML
+const promPort = await freePort();
+const prom = spawn(promBin, [`--config.file=${join(dir, "prometheus.yml")}`, `--storage.tsdb.path=${join(dir, "data")}`,
+  `--web.listen-address=127.0.0.1:${promPort}`, "--log.level=warn"], { stdio: ["ignore", "ignore", "inherit"] });
+process.on("exit", () => prom.kill("SIGKILL"));
+const promUrl = `http://127.0.0.1:${promPort}`;
+for (let i = 0; ; ++i) {
+  try {
+    if ((await fetch(`${promUrl}/-/ready`)).ok) break;
+  } catch {}
+  if (i > 100) throw new Error("prometheus did not become ready");
+  await sleep(100);
+}
+
+async function query(expr) {
+  const r = await fetch(`${promUrl}/api/v1/query?query=${encodeURIComponent(expr)}`);
+  const j = await r.json();
+  assert.equal(j.status, "success", `${expr}: ${j.error}`);
+  return j.data.result;
+}
+async function firing(alertname) {
+  const j = await (await fetch(`${promUrl}/api/v1/alerts`)).json();
+  return j.data.alerts.filter(a => a.labels.alertname === alertname && a.state === "firing");
+}
+async function until(what, fn, ms) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(500);
+  }
+}
+
+// Traffic of every kind, in the background until stopped.
+let traffic = true;
+const tools = [{ type: "function", function: { name: "get_weather", description: "Weather of a city",
+  parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] } } }];
+async function drive() {
+  let i = 0;
+  while (traffic) {
+    const jobs = [
+      (async () => {
+        const s = await client.chat.completions.create({ model, messages: [{ role: "user", content: `Hi ${i}` }],
+          max_tokens: 8, stream: true });
+        for await (const _ of s) {}
+      })(),
+      client.chat.completions.create({ model, messages: [{ role: "user", content: "Weather in Paris?" }], tools,
+        tool_choice: { type: "function", function: { name: "get_weather" } }, max_tokens: 8 }),
+      client.completions.create({ model, prompt: `Count: ${i}`, max_tokens: 6 }),
+      fetch(`http://${routerAddr}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" },
+        body: "{not json" }),
+      (async () => {  // a client that drops its stream after the first chunk
+        const ac = new AbortController();
+        const s = await client.chat.completions.create({ model, messages: [{ role: "user", content: "Long story" }],
+          max_tokens: 200, stream: true }, { signal: ac.signal });
+        for await (const _ of s) { ac.abort(); break; }
+      })().catch(() => {}),
+    ];
+    await Promise.allSettled(jobs);
+    ++i;
+  }
+}
+const driving = drive();
+
+await check("every target is up", async () => {
+  const up = await until("three targets up", async () => {
+    const r = await query("up");
+    return r.length === 3 && r.every(s => s.value[1] === "1") ? r : null;
+  }, 30000);
+  assert.deepEqual(up.map(s => s.metric.job).sort(), ["moeserve-router", "moeserve-worker", "moeserve-worker"]);
+});
+
+await check("worker down: the alerts fire while worker 1 is dead and resolve after it rejoins", async () => {
+  const port = workers[1].addr.split(":").pop();
+  workers[1].proc.kill("SIGKILL");
+  const down = await until("MoeserveWorkerGroupDown firing", () => firing("MoeserveWorkerGroupDown").then(a => a.length ? a : null), 90000);
+  assert.equal(down[0].labels.dp_rank, "1");
+  assert.equal(down[0].labels.severity, "critical");
+  await until("MoeserveWorkerMetricsDown firing", () => firing("MoeserveWorkerMetricsDown").then(a => a.length ? a : null), 60000);
+  workers[1] = await startProc(args.worker, [...workerFlags(1), "--port", port]);
+  await until("the alerts resolved", async () =>
+    (await firing("MoeserveWorkerGroupDown")).length === 0 && (await firing("MoeserveWorkerMetricsDown")).length === 0,
+    60000);
+  const upAgain = await query('moeserve_worker_group_up{dp_rank="1"}');
+  assert.equal(upAgain[0].value[1], "1");
+});
+
+// Grafana's variables as it would expand them for a 10-minute view of 5-second scrapes.
+const expand = e => e.replaceAll("$__rate_interval", "1m").replaceAll("$__range", "10m").replaceAll("$__interval", "15s");
+const dashboard = JSON.parse(readFileSync(join(args.root, "deploy/grafana/dashboards/moeserve.json"), "utf8"));
+const panels = dashboard.panels.filter(p => p.targets?.length);
+
+await check("every dashboard query evaluates to finite, plausible series", async () => {
+  await sleep(12000);  // more scrapes of the steady traffic after the restart
+  const seen = {};
+  for (const p of panels) {
+    for (const t of p.targets) {
+      const expr = expand(t.expr);
+      const series = await query(expr);
+      assert.ok(series.length > 0, `panel "${p.title}": ${expr} returned no series`);
+      for (const s of series) {
+        const v = Number(s.value[1]);
+        assert.ok(Number.isFinite(v) && v >= 0, `panel "${p.title}": ${expr} = ${s.value[1]} for ${JSON.stringify(s.metric)}`);
+      }
+      seen[t.expr] = series;
+    }
+  }
+  const value = e => Math.max(...seen[e].map(s => Number(s.value[1])));
+  const byExpr = re => Object.keys(seen).filter(e => re.test(e));
+  // Counters moved; latencies are inside what a demo model on a CPU takes.
+  for (const e of byExpr(/moeserve_(generation|prompt)_tokens_total/)) assert.ok(value(e) > 0, `${e} > 0`);
+  assert.ok(byExpr(/moeserve_requests_total/).every(e => value(e) > 0), "requests finish");
+  const reasons = seen[byExpr(/moeserve_requests_total/)[0]].map(s => s.metric.finish_reason);
+  assert.ok(reasons.includes("abort"), `the dropped streams are counted as aborts: ${reasons}`);
+  const codes = seen[byExpr(/moeserve_http_responses_total/)[0]].map(s => s.metric.code).sort();
+  assert.ok(codes.includes("200") && codes.includes("400"), `responses by code: ${codes}`);
+  for (const e of byExpr(/histogram_quantile/)) assert.ok(value(e) > 0 && value(e) < 600, `${e} = ${value(e)}`);
+  const failures = byExpr(/failures_total/)[0];
+  assert.ok(seen[failures].some(s => s.metric.dp_rank === "1" && Number(s.value[1]) >= 1), "group 1's failure counted");
+  // The MoE picture: every (layer, expert) of the demo shape, and an imbalance of at least 1 per layer.
+  const { num_hidden_layers: layers, num_local_experts: experts } =
+    JSON.parse(readFileSync(join(args.model, "config.json"), "utf8"));
+  const heat = seen[byExpr(/sum by \(layer, expert\)/)[0]];
+  assert.equal(heat.length, layers * experts, "one heatmap cell per layer and expert");
+  const imbalance = seen[byExpr(/max by \(layer\)/)[0]];
+  assert.equal(imbalance.length, layers);
+  assert.ok(imbalance.every(s => Number(s.value[1]) >= 1), "max / mean >= 1");
+});
+
+traffic = false;
+await driving;
+finish();
