@@ -14,7 +14,7 @@
 import { check, finish, parseArgs, start, startProc } from "./procs.mjs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { execFileSync, spawn } from "node:child_process";
 import { tmpdir } from "node:os";
 import net from "node:net";
@@ -54,24 +54,12 @@ const routerAddr = await start(args.router, ["--worker", workers.map(w => w.addr
 const model = args.model.replace(/\/+$/, "").split("/").pop();
 const client = new OpenAI({ baseURL: `http://${routerAddr}/v1`, apiKey: "x", maxRetries: 0 });
 
-// Prometheus with the shipped configuration, targets rewritten to this cluster.
+// Prometheus with the shipped configuration, targets rewritten to this cluster by
+// deploy/prometheus/local_config.py (what deploy/README.md tells operators to run).
 const dir = mkdtempSync(join(tmpdir(), "moeserve-prom-"));
 process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
-const shipped = JSON.parse(execFileSync("python3", ["-c",
-  "import json,sys,yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
-  join(args.root, "deploy/prometheus/prometheus.yml")]).toString());
-const config = structuredClone(shipped);
-for (const job of config.scrape_configs) {
-  for (const sc of job.static_configs) {
-    sc.targets = sc.targets.map(t => {
-      if (job.job_name === "moeserve-router") return routerAddr;
-      const i = Number(sc.labels?.dp_rank ?? t.match(/worker-(\d+)/)[1]);
-      return `127.0.0.1:${metricsPorts[i]}`;
-    });
-  }
-}
-for (const f of config.rule_files ?? []) copyFileSync(join(args.root, "deploy/prometheus", f), join(dir, f));
-writeFileSync(join(dir, "prometheus.yml"), JSON.stringify(config, null, 2));  // JSON is YAML
+execFileSync("python3", [join(args.root, "deploy/prometheus/local_config.py"), "--out", dir, "--router", routerAddr,
+  ...metricsPorts.flatMap(p => ["--worker", `127.0.0.1:${p}`])]);
 const promPort = await freePort();
 const prom = spawn(promBin, [`--config.file=${join(dir, "prometheus.yml")}`, `--storage.tsdb.path=${join(dir, "data")}`,
   `--web.listen-address=127.0.0.1:${promPort}`, "--log.level=warn"], { stdio: ["ignore", "ignore", "inherit"] });
