@@ -109,6 +109,10 @@ await check("dashboard: what Grafana provisioning expects", async () => {
   const [ds] = yaml("deploy/grafana/provisioning/datasources/prometheus.yml").map(d => d.datasources[0]);
   assert.equal(typeof dashboard.uid, "string");
   assert.ok(Number.isInteger(dashboard.schemaVersion) && dashboard.schemaVersion >= 36, "schemaVersion");
+  // A data source variable (any Prometheus works), defaulting to the provisioned one.
+  const v = dashboard.templating.list.find(t => t.name === "datasource");
+  assert.ok(v && v.type === "datasource" && v.query === "prometheus", "a Prometheus data source variable");
+  assert.equal(v.current.value, ds.uid, "it defaults to the provisioned data source");
   const ids = dashboard.panels.map(p => p.id);
   assert.equal(new Set(ids).size, ids.length, "unique panel ids");
   for (const p of dashboard.panels) {
@@ -116,7 +120,7 @@ await check("dashboard: what Grafana provisioning expects", async () => {
     if (p.type === "row") continue;
     assert.ok(p.description, `panel "${p.title}" has a description`);
     assert.ok(p.targets?.length, `panel "${p.title}" has queries`);
-    for (const t of [p, ...p.targets]) assert.equal(t.datasource?.uid, ds.uid, `panel "${p.title}" uses the provisioned data source`);
+    for (const t of [p, ...p.targets]) assert.equal(t.datasource?.uid, "${datasource}", `panel "${p.title}": the data source variable`);
     for (const t of p.targets) assert.ok(t.refId && t.expr, `panel "${p.title}": refId and expr`);
   }
 });
