@@ -199,16 +199,14 @@ std::string ModelConfig::ToJson() const {
 // Appends the ids of an "eos_token_id" value (a number, a list of numbers or
 // null) that are not there yet.
 absl::Status AddEosIds(const json& v, const std::string& origin, std::vector<int64_t>* ids) {
-  auto add = [&](const json& e) {
-    if (!e.is_number_integer()) return false;
-    const int64_t id = e.get<int64_t>();
-    if (std::find(ids->begin(), ids->end(), id) == ids->end()) ids->push_back(id);
-    return true;
-  };
-  bool ok = v.is_null() || add(v);
-  if (v.is_array()) {
-    ok = true;
-    for (const json& e : v) ok &= add(e);
+  if (v.is_null()) return absl::OkStatus();
+  const json one = json::array({v});
+  const json& list = v.is_array() ? v : one;
+  const bool ok = std::all_of(list.begin(), list.end(), [](const json& e) { return e.is_number_integer(); });
+  if (ok) {
+    for (const json& e : list) {
+      if (std::find(ids->begin(), ids->end(), e.get<int64_t>()) == ids->end()) ids->push_back(e.get<int64_t>());
+    }
   }
   if (!ok) return absl::InvalidArgumentError(absl::StrCat(origin, ": \"eos_token_id\" must be a token id or a list of them"));
   return absl::OkStatus();

@@ -162,12 +162,22 @@ absl::Status CudaBackend::Upload(const CudaOptions& o) {
   buffers_.push_back(std::move(wbuf));
 
   // KV pools: [layer_in_group][block][K|V][slot][kv_heads * head_dim].
+  char* kv_base[kNumCacheGroups] = {nullptr, nullptr};
   for (int g = 0; g < kNumCacheGroups; ++g) {
     const size_t bytes = KvCache::BytesPerBlock(c, g, kv_.block_size, kv_.f32) * kv_.num_blocks[g];
     if (bytes == 0) continue;
     ASSIGN_OR_RETURN(DeviceBuffer kb, DeviceBuffer::Allocate(bytes));
-    kv_base_[g] = kb.get();
+    kv_base[g] = kb.as<char>();
     buffers_.push_back(std::move(kb));
+  }
+  const int64_t row_bytes = kvd * (kv_.f32 ? 4 : 2);
+  int in_group[kNumCacheGroups] = {0, 0};
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const int g = c.is_sliding(l) ? kSlidingGroup : kFullGroup;
+    layer_group_.push_back(g);
+    kv_layers_.push_back({kv_base[g] + in_group[g]++ * KvLayerBytes(kv_.num_blocks[g], kv_.block_size, row_bytes),
+                          kv_.block_size, static_cast<int>(c.num_key_value_heads), static_cast<int>(c.head_dim),
+                          !kv_.f32});
   }
 
   // Workspace.
@@ -208,10 +218,6 @@ absl::Status CudaBackend::Upload(const CudaOptions& o) {
   RETURN_IF_ERROR(Cuda(cudaMemcpy(pair_row_, pr.data(), P * 4, cudaMemcpyHostToDevice), "pair rows"));
   RETURN_IF_ERROR(Cuda(cudaMemcpy(pair_identity_, pid.data(), P * 4, cudaMemcpyHostToDevice), "pair ids"));
   expert_counts_.assign(c.num_hidden_layers * ne, 0);
-  int in_group[kNumCacheGroups] = {0, 0};
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    layer_in_group_.push_back(in_group[c.is_sliding(l) ? kSlidingGroup : kFullGroup]++);
-  }
   return absl::OkStatus();
 }
 
@@ -270,15 +276,6 @@ Tensor CudaBackend::Buffer(Act which) {
   return {};
 }
 
-KvLayer CudaBackend::KvOf(int64_t layer) const {
-  const ModelConfig& c = config();
-  const int g = c.is_sliding(layer) ? kSlidingGroup : kFullGroup;
-  const int64_t row_bytes = c.kv_dim() * (kv_.f32 ? 4 : 2);
-  return KvLayer{static_cast<char*>(kv_base_[g]) +
-                     layer_in_group_[layer] * KvLayerBytes(kv_.num_blocks[g], kv_.block_size, row_bytes),
-                 kv_.block_size, static_cast<int>(c.num_key_value_heads), static_cast<int>(c.head_dim), !kv_.f32};
-}
-
 void CudaBackend::Embed(Tensor x) { EmbeddingBf16(embed_, ids_, static_cast<int>(x.rows), x.cols, x.data, stream_); }
 
 void CudaBackend::RmsNorm(int64_t layer, Norm which, Tensor x, Tensor y) {
@@ -302,17 +299,18 @@ void CudaBackend::Rope(Tensor x, int num_heads) {
 }
 
 void CudaBackend::KvWrite(int64_t layer, Tensor k, Tensor v) {
-  const int g = config().is_sliding(layer) ? kSlidingGroup : kFullGroup;
-  cuda::KvWrite(KvOf(layer), k.data, k.ld, v.data, v.ld, slots_[g], static_cast<int>(k.rows), stream_);
+  cuda::KvWrite(kv_layers_[layer], k.data, k.ld, v.data, v.ld, slots_[layer_group_[layer]], static_cast<int>(k.rows),
+                stream_);
 }
 
 absl::Status CudaBackend::Attention(int64_t layer, Tensor q, Tensor out) {
   const ModelConfig& c = config();
-  const bool sliding = c.is_sliding(layer);
+  const int g = layer_group_[layer];
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  return PagedAttention(KvOf(layer), q.data, q.ld, static_cast<int>(q.rows), static_cast<int>(c.num_attention_heads),
-                        pos_, tables_, table_offset_[sliding ? kSlidingGroup : kFullGroup],
-                        sliding ? c.sliding_window : 0, layers_[layer].sinks, scale, out.data, out.ld, stream_);
+  return PagedAttention(kv_layers_[layer], q.data, q.ld, static_cast<int>(q.rows),
+                        static_cast<int>(c.num_attention_heads), pos_, tables_, table_offset_[g],
+                        g == kSlidingGroup ? c.sliding_window : 0, layers_[layer].sinks, scale, out.data, out.ld,
+                        stream_);
 }
 
 void CudaBackend::Add(Tensor x, Tensor y) {

@@ -79,8 +79,6 @@ class CudaBackend final : public Backend, private ForwardOps {
   void Experts(int64_t layer, Tensor h, const Routing& routing, Tensor out) override;
   absl::Status Logits(Tensor x, std::span<const int32_t> rows, float* logits) override;
   absl::Status EndStep() override;
-  // This layer's KV cache, as the kernels address it.
-  KvLayer KvOf(int64_t layer) const;
 
   std::unique_ptr<ModelWeights> weights_;
   DeviceInfo info_;
@@ -93,8 +91,9 @@ class CudaBackend final : public Backend, private ForwardOps {
   const float *final_norm_ = nullptr, *inv_freq_ = nullptr;
   float mscale_ = 1.0f;
   std::vector<LayerDev> layers_;
-  void* kv_base_[kNumCacheGroups] = {nullptr, nullptr};
-  std::vector<int> layer_in_group_;  // per layer: its index among its cache group's layers
+  // Per layer: its cache group and its region of that group's pool, as the kernels address it.
+  std::vector<int> layer_group_;
+  std::vector<KvLayer> kv_layers_;
   // Workspace.
   float *x_, *h_, *q_, *k_, *v_, *attn_, *o_, *router_logits_, *topk_w_, *gate_up_, *act_, *down_, *logits_,
       *final_rows_;

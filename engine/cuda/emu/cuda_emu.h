@@ -277,15 +277,19 @@ inline int __all_sync(unsigned mask, int predicate) { return __ballot_sync(mask,
 
 // ---- Atomics (blocks run on several host threads) ------------------------------
 
+namespace moeserve::cuda::emu {
 template <typename T>
-T __emu_atomic_add(T* p, T v) {
+T AtomicAdd(T* p, T v) {
   return std::atomic_ref<T>(*p).fetch_add(v);
 }
-inline int atomicAdd(int* p, int v) { return __emu_atomic_add(p, v); }
-inline unsigned atomicAdd(unsigned* p, unsigned v) { return __emu_atomic_add(p, v); }
-inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) { return __emu_atomic_add(p, v); }
-inline float atomicAdd(float* p, float v) { return __emu_atomic_add(p, v); }
-inline double atomicAdd(double* p, double v) { return __emu_atomic_add(p, v); }
+}  // namespace moeserve::cuda::emu
+inline int atomicAdd(int* p, int v) { return moeserve::cuda::emu::AtomicAdd(p, v); }
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return moeserve::cuda::emu::AtomicAdd(p, v); }
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  return moeserve::cuda::emu::AtomicAdd(p, v);
+}
+inline float atomicAdd(float* p, float v) { return moeserve::cuda::emu::AtomicAdd(p, v); }
+inline double atomicAdd(double* p, double v) { return moeserve::cuda::emu::AtomicAdd(p, v); }
 template <typename T>
 T atomicMax(T* p, T v) {
   std::atomic_ref<T> a(*p);
