@@ -6,6 +6,7 @@
 // logits, so the worker does not care which one it drives.
 #pragma once
 
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -14,13 +15,25 @@
 #include "engine/batch.h"
 #include "engine/config.h"
 #include "engine/kv_cache.h"
+#include "engine/parallel/communicator.h"
+#include "engine/parallel/shard.h"
 
 namespace moeserve {
 
 class Backend {
  public:
   virtual ~Backend() = default;
+  // The model as this backend holds it: on a rank of a tensor/expert-parallel
+  // group, the rank's head, KV-head and intermediate sizes (shard() has the
+  // whole model's and the rank's ranges).
   virtual const ModelConfig& config() const = 0;
+  virtual const ShardPlan& shard() const = 0;
+  // The group's collectives, once the group has met (the worker's Init); a
+  // sharded backend refuses to step without them.
+  virtual void SetCommunicator(std::unique_ptr<parallel::Communicator> comm) = 0;
+  virtual parallel::Communicator* communicator() const = 0;
+  // The stream collectives are ordered on (a cudaStream_t), or null.
+  virtual void* stream() const { return nullptr; }
   // The KV pools: block size, blocks per cache group, element type.
   virtual const KvCacheOptions& kv_options() const = 0;
   // One step: see engine/batch.h for the batch contract.

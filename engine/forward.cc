@@ -6,6 +6,9 @@
 //     h = RMSNorm(x); top-4 of (Wr h + br), softmax over the four
 //     x += sum_e w_e (W2_e SwiGLU(W1_e h + b1_e) + b2_e)
 //   logits = lm_head RMSNorm(x)
+// On a rank of a tensor/expert-parallel group (engine/parallel/shard.h) `c`
+// holds the rank's head and intermediate sizes, and the partial sums of the
+// embedding, o_proj and the experts are all-reduced before they are added.
 #include "engine/forward.h"
 
 #include <algorithm>
@@ -15,7 +18,7 @@
 
 namespace moeserve {
 
-absl::Status GptOssForward(const ModelConfig& c, const KvCacheOptions& kv, ForwardOps& ops,
+absl::Status GptOssForward(const ModelConfig& c, const ShardPlan& shard, const KvCacheOptions& kv, ForwardOps& ops,
                            std::span<const SequenceInput> batch, ForwardOutput* out) {
   RETURN_IF_ERROR(ValidateBatch(c, kv, batch));
   const StepLayout step = LayOutStep(c, kv, batch);
@@ -25,6 +28,7 @@ absl::Status GptOssForward(const ModelConfig& c, const KvCacheOptions& kv, Forwa
   out->logits.resize(step.logit_rows.size() * static_cast<size_t>(c.vocab_size));
 
   const int n = step.num_rows_total();
+  const bool sharded = shard.sharded();
   const int heads = static_cast<int>(c.num_attention_heads), kv_heads = static_cast<int>(c.num_key_value_heads);
   size_t next_logit = 0;  // logit_rows[next_logit] is the next row to return logits for
   for (int r0 = 0; r0 < n; r0 += ops.max_rows()) {
@@ -34,6 +38,7 @@ absl::Status GptOssForward(const ModelConfig& c, const KvCacheOptions& kv, Forwa
                  v = ops.Buffer(Act::kV), attn = ops.Buffer(Act::kAttn), o = ops.Buffer(Act::kO);
 
     ops.Embed(x);
+    if (sharded) RETURN_IF_ERROR(ops.AllReduce(x));  // each rank embedded its part of the vocabulary
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
       // Attention block (spec §2.4).
       ops.RmsNorm(l, Norm::kAttention, x, h);
@@ -43,12 +48,14 @@ absl::Status GptOssForward(const ModelConfig& c, const KvCacheOptions& kv, Forwa
       ops.KvWrite(l, k, v);
       RETURN_IF_ERROR(ops.Attention(l, q, attn));
       ops.Linear(l, attn, {{Dense::kO, o}});
+      if (sharded) RETURN_IF_ERROR(ops.AllReduce(o));  // each rank's heads' share of o_proj
       ops.Add(x, o);
 
       // MoE block (spec §2.5).
       ops.RmsNorm(l, Norm::kMlp, x, h);
       ASSIGN_OR_RETURN(const Routing routing, ops.Route(l, h));
       ops.Experts(l, h, routing, o);
+      if (sharded) RETURN_IF_ERROR(ops.AllReduce(o));  // each rank's experts (or intermediate range)
       ops.Add(x, o);
     }
 

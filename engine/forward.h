@@ -8,12 +8,14 @@
 #include "engine/batch.h"
 #include "engine/config.h"
 #include "engine/forward_ops.h"
+#include "engine/parallel/shard.h"
 
 namespace moeserve {
 
 // One step: validates the batch, lays it out in rows, runs every layer over
 // each chunk of rows and fills `out` (see engine/batch.h for the contract).
-absl::Status GptOssForward(const ModelConfig& config, const KvCacheOptions& kv, ForwardOps& ops,
+// `config` is the model as this rank holds it, `shard` the rank's part.
+absl::Status GptOssForward(const ModelConfig& config, const ShardPlan& shard, const KvCacheOptions& kv, ForwardOps& ops,
                            std::span<const SequenceInput> batch, ForwardOutput* out);
 
 }  // namespace moeserve

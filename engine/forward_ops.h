@@ -55,7 +55,8 @@ class ForwardOps {
   // The chunk's buffer `which` (rows = the chunk's rows).
   virtual Tensor Buffer(Act which) = 0;
 
-  // x[r] = embedding[ids[r]]
+  // x[r] = embedding[ids[r]] (a rank holding part of the vocabulary writes
+  // zeros for the other ids; AllReduce completes the rows)
   virtual void Embed(Tensor x) = 0;
   // y = x / sqrt(mean(x^2) + eps) * w, w the layer's `which` norm weight.
   virtual void RmsNorm(int64_t layer, Norm which, Tensor x, Tensor y) = 0;
@@ -74,6 +75,9 @@ class ForwardOps {
   virtual absl::Status Attention(int64_t layer, Tensor q, Tensor out) = 0;
   // x += y
   virtual void Add(Tensor x, Tensor y) = 0;
+  // x = the sum of x over the ranks of a tensor/expert-parallel group
+  // (engine/parallel/shard.h); nothing on a single rank.
+  virtual absl::Status AllReduce(Tensor x) = 0;
   // Router logits Wr h + br; top-k experts (ties: lower id), softmax over
   // them. Counts the selections (expert_counts).
   virtual absl::StatusOr<Routing> Route(int64_t layer, Tensor h) = 0;
@@ -81,7 +85,8 @@ class ForwardOps {
   // — the experts, with rows grouped however suits the backend.
   virtual void Experts(int64_t layer, Tensor h, const Routing& routing, Tensor out) = 0;
   // logits[i] = lm_head RMSNorm(x[rows[i]]) with the final norm, written to
-  // host memory [rows.size(), vocab]; rows are chunk-local.
+  // host memory [rows.size(), vocab]; rows are chunk-local. A rank holding
+  // part of the vocabulary gathers the other ranks' parts.
   virtual absl::Status Logits(Tensor x, std::span<const int32_t> rows, float* logits) = 0;
   // The step's last op: results and counters are final after it.
   virtual absl::Status EndStep() = 0;

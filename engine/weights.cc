@@ -121,6 +121,7 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> LoadModelWeights(const std::string
     ASSIGN_OR_RETURN(L.down, ld.Experts(p + "mlp.experts.down_proj", mxfp4, e, h, inter));
     w->layers.push_back(std::move(L));
   }
+  ASSIGN_OR_RETURN(w->shard, PlanShard(c, 0, 1, false));
   return w;
 }
 

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/config.h"
+#include "engine/parallel/shard.h"
 #include "engine/safetensors.h"
 
 namespace moeserve {
@@ -21,7 +22,8 @@ struct Matrix {
   DType dtype = DType::kF32;  // kF32 or kBF16
   const void* data = nullptr;
   int64_t rows = 0, cols = 0;
-  std::vector<float> owned;  // backing store when the matrix was converted
+  std::vector<float> owned;       // backing store when the matrix was converted
+  std::vector<uint8_t> owned_raw;  // backing store of a shard's copied columns (dtype kept)
 };
 
 // The experts of one projection of one layer.
@@ -36,6 +38,8 @@ struct ExpertMatrix {
   int64_t num_experts = 0, rows = 0, cols = 0;
   std::vector<float> owned;                // F16 experts, converted once to F32
   std::vector<float> bias;  // [E, rows]
+  // Backing stores of a shard's copy (engine/parallel/shard.h).
+  std::vector<uint8_t> owned_blocks, owned_scales, owned_dense;
 };
 
 struct LayerWeights {
@@ -56,6 +60,10 @@ struct ModelWeights {
   Matrix lm_head;                          // [V, H]
   std::vector<float> final_norm;           // [H]
   std::vector<LayerWeights> layers;
+  // The part of the model these weights are (the whole model unless cut by
+  // ShardWeights); `config` then holds this rank's head, KV-head and
+  // intermediate sizes, `shard` the whole model's.
+  ShardPlan shard;
 };
 
 // Opens `<model_dir>` (config.json + safetensors) and validates every tensor.

@@ -207,8 +207,26 @@ absl::StatusOr<ModelConfig> PresetConfig(const std::string& name) {
     c.head_dim = 32;
     c.num_local_experts = 8;
     c.num_experts_per_tok = 4;
+  } else if (name == "mid") {
+    // gpt-oss's 8 KV heads (so tensor parallel up to 8 splits them), a
+    // vocabulary that does not divide evenly, a short sliding window.
+    c.num_hidden_layers = 4;
+    c.hidden_size = 128;
+    c.intermediate_size = 128;
+    c.num_attention_heads = 16;
+    c.num_key_value_heads = 8;
+    c.head_dim = 16;
+    c.num_local_experts = 16;
+    c.num_experts_per_tok = 4;
+    c.vocab_size = 1001;
+    c.sliding_window = 8;
+    c.max_position_embeddings = 4096;
+    c.rope_scaling.original_max_position_embeddings = 64;
+    c.initial_context_length = 64;
+    c.rope_scaling.factor = 8.0;
+    c.rope_theta = 10000.0;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("unknown preset \"", name, "\" (tiny, demo, 20b, 120b)"));
+    return absl::InvalidArgumentError(absl::StrCat("unknown preset \"", name, "\" (tiny, mid, demo, 20b, 120b)"));
   }
   c.layer_types.clear();
   for (int i = 0; i < c.num_hidden_layers; ++i) {

@@ -29,7 +29,7 @@ struct CheckpointGenOptions {
 
 absl::Status GenerateCheckpoint(const std::string& out_dir, const CheckpointGenOptions& options);
 
-// Named presets: "tiny" (tests), "demo" (the demo model), "20b", "120b".
+// Named presets: "tiny" (tests), "mid" (8 KV heads: tensor-parallel tests), "demo" (the demo model), "20b", "120b".
 absl::StatusOr<ModelConfig> PresetConfig(const std::string& name);
 
 }  // namespace moeserve

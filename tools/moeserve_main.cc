@@ -72,7 +72,7 @@ commands:
       --threads N            CPU threads (default: all)
   gen-checkpoint   write a random-weight gpt-oss checkpoint
       --out DIR              output directory (required)
-      --preset NAME          tiny | demo | 20b | 120b (default tiny)
+      --preset NAME          tiny | mid | demo | 20b | 120b (default tiny)
       --seed N               (default 0)
       --experts KIND         mxfp4 | bf16 | f16 | f32 (default mxfp4)
       --dense KIND           bf16 | f32 (default bf16)

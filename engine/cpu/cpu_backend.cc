@@ -8,6 +8,7 @@
 #include "engine/cpu/kernels.h"
 #include "engine/cpu/ops.h"
 #include "engine/forward.h"
+#include "absl/strings/str_cat.h"
 
 namespace moeserve {
 namespace {
@@ -43,12 +44,23 @@ CpuBackend::CpuBackend(std::unique_ptr<ModelWeights> weights, const CpuOptions& 
 }
 
 const char* CpuBackend::PhaseName(int p) {
-  static const char* kNames[] = {"embed", "qkv", "attention", "out", "router", "experts", "lm_head"};
+  static const char* kNames[] = {"embed", "qkv", "attention", "out", "router", "experts", "lm_head", "collectives"};
   return kNames[p];
 }
 
 absl::Status CpuBackend::Forward(std::span<const SequenceInput> batch, ForwardOutput* out) {
-  return GptOssForward(config(), kv_.options(), *this, batch, out);
+  if (shard().sharded() && !comm_) {
+    return absl::FailedPreconditionError(absl::StrCat("rank ", shard().rank, " of ", shard().world_size,
+                                                      ": the group has not met yet (Init)"));
+  }
+  return GptOssForward(config(), shard(), kv_.options(), *this, batch, out);
+}
+
+absl::Status CpuBackend::AllReduce(Tensor x) {
+  PhaseTimer t(phase_ns_[kCollectives]);
+  if (!comm_) return absl::OkStatus();
+  // Chunk buffers are contiguous (ld == cols).
+  return comm_->AllReduceSum(x.data, x.rows * x.ld, parallel::DataType::kF32);
 }
 
 absl::Status CpuBackend::BeginChunk(const StepLayout& step, int r0, int r1) {
@@ -85,8 +97,14 @@ Tensor CpuBackend::Buffer(Act which) {
 void CpuBackend::Embed(Tensor x) {
   PhaseTimer t(phase_ns_[kEmbed]);
   const Matrix& e = weights_->embed;
+  const int64_t v0 = shard().vocab_begin, v1 = shard().vocab_end;
   for (int r = 0; r < x.rows; ++r) {
-    const size_t off = static_cast<size_t>(step_->ids[r0_ + r]) * x.cols;
+    const int64_t id = step_->ids[r0_ + r];
+    if (id < v0 || id >= v1) {  // another rank's part of the vocabulary
+      std::fill(x.data + r * x.ld, x.data + r * x.ld + x.cols, 0.0f);
+      continue;
+    }
+    const size_t off = static_cast<size_t>(id - v0) * x.cols;
     if (e.dtype == DType::kBF16) {
       ConvertToF32(DType::kBF16, static_cast<const uint16_t*>(e.data) + off, x.data + r * x.ld, x.cols);
     } else {
@@ -235,14 +253,18 @@ void CpuBackend::Experts(int64_t layer, Tensor h, const Routing& routing, Tensor
   const ModelConfig& c = config();
   const LayerWeights& lw = weights_->layers[layer];
   const int64_t hs = c.hidden_size, inter = c.intermediate_size;
-  const int ne = static_cast<int>(c.num_local_experts), k = static_cast<int>(c.num_experts_per_tok);
+  const int ne = static_cast<int>(lw.gate_up.num_experts), k = static_cast<int>(c.num_experts_per_tok);
   const int num_rows = static_cast<int>(h.rows);
   const bool mxfp4 = lw.gate_up.mxfp4;
+  const std::vector<int32_t>& local = shard().local_expert[layer];
 
-  // Group (row, weight) pairs by expert.
+  // Group (row, weight) pairs by this rank's experts (local index).
   std::vector<std::vector<std::pair<int, float>>> by_expert(ne);
   for (int r = 0; r < num_rows; ++r) {
-    for (int s = 0; s < k; ++s) by_expert[routing.idx[r * k + s]].emplace_back(r, routing.weight[r * k + s]);
+    for (int s = 0; s < k; ++s) {
+      const int32_t e = local[routing.idx[r * k + s]];
+      if (e >= 0) by_expert[e].emplace_back(r, routing.weight[r * k + s]);
+    }
   }
   struct Active {
     int expert;
@@ -330,7 +352,27 @@ absl::Status CpuBackend::Logits(Tensor x, std::span<const int32_t> rows, float* 
     cpu::RmsNorm(x.data + static_cast<size_t>(rows[i]) * x.ld, w.final_norm.data(), hs,
                  static_cast<float>(c.rms_norm_eps), &xf[i * hs]);
   }
-  cpu::Linear(pool_, w.lm_head, nullptr, xf.data(), hs, static_cast<int>(rows.size()), logits, c.vocab_size);
+  const ShardPlan& p = shard();
+  if (!p.sharded()) {
+    cpu::Linear(pool_, w.lm_head, nullptr, xf.data(), hs, static_cast<int>(rows.size()), logits, c.vocab_size);
+    return absl::OkStatus();
+  }
+  // This rank's vocabulary range into its slot, then every rank's slots.
+  const int64_t n = static_cast<int64_t>(rows.size()), stride = p.vocab_stride;
+  gathered_.assign(static_cast<size_t>(p.world_size) * n * stride, 0.0f);
+  float* mine = gathered_.data() + static_cast<size_t>(p.rank) * n * stride;
+  cpu::Linear(pool_, w.lm_head, nullptr, xf.data(), hs, static_cast<int>(n), mine, stride);
+  {
+    PhaseTimer tc(phase_ns_[kCollectives]);
+    RETURN_IF_ERROR(comm_->AllGather(mine, gathered_.data(), n * stride, parallel::DataType::kF32));
+  }
+  for (int r = 0; r < p.world_size; ++r) {
+    const auto [v0, v1] = ShardPlan::Split(c.vocab_size, p.world_size, r);
+    for (int64_t i = 0; i < n; ++i) {
+      std::copy_n(gathered_.data() + (static_cast<size_t>(r) * n + i) * stride, v1 - v0,
+                  logits + static_cast<size_t>(i) * c.vocab_size + v0);
+    }
+  }
   return absl::OkStatus();
 }
 

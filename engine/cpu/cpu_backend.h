@@ -32,6 +32,9 @@ class CpuBackend final : public Backend, private ForwardOps {
   CpuBackend(std::unique_ptr<ModelWeights> weights, const CpuOptions& options);
 
   const ModelConfig& config() const override { return weights_->config; }
+  const ShardPlan& shard() const override { return weights_->shard; }
+  void SetCommunicator(std::unique_ptr<parallel::Communicator> comm) override { comm_ = std::move(comm); }
+  parallel::Communicator* communicator() const override { return comm_.get(); }
   const KvCacheOptions& kv_options() const override { return kv_.options(); }
   std::string device() const override { return "cpu"; }
   absl::Status Forward(std::span<const SequenceInput> batch, ForwardOutput* out) override;
@@ -43,7 +46,7 @@ class CpuBackend final : public Backend, private ForwardOps {
   ThreadPool& pool() { return pool_; }
 
   // Wall time spent per phase of Forward since construction, in nanoseconds.
-  enum Phase { kEmbed, kQkv, kAttention, kOut, kRouter, kExperts, kLmHead, kNumPhases };
+  enum Phase { kEmbed, kQkv, kAttention, kOut, kRouter, kExperts, kLmHead, kCollectives, kNumPhases };
   static const char* PhaseName(int p);
   const int64_t* phase_ns() const { return phase_ns_; }
 
@@ -59,12 +62,14 @@ class CpuBackend final : public Backend, private ForwardOps {
   void KvWrite(int64_t layer, Tensor k, Tensor v) override;
   absl::Status Attention(int64_t layer, Tensor q, Tensor out) override;
   void Add(Tensor x, Tensor y) override;
+  absl::Status AllReduce(Tensor x) override;
   absl::StatusOr<Routing> Route(int64_t layer, Tensor h) override;
   void Experts(int64_t layer, Tensor h, const Routing& routing, Tensor out) override;
   absl::Status Logits(Tensor x, std::span<const int32_t> rows, float* logits) override;
   absl::Status EndStep() override { return absl::OkStatus(); }
 
   std::unique_ptr<ModelWeights> weights_;
+  std::unique_ptr<parallel::Communicator> comm_;
   CpuOptions options_;
   ThreadPool pool_;
   KvCache kv_;
@@ -82,6 +87,7 @@ class CpuBackend final : public Backend, private ForwardOps {
   std::vector<float> act_[7];     // Act buffers
   std::vector<int32_t> route_idx_;
   std::vector<float> route_weight_;
+  std::vector<float> gathered_;  // sharded logits: [world, rows, vocab_stride]
 };
 
 }  // namespace moeserve

@@ -34,6 +34,10 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(std::unique_ptr
     return absl::UnavailableError(absl::StrCat("no CUDA device ", options.device, " (", DeviceCount(), " found)"));
   }
   const ModelConfig& c = weights->config;
+  if (weights->shard.sharded()) {
+    return absl::UnimplementedError(
+        "tensor/expert-parallel ranks run on the CPU backend so far; the CUDA backend takes a whole model");
+  }
   // What the GPU path runs: BF16 dense weights and MXFP4 experts, as gpt-oss ships.
   auto dense_ok = [](const Matrix& m) { return m.dtype == DType::kBF16 && m.owned.empty(); };
   if (!dense_ok(weights->embed) || !dense_ok(weights->lm_head)) {
@@ -222,7 +226,8 @@ absl::Status CudaBackend::Upload(const CudaOptions& o) {
 }
 
 absl::Status CudaBackend::Forward(std::span<const SequenceInput> batch, ForwardOutput* out) {
-  return GptOssForward(config(), kv_, *this, batch, out);
+  if (shard().sharded() && !comm_) return absl::FailedPreconditionError("the group has not met yet (Init)");
+  return GptOssForward(config(), shard(), kv_, *this, batch, out);
 }
 
 absl::Status CudaBackend::BeginChunk(const StepLayout& step, int r0, int r1) {
@@ -311,6 +316,11 @@ absl::Status CudaBackend::Attention(int64_t layer, Tensor q, Tensor out) {
                         static_cast<int>(c.num_attention_heads), pos_, tables_, table_offset_[g],
                         g == kSlidingGroup ? c.sliding_window : 0, layers_[layer].sinks, scale, out.data, out.ld,
                         stream_);
+}
+
+absl::Status CudaBackend::AllReduce(Tensor x) {
+  if (!comm_) return absl::OkStatus();
+  return comm_->AllReduceSum(x.data, x.rows * x.ld, parallel::DataType::kF32);  // stream-ordered
 }
 
 void CudaBackend::Add(Tensor x, Tensor y) {

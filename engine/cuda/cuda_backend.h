@@ -47,6 +47,10 @@ class CudaBackend final : public Backend, private ForwardOps {
   ~CudaBackend() override;
 
   const ModelConfig& config() const override { return weights_->config; }
+  const ShardPlan& shard() const override { return weights_->shard; }
+  void SetCommunicator(std::unique_ptr<parallel::Communicator> comm) override { comm_ = std::move(comm); }
+  parallel::Communicator* communicator() const override { return comm_.get(); }
+  void* stream() const override { return stream_; }
   const KvCacheOptions& kv_options() const override { return kv_; }
   std::string device() const override { return info_.name; }
   absl::Status Forward(std::span<const SequenceInput> batch, ForwardOutput* out) override;
@@ -75,12 +79,14 @@ class CudaBackend final : public Backend, private ForwardOps {
   void KvWrite(int64_t layer, Tensor k, Tensor v) override;
   absl::Status Attention(int64_t layer, Tensor q, Tensor out) override;
   void Add(Tensor x, Tensor y) override;
+  absl::Status AllReduce(Tensor x) override;
   absl::StatusOr<Routing> Route(int64_t layer, Tensor h) override;
   void Experts(int64_t layer, Tensor h, const Routing& routing, Tensor out) override;
   absl::Status Logits(Tensor x, std::span<const int32_t> rows, float* logits) override;
   absl::Status EndStep() override;
 
   std::unique_ptr<ModelWeights> weights_;
+  std::unique_ptr<parallel::Communicator> comm_;  // NCCL, on stream_
   DeviceInfo info_;
   KvCacheOptions kv_;
   cudaStream_t stream_ = nullptr;

@@ -1,0 +1,150 @@
+#include "engine/parallel/nccl_communicator.h"
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+
+namespace moeserve::parallel {
+namespace {
+
+ncclDataType_t NcclType(DataType t) {
+  switch (t) {
+    case DataType::kF32:
+      return ncclFloat32;
+    case DataType::kBF16:
+      return ncclBfloat16;
+    case DataType::kI32:
+      return ncclInt32;
+  }
+  return ncclFloat32;
+}
+
+class NcclCommunicator final : public Communicator {
+ public:
+  NcclCommunicator(ncclComm_t comm, int rank, int world, cudaStream_t stream, std::chrono::milliseconds timeout)
+      : comm_(comm), rank_(rank), world_(world), stream_(stream), timeout_(timeout) {}
+  ~NcclCommunicator() override {
+    if (scratch_) cudaFree(scratch_);
+    if (comm_) broken_.empty() ? ncclCommDestroy(comm_) : ncclCommAbort(comm_);
+  }
+
+  int rank() const override { return rank_; }
+  int world_size() const override { return world_; }
+  std::string name() const override { return "nccl"; }
+
+  absl::Status AllReduceSum(void* data, int64_t count, DataType t) override {
+    CollectiveTimer timer(&busy_ns_, &num_calls_);
+    return Check("all-reduce", ncclAllReduce(data, data, count, NcclType(t), ncclSum, comm_, stream_));
+  }
+  absl::Status AllGather(const void* in, void* out, int64_t count, DataType t) override {
+    CollectiveTimer timer(&busy_ns_, &num_calls_);
+    return Check("all-gather", ncclAllGather(in, out, count, NcclType(t), comm_, stream_));
+  }
+  absl::Status Broadcast(void* data, int64_t count, DataType t, int root) override {
+    CollectiveTimer timer(&busy_ns_, &num_calls_);
+    return Check("broadcast", ncclBroadcast(data, data, count, NcclType(t), root, comm_, stream_));
+  }
+  absl::Status BroadcastHost(void* data, int64_t count, DataType t, int root) override {
+    const size_t bytes = static_cast<size_t>(count) * DataTypeSize(t);
+    if (absl::Status st = Scratch(bytes); !st.ok()) return st;
+    cudaMemcpyAsync(scratch_, data, bytes, cudaMemcpyHostToDevice, stream_);
+    if (absl::Status st = Broadcast(scratch_, count, t, root); !st.ok()) return st;
+    cudaMemcpyAsync(data, scratch_, bytes, cudaMemcpyDeviceToHost, stream_);
+    if (cudaStreamSynchronize(stream_) != cudaSuccess) return absl::InternalError("CUDA stream failed");
+    return absl::OkStatus();
+  }
+  absl::Status Barrier() override {
+    if (absl::Status st = Scratch(4); !st.ok()) return st;
+    if (absl::Status st = AllReduceSum(scratch_, 1, DataType::kI32); !st.ok()) return st;
+    if (cudaStreamSynchronize(stream_) != cudaSuccess) return absl::InternalError("CUDA stream failed");
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Status Scratch(size_t bytes) {
+    if (bytes <= scratch_bytes_) return absl::OkStatus();
+    if (scratch_) cudaFree(scratch_);
+    scratch_ = nullptr;
+    if (cudaMalloc(&scratch_, bytes) != cudaSuccess) return absl::ResourceExhaustedError("NCCL scratch allocation");
+    scratch_bytes_ = bytes;
+    return absl::OkStatus();
+  }
+
+  // A non-blocking communicator returns ncclInProgress: wait for the enqueue
+  // to finish, failing after the timeout (a peer that is gone).
+  absl::Status Check(const char* what, ncclResult_t r) {
+    if (!broken_.empty()) return absl::UnavailableError(broken_);
+    const auto deadline = std::chrono::steady_clock::now() + timeout_;
+    while (r == ncclInProgress) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        broken_ = absl::StrCat("NCCL ", what, " on rank ", rank_, " timed out");
+        return absl::UnavailableError(broken_);
+      }
+      std::this_thread::yield();
+      ncclCommGetAsyncError(comm_, &r);
+    }
+    if (r != ncclSuccess) {
+      broken_ = absl::StrCat("NCCL ", what, " failed on rank ", rank_, ": ", ncclGetErrorString(r));
+      return absl::UnavailableError(broken_);
+    }
+    return absl::OkStatus();
+  }
+
+  ncclComm_t comm_;
+  int rank_, world_;
+  cudaStream_t stream_;
+  std::chrono::milliseconds timeout_;
+  void* scratch_ = nullptr;
+  size_t scratch_bytes_ = 0;
+  std::string broken_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::string> NcclUniqueId() {
+  ncclUniqueId id;
+  if (ncclResult_t r = ncclGetUniqueId(&id); r != ncclSuccess) {
+    return absl::UnavailableError(absl::StrCat("ncclGetUniqueId: ", ncclGetErrorString(r)));
+  }
+  return std::string(id.internal, sizeof(id.internal));
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(int rank, int world_size,
+                                                                     const std::string& unique_id, void* stream,
+                                                                     std::chrono::milliseconds timeout) {
+  ncclUniqueId id;
+  if (unique_id.size() != sizeof(id.internal)) {
+    return absl::InvalidArgumentError(absl::StrCat("an NCCL unique id has ", sizeof(id.internal), " bytes, not ",
+                                                   unique_id.size()));
+  }
+  std::memcpy(id.internal, unique_id.data(), sizeof(id.internal));
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  ncclComm_t comm = nullptr;
+  ncclResult_t r = ncclCommInitRankConfig(&comm, world_size, id, rank, &config);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (r == ncclInProgress) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ncclCommAbort(comm);
+      return absl::DeadlineExceededError(absl::StrCat("rank ", rank, " of ", world_size,
+                                                      ": the other ranks did not join within ", timeout.count(),
+                                                      " ms"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    ncclCommGetAsyncError(comm, &r);
+  }
+  if (r != ncclSuccess) {
+    if (comm) ncclCommAbort(comm);
+    return absl::UnavailableError(absl::StrCat("ncclCommInitRank (rank ", rank, " of ", world_size,
+                                               "): ", ncclGetErrorString(r)));
+  }
+  return std::unique_ptr<Communicator>(
+      new NcclCommunicator(comm, rank, world_size, static_cast<cudaStream_t>(stream), timeout));
+}
+
+}  // namespace moeserve::parallel
