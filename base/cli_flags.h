@@ -10,11 +10,13 @@
 
 namespace moeserve {
 
-// Flags as name -> value. Unknown flags, a flag without a value and stray
-// arguments are errors; "--help"/"-h" sets *help and returns an empty map.
+// Flags as name -> value; `switches` take no value (their value is "1").
+// Unknown flags, a flag without a value and stray arguments are errors;
+// "--help"/"-h" sets *help and returns an empty map.
 inline absl::StatusOr<std::map<std::string, std::string>> ParseFlagPairs(int argc, char** argv,
                                                                           std::initializer_list<const char*> known,
-                                                                          bool* help) {
+                                                                          bool* help,
+                                                                          std::initializer_list<const char*> switches = {}) {
   std::map<std::string, std::string> flags;
   *help = false;
   for (int i = 1; i < argc; ++i) {
@@ -22,6 +24,12 @@ inline absl::StatusOr<std::map<std::string, std::string>> ParseFlagPairs(int arg
     if (a == "--help" || a == "-h") {
       *help = true;
       return std::map<std::string, std::string>();
+    }
+    bool is_switch = false;
+    for (const char* k : switches) is_switch |= a == k;
+    if (is_switch) {
+      flags[a].assign(1, '1');  // (not = "1": GCC 12 warns falsely, -Wrestrict)
+      continue;
     }
     bool ok = false;
     for (const char* k : known) ok |= a == k;

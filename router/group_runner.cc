@@ -3,40 +3,108 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "base/status.h"
 
 namespace moeserve::router {
 
 namespace v1 = moeserve::worker::v1;
 
 GroupRunner::GroupRunner(std::string worker_address, SchedulerConfig config, RunnerHooks hooks)
-    : address_(std::move(worker_address)), config_(config), hooks_(std::move(hooks)) {}
+    : GroupRunner(std::vector<std::string>{std::move(worker_address)}, config, std::move(hooks)) {}
+
+GroupRunner::GroupRunner(std::vector<std::string> rank_addresses, SchedulerConfig config, RunnerHooks hooks)
+    : ranks_(std::move(rank_addresses)), address_(absl::StrJoin(ranks_, "+")), config_(config),
+      hooks_(std::move(hooks)) {}
 
 GroupRunner::~GroupRunner() { Stop(); }
 
 absl::Status GroupRunner::Start(int timeout_ms) {
-  auto channel = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
-  stub_ = v1::Worker::NewStub(channel);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
-  const grpc::Status st = stub_->Describe(&ctx, v1::DescribeRequest(), &description_);
-  if (!st.ok()) return absl::UnavailableError(absl::StrCat("worker ", address_, ": ", st.error_message()));
+  const int world = static_cast<int>(ranks_.size());
+  if (world == 0) return absl::InvalidArgumentError("a group needs at least one worker");
+  rank_.resize(world);
+  for (int r = 0; r < world; ++r) {
+    Rank& R = rank_[r];
+    R.stub = v1::Worker::NewStub(grpc::CreateChannel(ranks_[r], grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
+    const grpc::Status st = R.stub->Describe(&ctx, v1::DescribeRequest(), &R.description);
+    if (!st.ok()) return absl::UnavailableError(absl::StrCat("worker ", ranks_[r], ": ", st.error_message()));
+    const v1::DescribeResponse& d = R.description;
+    if (d.world_size() != world || d.rank() != r) {
+      return absl::FailedPreconditionError(absl::StrCat("worker ", ranks_[r], " is rank ", d.rank(), " of ",
+                                                        d.world_size(), ", but the router has it as rank ", r, " of ",
+                                                        world, " (--tensor-parallel-size and --worker order must agree)"));
+    }
+    const v1::DescribeResponse& d0 = rank_[0].description;
+    if (d.vocab_size() != d0.vocab_size() || d.num_layers() != d0.num_layers() || d.block_size() != d0.block_size() ||
+        d.expert_parallel() != d0.expert_parallel()) {
+      return absl::FailedPreconditionError(absl::StrCat("worker ", ranks_[r], " does not serve the same model shape, ",
+                                                        "block size and split as ", ranks_[0]));
+    }
+  }
+  // The group's capacity is its smallest rank's.
+  description_ = rank_[0].description;
+  for (const Rank& R : rank_) {
+    description_.mutable_full()->set_num_blocks(std::min(description_.full().num_blocks(), R.description.full().num_blocks()));
+    description_.mutable_sliding()->set_num_blocks(
+        std::min(description_.sliding().num_blocks(), R.description.sliding().num_blocks()));
+    description_.set_max_model_len(std::min(description_.max_model_len(), R.description.max_model_len()));
+  }
+  if (world > 1) RETURN_IF_ERROR(InitGroup(timeout_ms));
   KvCacheConfig kv;
   kv.block_size = description_.block_size();
   kv.num_blocks = {description_.full().num_blocks(), description_.sliding().num_blocks()};
   kv.sliding_window = description_.sliding_window();
   config_.max_model_len = std::min<int64_t>(config_.max_model_len, description_.max_model_len());
   scheduler_ = std::make_unique<Scheduler>(config_, kv);
-  stream_ctx_ = std::make_unique<grpc::ClientContext>();
-  stream_ = stub_->Execute(stream_ctx_.get());
-  // An empty step: the worker accepts this stream (it refuses a second router).
-  v1::StepRequest hello;
-  v1::StepResult res;
-  if (!stream_->Write(hello) || !stream_->Read(&res)) {
-    const grpc::Status st = stream_->Finish();
-    stream_.reset();
-    return absl::UnavailableError(absl::StrCat("worker ", address_, ": ", st.error_message()));
+  // An empty step on every rank: each accepts this stream (a worker refuses a second router).
+  for (int r = 0; r < world; ++r) {
+    Rank& R = rank_[r];
+    R.stream_ctx = std::make_unique<grpc::ClientContext>();
+    R.stream = R.stub->Execute(R.stream_ctx.get());
+    v1::StepRequest hello;
+    v1::StepResult res;
+    if (!R.stream->Write(hello) || !R.stream->Read(&res)) {
+      const grpc::Status st = R.stream->Finish();
+      R.stream.reset();
+      return absl::UnavailableError(absl::StrCat("worker ", ranks_[r], ": ", st.error_message()));
+    }
   }
   thread_ = std::thread([this] { Loop(); });
+  return absl::OkStatus();
+}
+
+absl::Status GroupRunner::InitGroup(int timeout_ms) {
+  const int world = static_cast<int>(ranks_.size());
+  v1::InitRequest req;
+  req.set_world_size(world);
+  req.set_nccl_unique_id(rank_[0].description.nccl_unique_id());
+  req.set_store_address(ranks_[0]);
+  // A fresh prefix per incarnation: a restarted group never reads stale addresses.
+  req.set_store_prefix(absl::StrCat("group/", std::chrono::steady_clock::now().time_since_epoch().count(), "/",
+                                    reinterpret_cast<uintptr_t>(this)));
+  const int join_ms = std::max(timeout_ms, 60000);
+  req.set_timeout_ms(join_ms);
+  std::vector<grpc::Status> results(world);
+  std::vector<std::thread> calls;
+  for (int r = 0; r < world; ++r) {
+    calls.emplace_back([&, r] {
+      v1::InitRequest mine = req;
+      mine.set_rank(r);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(join_ms + 10000));
+      v1::InitResponse res;
+      results[r] = rank_[r].stub->Init(&ctx, mine, &res);
+    });
+  }
+  for (auto& t : calls) t.join();
+  for (int r = 0; r < world; ++r) {
+    if (!results[r].ok()) {
+      return absl::UnavailableError(absl::StrCat("group ", address_, ": rank ", r, " (", ranks_[r],
+                                                 ") did not join: ", results[r].error_message()));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -47,10 +115,11 @@ void GroupRunner::Stop() {
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
-  if (stream_) {
-    stream_->WritesDone();
-    stream_->Finish();
-    stream_.reset();
+  for (Rank& R : rank_) {
+    if (!R.stream) continue;
+    R.stream->WritesDone();
+    R.stream->Finish();
+    R.stream.reset();
   }
   EndAll("the router is shutting down", /*hand_on=*/false);
 }
@@ -100,7 +169,9 @@ void GroupRunner::MarkFailed(const std::string& why) {
     failure_ = why;
   }
   cv_.notify_all();
-  if (stream_ctx_) stream_ctx_->TryCancel();  // a step blocked on a hung worker returns
+  for (Rank& R : rank_) {
+    if (R.stream_ctx) R.stream_ctx->TryCancel();  // a step blocked on a hung worker returns
+  }
 }
 
 bool GroupRunner::alive() const {
@@ -263,7 +334,16 @@ bool GroupRunner::RunStep() {
 
   v1::StepResult res;
   const auto t0 = std::chrono::steady_clock::now();
-  if (!stream_->Write(req) || !stream_->Read(&res)) return false;
+  // The same step to every rank, then every rank's result; rank 0's samples count.
+  for (Rank& R : rank_) {
+    if (!R.stream->Write(req)) return false;
+  }
+  for (size_t r = 0; r < rank_.size(); ++r) {
+    v1::StepResult mine;
+    if (!rank_[r].stream->Read(r == 0 ? &res : &mine)) return false;
+    // Ranks check a step alike; one that disagrees has left its group's state.
+    if (r > 0 && mine.error().empty() != res.error().empty()) return false;
+  }
   if (hooks_.on_step) {
     hooks_.on_step(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
                    out.num_batched_tokens, static_cast<int>(out.scheduled.size()));

@@ -1,10 +1,15 @@
 // Drives one worker group: the thin loop around a Scheduler (DESIGN §3).
 //
-// It connects to the group's worker, sizes the scheduler's block pools from
-// Describe, and runs one thread that turns each Schedule() into a StepRequest
+// A group is one worker, or the N ranks of a tensor/expert-parallel group
+// (rank i at address i). It describes every rank (each must say it is rank i
+// of N, of the same model), starts the group's rendezvous (Init on every rank
+// at once: rank 0's address as the Gloo store under a fresh key prefix, or
+// rank 0's NCCL id), sizes the scheduler's block pools from the smallest
+// rank's capacity, and runs one thread that turns each Schedule() into a StepRequest
 // on the worker's Execute stream (new sequences whole once, running ones as
 // block-table diffs, finished and preempted ids to drop), reads the
-// StepResult, and feeds it back with UpdateFromOutput. Callers submit and
+// StepResult, and feeds it back with UpdateFromOutput. Every rank gets the
+// same step; rank 0's samples are used; a rank that fails fails the group. Callers submit and
 // abort requests from any thread; their callbacks run on the loop thread.
 // If the worker fails, the requests in flight go to the on_orphans hook (the
 // worker pool recomputes them on another group) or end with kFinishedError.
@@ -63,9 +68,12 @@ struct RunnerHooks {
 class GroupRunner {
  public:
   GroupRunner(std::string worker_address, SchedulerConfig config, RunnerHooks hooks = {});
+  // A group of ranks: rank_addresses[i] is rank i.
+  GroupRunner(std::vector<std::string> rank_addresses, SchedulerConfig config, RunnerHooks hooks = {});
   ~GroupRunner();
 
-  // Connects (Describe, waiting at most timeout_ms) and starts the loop.
+  // Connects (Describe and, for several ranks, Init; waiting at most
+  // timeout_ms for each) and starts the loop.
   absl::Status Start(int timeout_ms = 30000);
   void Stop();
 
@@ -105,13 +113,20 @@ class GroupRunner {
   // hooks_.on_orphans when `hand_on` and the hook is set, else end with kFinishedError.
   void EndAll(const std::string& why, bool hand_on);
 
-  std::string address_;
+  absl::Status InitGroup(int timeout_ms);  // the rendezvous of several ranks
+
+  std::vector<std::string> ranks_;
+  std::string address_;  // the ranks' addresses joined with "+"
   SchedulerConfig config_;
   RunnerHooks hooks_;
-  worker::v1::DescribeResponse description_;
-  std::unique_ptr<worker::v1::Worker::Stub> stub_;
-  std::unique_ptr<grpc::ClientContext> stream_ctx_;
-  std::unique_ptr<grpc::ClientReaderWriter<worker::v1::StepRequest, worker::v1::StepResult>> stream_;
+  worker::v1::DescribeResponse description_;  // rank 0's, with the group's smallest KV capacity
+  struct Rank {
+    std::unique_ptr<worker::v1::Worker::Stub> stub;
+    std::unique_ptr<grpc::ClientContext> stream_ctx;
+    std::unique_ptr<grpc::ClientReaderWriter<worker::v1::StepRequest, worker::v1::StepResult>> stream;
+    worker::v1::DescribeResponse description;
+  };
+  std::vector<Rank> rank_;
   std::unique_ptr<Scheduler> scheduler_;  // loop thread only (under mu_ for Submit's checks)
 
   mutable std::mutex mu_;

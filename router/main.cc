@@ -24,7 +24,9 @@
 namespace {
 
 constexpr char kUsage[] = R"(usage: moeserve-router --worker HOST:PORT[,HOST:PORT...] --model DIR [flags]
-  --worker LIST                  the workers (moeserve-worker), one per data-parallel group, comma-separated
+  --worker LIST                  the workers (moeserve-worker), comma-separated: one per data-parallel group,
+                                 or with --tensor-parallel-size N, N consecutive ones per group (ranks 0..N-1)
+  --tensor-parallel-size N       ranks per group (default 1); each rank is a worker started with the same N
   --model DIR                    model directory (its tokenizer.json is used)
   --host ADDR                    listen address (default 127.0.0.1)
   --port N                       port (default 8000; 0 picks a free one)
@@ -55,7 +57,8 @@ int main(int argc, char** argv) {
   bool help = false;
   auto parsed = ParseFlagPairs(argc, argv, {"--worker", "--model", "--host", "--port", "--api-key", "--served-model-name",
                                  "--max-model-len", "--max-num-seqs", "--max-num-batched-tokens",
-                                 "--max-num-queued-requests", "--grpc-port", "--health-check-interval-ms"}, &help);
+                                 "--max-num-queued-requests", "--grpc-port", "--health-check-interval-ms",
+                                 "--tensor-parallel-size"}, &help);
   if (help) {
     std::fputs(kUsage, stdout);
     return 0;
@@ -88,6 +91,15 @@ int main(int argc, char** argv) {
   }
   std::vector<std::string> workers = absl::StrSplit(worker, ',', absl::SkipEmpty());
   if (workers.empty()) return Fail("--worker needs at least one HOST:PORT");
+  int64_t tp;
+  if (!absl::SimpleAtoi(get("--tensor-parallel-size", "1"), &tp) || tp < 1 || tp > 64) {
+    return Fail("--tensor-parallel-size must be in [1, 64]");
+  }
+  if (workers.size() % tp != 0) {
+    return Fail(absl::StrCat("--worker lists ", workers.size(), " workers, not a multiple of --tensor-parallel-size ", tp));
+  }
+  std::vector<std::vector<std::string>> groups;
+  for (size_t i = 0; i < workers.size(); i += tp) groups.emplace_back(workers.begin() + i, workers.begin() + i + tp);
   auto tok = text::Tokenizer::FromTokenizerJson(dir + "/tokenizer.json");
   if (!tok.ok()) return Fail(std::string(tok.status().message()));
 
@@ -96,7 +108,7 @@ int main(int argc, char** argv) {
   po.scheduler = sc;
   po.health_check_interval_ms = static_cast<int>(health_ms);
   po.hooks = metrics.Hooks();
-  router::WorkerPool pool(workers, po);
+  router::WorkerPool pool(groups, po);
   if (absl::Status st = pool.Start(); !st.ok()) return Fail(std::string(st.message()));
 
   router::ApiContext api;

@@ -6,17 +6,32 @@
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace moeserve::router {
 
 namespace v1 = moeserve::worker::v1;
 
+namespace {
+std::vector<std::vector<std::string>> OneRankEach(std::vector<std::string> addresses) {
+  std::vector<std::vector<std::string>> groups;
+  for (auto& a : addresses) groups.push_back({std::move(a)});
+  return groups;
+}
+}  // namespace
+
 WorkerPool::WorkerPool(std::vector<std::string> group_addresses, WorkerPoolOptions options)
+    : WorkerPool(OneRankEach(std::move(group_addresses)), std::move(options)) {}
+
+WorkerPool::WorkerPool(std::vector<std::vector<std::string>> groups, WorkerPoolOptions options)
     : options_(std::move(options)) {
-  for (auto& a : group_addresses) {
+  for (auto& ranks : groups) {
     Group g;
-    g.health = v1::Worker::NewStub(grpc::CreateChannel(a, grpc::InsecureChannelCredentials()));
-    g.address = std::move(a);
+    for (const std::string& a : ranks) {
+      g.health.push_back(v1::Worker::NewStub(grpc::CreateChannel(a, grpc::InsecureChannelCredentials())));
+    }
+    g.address = absl::StrJoin(ranks, "+");
+    g.ranks = std::move(ranks);
     groups_.push_back(std::move(g));
   }
 }
@@ -63,16 +78,18 @@ void WorkerPool::Stop() {
 absl::Status WorkerPool::Connect(int g, int timeout_ms) {
   int64_t incarnation;
   std::string address;
+  std::vector<std::string> ranks;
   {
     std::lock_guard<std::mutex> lock(mu_);
     incarnation = ++groups_[g].incarnation;
     address = groups_[g].address;
+    ranks = groups_[g].ranks;
   }
   RunnerHooks hooks = options_.hooks;
   hooks.on_orphans = [this, g, incarnation](std::vector<OrphanedRequest> orphans, const std::string& why) {
     OnOrphans(g, incarnation, std::move(orphans), why);
   };
-  auto runner = std::make_shared<GroupRunner>(address, options_.scheduler, std::move(hooks));
+  auto runner = std::make_shared<GroupRunner>(ranks, options_.scheduler, std::move(hooks));
   if (absl::Status st = runner->Start(timeout_ms); !st.ok()) return st;
   const v1::DescribeResponse& d = runner->description();
   std::lock_guard<std::mutex> lock(mu_);
@@ -212,10 +229,16 @@ void WorkerPool::CheckGroup(int g) {
     return;
   }
   if (!runner->alive()) return;  // failing: its loop hands the requests on
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(options_.health_check_timeout_ms));
+  // Every rank must answer: one that does not fails its group.
+  grpc::Status st;
   v1::HealthResponse res;
-  const grpc::Status st = groups_[g].health->Health(&ctx, v1::HealthRequest(), &res);
+  res.set_ok(true);
+  for (size_t r = 0; r < groups_[g].health.size() && st.ok() && res.ok(); ++r) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(options_.health_check_timeout_ms));
+    st = groups_[g].health[r]->Health(&ctx, v1::HealthRequest(), &res);
+    if (!st.ok() || !res.ok()) address = groups_[g].ranks[r];
+  }
   int failed;
   {
     std::lock_guard<std::mutex> lock(mu_);

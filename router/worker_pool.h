@@ -47,8 +47,10 @@ struct GroupStatus {
 
 class WorkerPool {
  public:
-  // One address per group (a group is one worker process today).
+  // One address per group (each group one worker process).
   WorkerPool(std::vector<std::string> group_addresses, WorkerPoolOptions options);
+  // Groups of ranks (tensor/expert parallel): groups[g][r] is rank r of group g.
+  WorkerPool(std::vector<std::vector<std::string>> groups, WorkerPoolOptions options);
   ~WorkerPool();
 
   // Connects to every group; fails only if none answers. Groups that do not
@@ -67,9 +69,10 @@ class WorkerPool {
 
  private:
   struct Group {
-    std::string address;
+    std::string address;              // the ranks' addresses joined with "+"
+    std::vector<std::string> ranks;
     std::shared_ptr<GroupRunner> runner;  // null while down
-    std::unique_ptr<worker::v1::Worker::Stub> health;
+    std::vector<std::unique_ptr<worker::v1::Worker::Stub>> health;  // per rank
     int64_t incarnation = 0;
     int failed_checks = 0;
     int in_flight = 0;

@@ -52,8 +52,14 @@ constexpr char kUsage[] = R"(usage: moeserve COMMAND [flags]
 commands:
   serve            start the cluster on this machine: the router and its CPU worker(s)
       --model DIR            model directory (default: the demo model)
-      --data-parallel-size N workers, each a replica of the model (default: one per GPU, each pinned to
-                             its GPU; without GPUs 1, CPU threads shared out)
+      --data-parallel-size N groups, each a replica of the model (default: one per GPU, or per
+                             --tensor-parallel-size GPUs, each rank pinned to its GPU; without GPUs 1;
+                             CPU threads shared out among all workers)
+      --tensor-parallel-size N  ranks per group, each a worker holding 1/N of the model (heads, each
+                             expert's intermediate range, vocabulary), joined by Gloo (CPU) (default 1)
+      --enable-expert-parallel  the ranks split the experts by expert instead (attention stays split)
+      --expert-placement FILE   with expert parallel: balance the experts over the ranks by the selection
+                             counts in FILE (a worker's /metrics text)
       --device auto|cpu|cuda --gpu-memory-utilization F   passed to the workers
       --grpc-port N          also serve the public gRPC API (moeserve.v1)
       --port N               HTTP port of the OpenAI API (default 8000)
@@ -101,7 +107,7 @@ commands:
 using Flags = std::map<std::string, std::string>;
 
 absl::StatusOr<Flags> ParseFlags(int argc, char** argv, int first) {
-  static const char* kBool[] = {"--kv-f32", "--rope-ggml", "--help", "--specials"};
+  static const char* kBool[] = {"--kv-f32", "--rope-ggml", "--help", "--specials", "--enable-expert-parallel"};
   Flags f;
   for (int i = first; i < argc; ++i) {
     std::string a = argv[i];
@@ -354,48 +360,57 @@ absl::StatusOr<std::pair<pid_t, std::string>> StartWorker(std::vector<std::strin
   return std::make_pair(pid, address);
 }
 
-// The router and --data-parallel-size workers on loopback. A worker that dies
-// is started again on its address (the router moves its requests meanwhile
-// and takes it back when it answers); the router ending ends everything.
+// The router and its workers on loopback: --data-parallel-size groups of
+// --tensor-parallel-size ranks. A worker that dies takes its group with it:
+// the group's other ranks are stopped and the whole group is started again on
+// its addresses (the router moves its requests meanwhile and takes the group
+// back when every rank answers); the router ending ends everything.
 absl::Status Serve(FlagReader& f) {
   const std::string dir = f.Str("--model", MOESERVE_DEMO_MODEL_DIR);
-  // One worker per GPU by default (each sees only its own), else one CPU worker.
   const int gpus = NumGpus();
-  const int dp = f.Num<int>("--data-parallel-size", std::max(1, gpus));
+  const int tp = f.Num<int>("--tensor-parallel-size", 1);
+  if (tp < 1 || tp > 64) return absl::InvalidArgumentError("--tensor-parallel-size must be in [1, 64]");
+  // One group per GPU (or per tp GPUs) by default, each rank pinned to its own; else one CPU group.
+  const int dp = f.Num<int>("--data-parallel-size", std::max(1, gpus / tp));
   if (dp < 1 || dp > 64) return absl::InvalidArgumentError("--data-parallel-size must be in [1, 64]");
+  const int n = dp * tp;
   std::vector<std::string> worker_args = {FindBinary("moeserve-worker", "worker"), "--model", dir};
   std::vector<std::string> router_args = {FindBinary("moeserve-router", "router"), "--model", dir,
                                           "--port", f.Str("--port", "8000"), "--host", f.Str("--host", "127.0.0.1")};
   for (const char* k : {"--kv-cache-memory", "--max-model-len", "--kv-cache-dtype", "--max-num-seqs", "--device",
-                        "--gpu-memory-utilization"}) {
+                        "--gpu-memory-utilization", "--expert-placement"}) {
     if (f.Has(k)) worker_args.insert(worker_args.end(), {k, f.Str(k, "")});
   }
+  if (f.Has("--enable-expert-parallel")) worker_args.push_back("--enable-expert-parallel");
   // CPU threads are shared out among the workers.
   const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  const int threads = f.Has("--threads") ? f.Num<int>("--threads", 0) : std::max(1, hw / dp);
+  const int threads = f.Has("--threads") ? f.Num<int>("--threads", 0) : std::max(1, hw / n);
   worker_args.insert(worker_args.end(), {"--threads", std::to_string(threads)});
+  if (tp > 1) worker_args.insert(worker_args.end(), {"--tensor-parallel-size", std::to_string(tp)});
   const int metrics_port = f.Has("--metrics-port") ? f.Num<int>("--metrics-port", 0) : -1;
   for (const char* k : {"--max-model-len", "--max-num-seqs", "--max-num-batched-tokens", "--max-num-queued-requests",
                         "--api-key", "--served-model-name", "--grpc-port"}) {
     if (f.Has(k)) router_args.insert(router_args.end(), {k, f.Str(k, "")});
   }
   RETURN_IF_ERROR(f.Finish());
+  // Worker i is rank i % tp of group i / tp.
   auto args_of = [&](int i, const std::string& port) {
     std::vector<std::string> a = worker_args;
     a.insert(a.end(), {"--port", port});
+    if (tp > 1) a.insert(a.end(), {"--rank", std::to_string(i % tp)});
     if (metrics_port >= 0) a.insert(a.end(), {"--metrics-port", std::to_string(metrics_port + i)});
     return a;
   };
   const bool pin = gpus > 1 && std::getenv("CUDA_VISIBLE_DEVICES") == nullptr;
   auto gpu_of = [&](int i) { return pin ? std::to_string(i % gpus) : std::string(); };
-  std::vector<pid_t> pids(dp);
-  std::vector<std::string> addresses(dp);
+  std::vector<pid_t> pids(n, -1);
+  std::vector<std::string> addresses(n);
   auto stop_all = [&] {
     for (pid_t p : pids) {
       if (p > 0) kill(p, SIGTERM);
     }
   };
-  for (int i = 0; i < dp; ++i) {
+  for (int i = 0; i < n; ++i) {
     auto w = StartWorker(args_of(i, "0"), gpu_of(i));
     if (!w.ok()) {
       stop_all();
@@ -404,10 +419,12 @@ absl::Status Serve(FlagReader& f) {
     std::tie(pids[i], addresses[i]) = *w;
   }
   router_args.insert(router_args.end(), {"--worker", absl::StrJoin(addresses, ",")});
+  if (tp > 1) router_args.insert(router_args.end(), {"--tensor-parallel-size", std::to_string(tp)});
   const pid_t router = Spawn(router_args, -1, -1);
-  std::fprintf(stderr, "moeserve: %d worker(s) on %s; OpenAI API on http://%s:%s/v1 (model %s)\n", dp,
+  std::fprintf(stderr, "moeserve: %d group(s) of %d rank(s) on %s; OpenAI API on http://%s:%s/v1 (model %s)\n", dp, tp,
                absl::StrJoin(addresses, ", ").c_str(), f.Str("--host", "127.0.0.1").c_str(),
                f.Str("--port", "8000").c_str(), dir.c_str());
+  auto port_of = [&](int i) { return addresses[i].substr(addresses[i].rfind(':') + 1); };
   while (true) {
     int status = 0;
     const pid_t done = wait(&status);
@@ -419,16 +436,26 @@ absl::Status Serve(FlagReader& f) {
       return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? absl::OkStatus()
                                                            : absl::UnavailableError("the router ended");
     }
-    for (int i = 0; i < dp; ++i) {
-      if (pids[i] != done) continue;
-      std::fprintf(stderr, "moeserve: worker %d (%s) ended; starting it again\n", i, addresses[i].c_str());
-      pids[i] = -1;
-      for (int attempt = 0; attempt < 30 && pids[i] < 0; ++attempt) {
+    const int i = static_cast<int>(std::find(pids.begin(), pids.end(), done) - pids.begin());
+    if (i >= n) continue;  // a rank stopped below
+    pids[i] = -1;
+    const int g = i / tp;
+    // The group's other ranks are out of step without it: stop them too, then start the group again.
+    for (int r = g * tp; r < (g + 1) * tp; ++r) {
+      if (pids[r] <= 0) continue;
+      kill(pids[r], SIGKILL);
+      waitpid(pids[r], nullptr, 0);
+      pids[r] = -1;
+    }
+    std::fprintf(stderr, "moeserve: worker %d (%s) ended; starting %s again\n", i, addresses[i].c_str(),
+                 tp > 1 ? absl::StrCat("its group ", g).c_str() : "it");
+    for (int r = g * tp; r < (g + 1) * tp; ++r) {
+      for (int attempt = 0; attempt < 30 && pids[r] < 0; ++attempt) {
         sleep(1);
-        auto w = StartWorker(args_of(i, addresses[i].substr(addresses[i].rfind(':') + 1)), gpu_of(i));
-        if (w.ok()) pids[i] = w->first;
+        auto w = StartWorker(args_of(r, port_of(r)), gpu_of(r));
+        if (w.ok()) pids[r] = w->first;
       }
-      if (pids[i] < 0) std::fprintf(stderr, "moeserve: worker %d does not start again; serving without it\n", i);
+      if (pids[r] < 0) std::fprintf(stderr, "moeserve: worker %d does not start again; serving without it\n", r);
     }
   }
 }

@@ -3,13 +3,16 @@
 //   moeserve-worker --model DIR [--device auto|cpu|cuda] [--port 0] [--host 127.0.0.1]
 //                   [--kv-cache-memory 1GiB | --gpu-memory-utilization 0.9] [--block-size 16]
 //                   [--max-num-seqs 64] [--max-model-len 8192] [--threads 0] [--served-model-name NAME]
+//                   [--tensor-parallel-size N --rank R [--enable-expert-parallel] [--expert-placement FILE]]
 // Prints "listening on HOST:PORT" once ready (port 0 picks a free port).
 #include <grpcpp/grpcpp.h>
 #include <prometheus/exposer.h>
 
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <map>
+#include <sstream>
 #include <string>
 
 #include "absl/strings/numbers.h"
@@ -37,6 +40,13 @@ constexpr char kUsage[] = R"(usage: moeserve-worker --model DIR [flags]
   --threads N               CPU threads (default: all)
   --served-model-name NAME  model name reported to the router (default: the directory name)
   --metrics-port N          serve Prometheus metrics at http://HOST:N/metrics (default: off)
+  --tensor-parallel-size N  this worker is one rank of a group of N (default 1): it maps only its shard
+                            (attention heads, each expert's intermediate range, vocabulary) and steps once
+                            the router's Init has joined the group (Gloo on the CPU)
+  --rank R                  its rank in the group, 0..N-1 (default 0)
+  --enable-expert-parallel  the group splits the experts by expert instead (attention stays split by heads)
+  --expert-placement FILE   expert parallel: place experts so each rank gets an even share of the selections
+                            counted in FILE (a worker's /metrics text); default: contiguous ranges
 )";
 
 bool ParseSize(const std::string& s, int64_t* out) {
@@ -66,7 +76,8 @@ int main(int argc, char** argv) {
   bool help = false;
   auto parsed = ParseFlagPairs(argc, argv, {"--model", "--host", "--port", "--kv-cache-memory", "--block-size", "--max-num-seqs",
                                  "--max-model-len", "--threads", "--served-model-name", "--kv-cache-dtype", "--metrics-port", "--device",
-                                 "--gpu-memory-utilization"}, &help);
+                                 "--gpu-memory-utilization", "--tensor-parallel-size", "--rank", "--expert-placement"}, &help,
+                          {"--enable-expert-parallel"});
   if (help) {
     std::fputs(kUsage, stdout);
     return 0;
@@ -86,8 +97,34 @@ int main(int argc, char** argv) {
   if (!absl::SimpleAtoi(get("--max-model-len", "8192"), &max_len) || max_len < 1) return Fail("bad --max-model-len");
   if (!absl::SimpleAtoi(get("--threads", "0"), &threads) || threads < 0) return Fail("bad --threads");
 
+  int64_t tp, rank;
+  if (!absl::SimpleAtoi(get("--tensor-parallel-size", "1"), &tp) || tp < 1 || tp > 64) {
+    return Fail("--tensor-parallel-size must be in [1, 64]");
+  }
+  if (!absl::SimpleAtoi(get("--rank", "0"), &rank) || rank < 0 || rank >= tp) {
+    return Fail("--rank must be in [0, --tensor-parallel-size)");
+  }
+  const bool ep = f.count("--enable-expert-parallel") > 0;
+
   auto weights = LoadModelWeights(dir);
   if (!weights.ok()) return Fail(std::string(weights.status().message()));
+  if (tp > 1) {
+    const ModelConfig& whole = (*weights)->config;
+    std::vector<std::vector<int32_t>> placement;
+    if (f.count("--expert-placement")) {
+      if (!ep) return Fail("--expert-placement needs --enable-expert-parallel");
+      std::ifstream in(f["--expert-placement"]);
+      if (!in) return Fail(absl::StrCat("cannot read ", f["--expert-placement"]));
+      std::stringstream text;
+      text << in.rdbuf();
+      auto counts = ParseExpertCounts(text.str(), whole.num_hidden_layers, whole.num_local_experts);
+      if (!counts.ok()) return Fail(absl::StrCat(f["--expert-placement"], ": ", counts.status().message()));
+      placement = BalancedPlacement(*counts, static_cast<int>(tp));
+    }
+    auto plan = PlanShard(whole, static_cast<int>(rank), static_cast<int>(tp), ep, placement);
+    if (!plan.ok()) return Fail(std::string(plan.status().message()));
+    if (absl::Status st = ShardWeights(**weights, *plan); !st.ok()) return Fail(std::string(st.message()));
+  }
   const ModelConfig& c = (*weights)->config;
   // Sliding pool: the window plus a chunk for every sequence; the rest is full-attention.
   const std::string kv_dtype = get("--kv-cache-dtype", "bf16");
@@ -126,6 +163,7 @@ int main(int argc, char** argv) {
   worker::WorkerOptions wo;
   wo.served_model_name = get("--served-model-name", dir.substr(dir.find_last_of('/') + 1));
   wo.max_model_len = max_len;
+  wo.gloo_hostname = get("--host", "127.0.0.1");
   if (!backend) backend = std::make_unique<CpuBackend>(std::move(*weights), mo);
   std::fprintf(stderr, "moeserve-worker: %s, KV blocks full %lld sliding %lld of %d tokens\n",
                backend->device().c_str(), static_cast<long long>(backend->kv_options().num_blocks[kFullGroup]),

@@ -1,8 +1,13 @@
 #include "worker/worker_service.h"
 
+#include <grpcpp/grpcpp.h>
+
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
+#include "engine/parallel/gloo_communicator.h"
 
 namespace moeserve::worker {
 namespace {
@@ -26,6 +31,45 @@ SamplingParams FromProto(const v1::SamplingParams& p) {
   s.logprobs = p.logprobs() ? p.top_logprobs() : -1;
   return s;
 }
+
+// Rank 0's rendezvous store, seen from another rank.
+class RemoteStore final : public parallel::RendezvousStore {
+ public:
+  explicit RemoteStore(const std::string& address)
+      : stub_(v1::Worker::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))),
+        address_(address) {}
+  absl::Status Set(const std::string& key, const std::string& value) override {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    ctx.set_wait_for_ready(true);  // rank 0 may still be starting
+    v1::StoreSetRequest req;
+    req.set_key(key);
+    req.set_value(value);
+    v1::StoreSetResponse res;
+    const grpc::Status st = stub_->StoreSet(&ctx, req, &res);
+    if (!st.ok()) return absl::UnavailableError(absl::StrCat("rank 0 (", address_, "): ", st.error_message()));
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::string> Get(const std::string& key, std::chrono::milliseconds timeout) override {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + timeout + std::chrono::seconds(5));
+    ctx.set_wait_for_ready(true);
+    v1::StoreGetRequest req;
+    req.set_key(key);
+    req.set_timeout_ms(static_cast<int32_t>(timeout.count()));
+    v1::StoreGetResponse res;
+    const grpc::Status st = stub_->StoreGet(&ctx, req, &res);
+    if (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      return absl::DeadlineExceededError(absl::StrCat("rendezvous key \"", key, "\" was not set in time"));
+    }
+    if (!st.ok()) return absl::UnavailableError(absl::StrCat("rank 0 (", address_, "): ", st.error_message()));
+    return res.value();
+  }
+
+ private:
+  std::unique_ptr<v1::Worker::Stub> stub_;
+  std::string address_;
+};
 
 }  // namespace
 
@@ -56,6 +100,21 @@ WorkerService::WorkerService(std::unique_ptr<Backend> model, const WorkerOptions
                             .Name("moeserve_worker_expert_selections_total")
                             .Help("Tokens routed to each expert of each layer (the MoE load picture).")
                             .Register(*registry_);
+  collective_seconds_ = &prometheus::BuildCounter()
+                             .Name("moeserve_worker_collective_seconds_total")
+                             .Help("Wall time in the group's collectives (all-reduce, all-gather, broadcast).")
+                             .Register(*registry_)
+                             .Add({});
+  const ShardPlan& shard = model_->shard();
+  prometheus::BuildGauge()
+      .Name("moeserve_worker_info")
+      .Help("The worker's place: rank and size of its tensor/expert-parallel group, device.")
+      .Register(*registry_)
+      .Add({{"rank", std::to_string(shard.rank)},
+            {"world_size", std::to_string(shard.world_size)},
+            {"parallel", !shard.sharded() ? "none" : shard.expert_parallel ? "expert" : "tensor"},
+            {"device", model_->device()}})
+      .Set(1);
   const ModelConfig& c = model_->config();
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     for (int64_t e = 0; e < c.num_local_experts; ++e) {
@@ -79,6 +138,10 @@ void WorkerService::UpdateMetrics(int64_t batch_tokens, double step_seconds) {
     const int64_t total = kv.num_blocks[g];
     kv_usage_->Add({{"group", g == kFullGroup ? "full" : "sliding"}})
         .Set(total ? static_cast<double>(used) / static_cast<double>(total) : 0.0);
+  }
+  if (parallel::Communicator* comm = model_->communicator()) {
+    collective_seconds_->Increment(static_cast<double>(comm->busy_ns() - collective_ns_seen_) * 1e-9);
+    collective_ns_seen_ = comm->busy_ns();
   }
   const auto& counts = model_->expert_counts();
   for (size_t i = 0; i < counts.size() && i < expert_counters_.size(); ++i) {
@@ -104,18 +167,88 @@ grpc::Status WorkerService::Describe(grpc::ServerContext*, const v1::DescribeReq
     cg->set_bytes_per_block(static_cast<int64_t>(KvCache::BytesPerBlock(c, g, kv.block_size, kv.f32)));
     cg->set_num_layers(KvCache::LayersInGroup(c, g));
   }
-  out->set_rank(0);
-  out->set_world_size(1);
+  const ShardPlan& shard = model_->shard();
+  out->set_rank(shard.rank);
+  out->set_world_size(shard.world_size);
+  out->set_expert_parallel(shard.expert_parallel);
   out->set_device(model_->device());
   for (int64_t id : c.eos_token_ids) out->add_eos_token_ids(static_cast<int32_t>(id));
+  if (shard.sharded()) {
+    const bool nccl = static_cast<bool>(options_.nccl_join);
+    out->set_communicator(nccl ? "nccl" : "gloo");
+    if (nccl && shard.rank == 0) {
+      std::lock_guard<std::mutex> lock(init_mu_);
+      if (nccl_id_.empty()) {
+        auto id = options_.nccl_unique_id();
+        if (!id.ok()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string(id.status().message()));
+        nccl_id_ = *id;
+      }
+      out->set_nccl_unique_id(nccl_id_);
+    }
+  }
   return grpc::Status::OK;
 }
 
 grpc::Status WorkerService::Init(grpc::ServerContext*, const v1::InitRequest* req, v1::InitResponse*) {
-  if (req->world_size() > 1) {
-    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "tensor/expert parallel groups need the CUDA backend");
+  const ShardPlan& shard = model_->shard();
+  if (req->world_size() != shard.world_size || req->rank() != shard.rank) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("this worker was started as rank ", shard.rank, " of ", shard.world_size,
+                                     ", not rank ", req->rank(), " of ", req->world_size()));
+  }
+  if (!shard.sharded()) return grpc::Status::OK;
+  std::lock_guard<std::mutex> init(init_mu_);
+  if (model_->communicator()) return grpc::Status::OK;  // the group has met; a router reconnecting
+  const auto timeout = std::chrono::milliseconds(req->timeout_ms() > 0 ? req->timeout_ms() : 60000);
+  absl::StatusOr<std::unique_ptr<parallel::Communicator>> comm;
+  if (options_.nccl_join) {
+    comm = options_.nccl_join(*req);
+  } else {
+    if (req->store_address().empty() || req->store_prefix().empty()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "Init of a Gloo group needs store_address and store_prefix");
+    }
+    parallel::GlooOptions go;
+    go.hostname = options_.gloo_hostname;
+    go.prefix = req->store_prefix();
+    go.timeout = timeout;
+    if (shard.rank == 0) {
+      comm = parallel::CreateGlooCommunicator(shard.rank, shard.world_size, store_, go);
+    } else {
+      RemoteStore remote(req->store_address());
+      comm = parallel::CreateGlooCommunicator(shard.rank, shard.world_size, remote, go);
+    }
+  }
+  if (!comm.ok()) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string(comm.status().message()));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  model_->SetCommunicator(std::move(*comm));
+  std::fprintf(stderr, "moeserve-worker: rank %d of %d joined its group (%s)\n", shard.rank, shard.world_size,
+               model_->communicator()->name().c_str());
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::StoreSet(grpc::ServerContext*, const v1::StoreSetRequest* req, v1::StoreSetResponse*) {
+  if (model_->shard().rank != 0) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "only rank 0 holds the store");
+  if (absl::Status st = store_.Set(req->key(), req->value()); !st.ok()) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, std::string(st.message()));
   }
   return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::StoreGet(grpc::ServerContext*, const v1::StoreGetRequest* req, v1::StoreGetResponse* out) {
+  if (model_->shard().rank != 0) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "only rank 0 holds the store");
+  const int timeout_ms = std::clamp(req->timeout_ms(), 0, 600000);
+  auto v = store_.Get(req->key(), std::chrono::milliseconds(timeout_ms));
+  if (!v.ok()) return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, std::string(v.status().message()));
+  out->set_value(*v);
+  return grpc::Status::OK;
+}
+
+bool WorkerService::ShareTokens(std::vector<int32_t>& tokens) {
+  parallel::Communicator* comm = model_->communicator();
+  if (!comm || tokens.empty()) return true;
+  return comm->BroadcastHost(tokens.data(), static_cast<int64_t>(tokens.size()), parallel::DataType::kI32, 0).ok();
 }
 
 grpc::Status WorkerService::Health(grpc::ServerContext*, const v1::HealthRequest*, v1::HealthResponse* out) {
@@ -185,15 +318,39 @@ v1::StepResult WorkerService::Step(const v1::StepRequest& req) {
     batch.push_back(in);
   }
   ForwardOutput out;
+  // A rank whose group's collective failed cannot go on: its peers are out of step.
+  auto exit_if_group_failed = [&] {
+    if (parallel::Communicator* comm = model_->communicator(); comm && !comm->failure().empty()) {
+      std::fprintf(stderr, "moeserve-worker: %s; leaving so the group restarts\n", comm->failure().c_str());
+      std::fflush(stderr);
+      std::_Exit(3);
+    }
+  };
   if (!batch.empty()) {
-    if (absl::Status st = model_->Forward(batch, &out); !st.ok()) return fail(std::string(st.message()));
+    if (absl::Status st = model_->Forward(batch, &out); !st.ok()) {
+      exit_if_group_failed();
+      return fail(std::string(st.message()));
+    }
   }
   const int64_t t1 = NowNs();
+  // Rank 0 samples; the other ranks of a group take its tokens.
+  const bool samples = model_->shard().rank == 0;
+  std::vector<SampleResult> results(ids.size());
+  std::vector<int32_t> tokens;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    Sequence& s = sequences_[ids[i]];
+    if (s.num_computed + scheduled[i] != static_cast<int64_t>(s.tokens.size())) continue;
+    if (samples) results[i] = s.sampler->Sample(out.Row(static_cast<int>(i)), out.vocab_size);
+    tokens.push_back(results[i].token);
+  }
+  if (!ShareTokens(tokens)) exit_if_group_failed();
+  size_t next_token = 0;
   for (size_t i = 0; i < ids.size(); ++i) {
     Sequence& s = sequences_[ids[i]];
     s.num_computed += scheduled[i];
     if (s.num_computed != static_cast<int64_t>(s.tokens.size())) continue;  // a prefill chunk: nothing to sample
-    const SampleResult r = s.sampler->Sample(out.Row(static_cast<int>(i)), out.vocab_size);
+    SampleResult& r = results[i];
+    r.token = tokens[next_token++];
     s.tokens.push_back(r.token);
     v1::SampleOutput* o = res.add_samples();
     o->set_id(ids[i]);

@@ -10,10 +10,19 @@
 // (FAILED_PRECONDITION) while one is open, and when a stream ends its
 // sequences are dropped (a router that comes back starts afresh).
 //
+// A rank of a tensor/expert-parallel group (its backend holds a shard,
+// engine/parallel/shard.h) steps only after Init has joined the group's
+// communicator: Gloo for CPU ranks, through the rendezvous store rank 0 serves
+// (StoreSet / StoreGet), or NCCL for GPU ranks, with rank 0's unique id. Every
+// rank receives the same steps; rank 0 samples and broadcasts the tokens, so
+// all ranks hold the same sequences. A collective that fails leaves the ranks
+// out of step: the worker exits (status 3) and its group is restarted whole.
+//
 // Thread-safety: steps run one at a time (a mutex around the model);
-// Describe and Health may run concurrently.
+// Describe, Health and the store may run concurrently.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -26,6 +35,7 @@
 
 #include "engine/backend.h"
 #include "engine/cpu/cpu_backend.h"
+#include "engine/parallel/rendezvous.h"
 #include "engine/sampler.h"
 #include "moeserve/worker/v1/worker.grpc.pb.h"
 
@@ -34,6 +44,11 @@ namespace moeserve::worker {
 struct WorkerOptions {
   std::string served_model_name = "gpt-oss";
   int64_t max_model_len = 8192;
+  // The address Gloo listens on for the group's peers (an interface of this host).
+  std::string gloo_hostname = "127.0.0.1";
+  // GPU ranks: NCCL's unique id (rank 0) and joining with it. Unset: Gloo.
+  std::function<absl::StatusOr<std::string>()> nccl_unique_id;
+  std::function<absl::StatusOr<std::unique_ptr<parallel::Communicator>>(const v1::InitRequest&)> nccl_join;
 };
 
 class WorkerService final : public moeserve::worker::v1::Worker::Service {
@@ -45,6 +60,8 @@ class WorkerService final : public moeserve::worker::v1::Worker::Service {
   grpc::Status Execute(grpc::ServerContext* ctx,
                        grpc::ServerReaderWriter<v1::StepResult, v1::StepRequest>* stream) override;
   grpc::Status Health(grpc::ServerContext*, const v1::HealthRequest*, v1::HealthResponse* out) override;
+  grpc::Status StoreSet(grpc::ServerContext*, const v1::StoreSetRequest* req, v1::StoreSetResponse*) override;
+  grpc::Status StoreGet(grpc::ServerContext*, const v1::StoreGetRequest* req, v1::StoreGetResponse* out) override;
 
   // One step, without gRPC (also used by tests).
   v1::StepResult Step(const v1::StepRequest& req);
@@ -61,8 +78,14 @@ class WorkerService final : public moeserve::worker::v1::Worker::Service {
     bool logprobs = false;
   };
 
+  // Rank 0 samples; the others take its tokens. False: the step's collective failed.
+  bool ShareTokens(std::vector<int32_t>& tokens);
+
   std::unique_ptr<Backend> model_;
   WorkerOptions options_;
+  parallel::InMemoryStore store_;  // rank 0: the group's rendezvous
+  std::mutex init_mu_;
+  std::string nccl_id_;            // rank 0 of an NCCL group
   std::mutex mu_;
   std::mutex session_mu_;  // held by the one Execute stream being served
   std::unordered_map<int64_t, Sequence> sequences_;
@@ -74,6 +97,8 @@ class WorkerService final : public moeserve::worker::v1::Worker::Service {
   prometheus::Gauge* sequences_held_;
   prometheus::Family<prometheus::Gauge>* kv_usage_;
   prometheus::Family<prometheus::Counter>* expert_selections_;
+  prometheus::Counter* collective_seconds_;
+  int64_t collective_ns_seen_ = 0;
   std::vector<prometheus::Counter*> expert_counters_;  // [layer * E + expert]
   std::vector<int64_t> expert_seen_;
 };

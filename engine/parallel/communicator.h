@@ -44,10 +44,15 @@ class Communicator {
   // Wall time spent inside collectives and how many ran, since construction.
   int64_t busy_ns() const { return busy_ns_; }
   int64_t num_calls() const { return num_calls_; }
+  // Why a collective failed; empty while none has. A failed group cannot go
+  // on (its ranks are out of step): the worker exits and is restarted with
+  // its group.
+  const std::string& failure() const { return broken_; }
 
  protected:
   int64_t busy_ns_ = 0;
   int64_t num_calls_ = 0;
+  std::string broken_;
 };
 
 // Adds the wall time of a scope to a communicator's counters.

@@ -145,7 +145,6 @@ class GlooCommunicator final : public Communicator {
   std::shared_ptr<gloo::rendezvous::Context> ctx_;
   std::chrono::milliseconds timeout_;
   uint32_t tag_ = 0;
-  std::string broken_;
 };
 
 }  // namespace

@@ -101,7 +101,6 @@ class NcclCommunicator final : public Communicator {
   std::chrono::milliseconds timeout_;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
-  std::string broken_;
 };
 
 }  // namespace
