@@ -20,6 +20,12 @@
 
 namespace moeserve {
 
+// The device cache of host experts (--n-cpu-moe): pairs (token, expert) of
+// host layers served from the cache (hits) or by the CPU (misses).
+struct ExpertCacheStats {
+  int64_t hits = 0, misses = 0, loads = 0, slots = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -40,6 +46,7 @@ class Backend {
   virtual absl::Status Forward(std::span<const SequenceInput> batch, ForwardOutput* out) = 0;
   // Expert selections per [layer][expert] since construction.
   virtual const std::vector<int64_t>& expert_counts() const = 0;
+  virtual ExpertCacheStats expert_cache_stats() const { return {}; }
   // "cpu", or the GPU's name.
   virtual std::string device() const = 0;
 };

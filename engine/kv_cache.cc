@@ -67,4 +67,52 @@ absl::StatusOr<int64_t> GpuKvBudget(int64_t total, int64_t free, double utilizat
   return budget;
 }
 
+int64_t ExpertBytes(const ModelConfig& c) {
+  const int64_t h = c.hidden_size, i = c.intermediate_size;
+  const int64_t gate_up = 2 * i * h / 2 + 2 * i * h / 32 + 2 * i * 4;
+  const int64_t down = h * i / 2 + h * i / 32 + h * 4;
+  return gate_up + down;
+}
+
+int64_t ExpertLayerBytes(const ModelConfig& c) { return c.num_local_experts * ExpertBytes(c); }
+
+int64_t KvMinBytes(const ModelConfig& c, int64_t max_model_len, int block_size, bool f32, int64_t max_num_seqs) {
+  const int64_t full_b = static_cast<int64_t>(KvCache::BytesPerBlock(c, kFullGroup, block_size, f32));
+  const int64_t slide_b = static_cast<int64_t>(KvCache::BytesPerBlock(c, kSlidingGroup, block_size, f32));
+  const int64_t slide_blocks = slide_b ? max_num_seqs * ((c.sliding_window + block_size - 1) / block_size + 2) : 0;
+  return (max_model_len + block_size - 1) / block_size * full_b + slide_blocks * slide_b;
+}
+
+absl::StatusOr<HybridPlan> PlanHybrid(const ModelConfig& c, int64_t budget, int64_t other_bytes, int64_t kv_min_bytes,
+                                      int n_cpu_moe, int64_t cache_bytes) {
+  const int layers = static_cast<int>(c.num_hidden_layers);
+  const int64_t per_layer = ExpertLayerBytes(c);
+  auto need = [&](int n) { return other_bytes + (layers - n) * per_layer + kv_min_bytes; };
+  HybridPlan p;
+  if (n_cpu_moe < 0) {
+    int n = 0;
+    while (n < layers && need(n) > budget) ++n;
+    p.n_cpu_moe = n;
+  } else {
+    p.n_cpu_moe = std::min(n_cpu_moe, layers);
+  }
+  if (need(p.n_cpu_moe) > budget) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the model does not fit the device even with ", p.n_cpu_moe, " of ", layers,
+        " layers' experts on the host: dense weights and workspace ", other_bytes >> 20, " MiB, device experts ",
+        ((layers - p.n_cpu_moe) * per_layer) >> 20, " MiB, KV for --max-model-len ", kv_min_bytes >> 20,
+        " MiB; the budget is ", budget >> 20, " MiB"));
+  }
+  p.device_weight_bytes = other_bytes + (layers - p.n_cpu_moe) * per_layer;
+  p.host_expert_bytes = p.n_cpu_moe * per_layer;
+  const int64_t left = budget - need(p.n_cpu_moe);
+  const int64_t expert = ExpertBytes(c);
+  int64_t cache = std::min(left, p.host_expert_bytes);
+  if (cache_bytes >= 0) cache = std::min(cache, cache_bytes);
+  p.cache_slots = expert > 0 ? cache / expert : 0;
+  p.cache_bytes = p.cache_slots * expert;
+  p.kv_bytes = budget - other_bytes - (layers - p.n_cpu_moe) * per_layer - p.cache_bytes;
+  return p;
+}
+
 }  // namespace moeserve

@@ -84,4 +84,30 @@ absl::StatusOr<std::array<int64_t, kNumCacheGroups>> PlanKvBlocks(const ModelCon
 absl::StatusOr<int64_t> GpuKvBudget(int64_t total, int64_t free, double utilization, int64_t weight_bytes,
                                     int64_t workspace_bytes);
 
+// Device memory of a model whose experts may partly stay on the host
+// (--n-cpu-moe): which layers' experts live in host memory and run on the CPU,
+// and how many of those experts the device caches.
+struct HybridPlan {
+  int n_cpu_moe = 0;                // the first n layers' experts stay on the host
+  int64_t device_weight_bytes = 0;  // weights on the device (all but those experts)
+  int64_t host_expert_bytes = 0;    // expert weights left on the host
+  int64_t kv_bytes = 0;             // for the KV pools
+  int64_t cache_slots = 0;          // host experts the device cache holds
+  int64_t cache_bytes = 0;
+};
+// MXFP4 expert bytes of one layer (blocks, scales, biases of gate_up and down),
+// and of one expert.
+int64_t ExpertLayerBytes(const ModelConfig& c);
+int64_t ExpertBytes(const ModelConfig& c);
+// `budget`: the device bytes this worker may use (after other processes);
+// `other_bytes`: everything but the experts and the KV pools (dense weights,
+// workspace); `kv_min_bytes`: KV pools for one --max-model-len sequence.
+// n_cpu_moe >= 0 is taken as given (an error if it still does not fit);
+// -1 (auto) picks the smallest n that fits. What is left holds the expert
+// cache (at most all host experts; `cache_bytes` >= 0 caps it), the rest the KV.
+absl::StatusOr<HybridPlan> PlanHybrid(const ModelConfig& c, int64_t budget, int64_t other_bytes, int64_t kv_min_bytes,
+                                      int n_cpu_moe, int64_t cache_bytes = -1);
+// KV bytes for one sequence of max_model_len tokens plus the sliding pool of max_num_seqs.
+int64_t KvMinBytes(const ModelConfig& c, int64_t max_model_len, int block_size, bool f32, int64_t max_num_seqs);
+
 }  // namespace moeserve

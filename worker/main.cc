@@ -44,6 +44,11 @@ constexpr char kUsage[] = R"(usage: moeserve-worker --model DIR [flags]
                             (attention heads, each expert's intermediate range, vocabulary) and steps once
                             the router's Init has joined the group (Gloo on the CPU)
   --rank R                  its rank in the group, 0..N-1 (default 0)
+  --n-cpu-moe N|auto        CUDA: the experts of the first N layers stay in host memory and run on the CPU
+                            (llama.cpp's flag); auto (default) keeps as many there as the GPU needs to hold
+                            the rest and the KV for one --max-model-len sequence (0 when all fits), and
+                            prints the split; GPU memory left over caches the host experts routing selects most
+  --expert-cache-memory SIZE  CUDA: cap the device cache of host experts (0: none; default: what is left)
   --enable-expert-parallel  the group splits the experts by expert instead (attention stays split by heads)
   --expert-placement FILE   expert parallel: place experts so each rank gets an even share of the selections
                             counted in FILE (a worker's /metrics text); default: contiguous ranges
@@ -76,7 +81,8 @@ int main(int argc, char** argv) {
   bool help = false;
   auto parsed = ParseFlagPairs(argc, argv, {"--model", "--host", "--port", "--kv-cache-memory", "--block-size", "--max-num-seqs",
                                  "--max-model-len", "--threads", "--served-model-name", "--kv-cache-dtype", "--metrics-port", "--device",
-                                 "--gpu-memory-utilization", "--tensor-parallel-size", "--rank", "--expert-placement"}, &help,
+                                 "--gpu-memory-utilization", "--tensor-parallel-size", "--rank", "--expert-placement", "--n-cpu-moe",
+                                 "--expert-cache-memory"}, &help,
                           {"--enable-expert-parallel"});
   if (help) {
     std::fputs(kUsage, stdout);
@@ -147,6 +153,21 @@ int main(int argc, char** argv) {
     co.block_size = mo.kv.block_size;
     co.kv_f32 = mo.kv.f32;
     co.max_num_seqs = max_seqs;
+    co.max_model_len = max_len;
+    co.cpu_threads = static_cast<int>(threads);
+    const std::string ncm = get("--n-cpu-moe", "auto");
+    if (ncm != "auto") {
+      int64_t n;
+      if (!absl::SimpleAtoi(ncm, &n) || n < 0) return Fail("--n-cpu-moe must be a layer count or auto");
+      co.n_cpu_moe = static_cast<int>(n);
+    }
+    if (f.count("--expert-cache-memory")) {
+      int64_t bytes = 0;
+      if (f["--expert-cache-memory"] != "0" && !ParseSize(f["--expert-cache-memory"], &bytes)) {
+        return Fail("bad --expert-cache-memory");
+      }
+      co.expert_cache_bytes = bytes;
+    }
     auto m = cuda::CudaBackend::Create(std::move(*weights), co);
     if (!m.ok()) return Fail(std::string(m.status().message()));
     backend = std::move(*m);

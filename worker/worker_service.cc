@@ -105,6 +105,19 @@ WorkerService::WorkerService(std::unique_ptr<Backend> model, const WorkerOptions
                              .Help("Wall time in the group's collectives (all-reduce, all-gather, broadcast).")
                              .Register(*registry_)
                              .Add({});
+  auto& cache = prometheus::BuildCounter()
+                    .Name("moeserve_worker_expert_cache_pairs_total")
+                    .Help("(token, expert) pairs of layers whose experts live in host memory (--n-cpu-moe): "
+                          "served from the device cache (hit) or by the CPU (miss).")
+                    .Register(*registry_);
+  cache_hits_ = &cache.Add({{"result", "hit"}});
+  cache_misses_ = &cache.Add({{"result", "miss"}});
+  prometheus::BuildGauge()
+      .Name("moeserve_worker_expert_cache_slots")
+      .Help("Host experts the device cache holds.")
+      .Register(*registry_)
+      .Add({})
+      .Set(static_cast<double>(model_->expert_cache_stats().slots));
   const ShardPlan& shard = model_->shard();
   prometheus::BuildGauge()
       .Name("moeserve_worker_info")
@@ -138,6 +151,12 @@ void WorkerService::UpdateMetrics(int64_t batch_tokens, double step_seconds) {
     const int64_t total = kv.num_blocks[g];
     kv_usage_->Add({{"group", g == kFullGroup ? "full" : "sliding"}})
         .Set(total ? static_cast<double>(used) / static_cast<double>(total) : 0.0);
+  }
+  const ExpertCacheStats cache = model_->expert_cache_stats();
+  if (cache.hits + cache.misses > 0) {
+    cache_hits_->Increment(static_cast<double>(cache.hits - cache_seen_.hits));
+    cache_misses_->Increment(static_cast<double>(cache.misses - cache_seen_.misses));
+    cache_seen_ = cache;
   }
   if (parallel::Communicator* comm = model_->communicator()) {
     collective_seconds_->Increment(static_cast<double>(comm->busy_ns() - collective_ns_seen_) * 1e-9);

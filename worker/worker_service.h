@@ -98,6 +98,8 @@ class WorkerService final : public moeserve::worker::v1::Worker::Service {
   prometheus::Family<prometheus::Gauge>* kv_usage_;
   prometheus::Family<prometheus::Counter>* expert_selections_;
   prometheus::Counter* collective_seconds_;
+  prometheus::Counter *cache_hits_, *cache_misses_;
+  ExpertCacheStats cache_seen_;
   int64_t collective_ns_seen_ = 0;
   std::vector<prometheus::Counter*> expert_counters_;  // [layer * E + expert]
   std::vector<int64_t> expert_seen_;

@@ -252,90 +252,35 @@ void CpuBackend::Experts(int64_t layer, Tensor h, const Routing& routing, Tensor
   PhaseTimer t(phase_ns_[kExperts]);
   const ModelConfig& c = config();
   const LayerWeights& lw = weights_->layers[layer];
-  const int64_t hs = c.hidden_size, inter = c.intermediate_size;
-  const int ne = static_cast<int>(lw.gate_up.num_experts), k = static_cast<int>(c.num_experts_per_tok);
+  const int64_t hs = c.hidden_size;
+  const int k = static_cast<int>(c.num_experts_per_tok);
   const int num_rows = static_cast<int>(h.rows);
-  const bool mxfp4 = lw.gate_up.mxfp4;
   const std::vector<int32_t>& local = shard().local_expert[layer];
-
-  // Group (row, weight) pairs by this rank's experts (local index).
-  std::vector<std::vector<std::pair<int, float>>> by_expert(ne);
-  for (int r = 0; r < num_rows; ++r) {
-    for (int s = 0; s < k; ++s) {
-      const int32_t e = local[routing.idx[r * k + s]];
-      if (e >= 0) by_expert[e].emplace_back(r, routing.weight[r * k + s]);
-    }
+  // Pair p = (row p / k, its (p % k)-th expert), as this rank's expert index (-1: another rank's).
+  const int pairs = num_rows * k;
+  pair_row_.resize(pairs);
+  pair_expert_.resize(pairs);
+  for (int p = 0; p < pairs; ++p) {
+    pair_row_[p] = p / k;
+    pair_expert_[p] = local[routing.idx[p]];
   }
-  struct Active {
-    int expert;
-    int offset;  // first row in the gathered buffers
-    int count;
-  };
-  std::vector<Active> active;
-  int total = 0;
-  for (int e = 0; e < ne; ++e) {
-    if (by_expert[e].empty()) continue;
-    active.push_back({e, total, static_cast<int>(by_expert[e].size())});
-    total += static_cast<int>(by_expert[e].size());
-  }
-  // Gather inputs (permuted for MXFP4 so nibbles meet contiguous activations).
-  std::vector<std::pair<int, float>> gathered(total);  // (token row, weight) of each gathered row
-  for (const Active& a : active) std::copy(by_expert[a.expert].begin(), by_expert[a.expert].end(), &gathered[a.offset]);
-  std::vector<float> xin(static_cast<size_t>(total) * hs);
-  pool_.ParallelFor(total, 1, [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) {
-      const float* src = h.data + static_cast<size_t>(gathered[r].first) * h.ld;
-      float* dst = xin.data() + static_cast<size_t>(r) * hs;
-      if (mxfp4)
-        cpu::PermuteForMxfp4(src, dst, hs);
-      else
-        std::memcpy(dst, src, hs * sizeof(float));
-    }
-  });
-  // Runs `m` for every active expert, split into row chunks, in one parallel region.
-  auto run_experts = [&](const ExpertMatrix& m, const float* in, int64_t ld_in, float* outp, int64_t ld_out) {
-    constexpr int64_t kChunk = 128;
-    const int64_t chunks = (m.rows + kChunk - 1) / kChunk;
-    pool_.Run(static_cast<int>(active.size() * chunks), [&](int task) {
-      const Active& a = active[task / chunks];
-      const int64_t b = (task % chunks) * kChunk, e = std::min(m.rows, b + kChunk);
-      cpu::ExpertGemm(m, a.expert, in + static_cast<size_t>(a.offset) * ld_in, ld_in, a.count, b, e,
-                      outp + static_cast<size_t>(a.offset) * ld_out, ld_out);
-    });
-  };
-  std::vector<float> gate_up(static_cast<size_t>(total) * 2 * inter);
-  run_experts(lw.gate_up, xin.data(), hs, gate_up.data(), 2 * inter);
-
-  std::vector<float> act(static_cast<size_t>(total) * inter);
-  const float limit = static_cast<float>(c.swiglu_limit), alpha = static_cast<float>(c.swiglu_alpha);
-  pool_.ParallelFor(total, 1, [&](int64_t b, int64_t e) {
-    std::vector<float> tmp(inter);
-    for (int64_t r = b; r < e; ++r) {
-      float* dst = act.data() + static_cast<size_t>(r) * inter;
-      const float* src = gate_up.data() + static_cast<size_t>(r) * 2 * inter;
-      if (mxfp4) {
-        cpu::SwiGlu(src, inter, limit, alpha, tmp.data());
-        cpu::PermuteForMxfp4(tmp.data(), dst, inter);
-      } else {
-        cpu::SwiGlu(src, inter, limit, alpha, dst);
-      }
-    }
-  });
-  std::vector<float> down(static_cast<size_t>(total) * hs);
-  run_experts(lw.down, act.data(), inter, down.data(), hs);
-
+  pair_out_.resize(static_cast<size_t>(pairs) * hs);
+  cpu::ExpertPairs(pool_, lw.gate_up, lw.down, static_cast<float>(c.swiglu_limit), static_cast<float>(c.swiglu_alpha),
+                   h.data, h.ld, pair_row_, pair_expert_, pair_out_.data(), hs);
   // out = sum_e w_e y_e, each token's terms added in descending weight order so
   // the result does not depend on which other tokens share the batch.
-  std::vector<std::vector<std::pair<float, int>>> contrib(num_rows);  // (weight, gathered row) per token
-  for (int r = 0; r < total; ++r) contrib[gathered[r].first].emplace_back(gathered[r].second, r);
   pool_.ParallelFor(num_rows, 1, [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; ++t) {
-      auto& terms = contrib[t];
-      std::sort(terms.begin(), terms.end(), [](const auto& p, const auto& q) { return p.first > q.first; });
-      float* sum = out.data + static_cast<size_t>(t) * out.ld;
+    std::vector<std::pair<float, int>> terms;
+    for (int64_t r = b; r < e; ++r) {
+      terms.clear();
+      for (int s = 0; s < k; ++s) {
+        if (pair_expert_[r * k + s] >= 0) terms.emplace_back(routing.weight[r * k + s], static_cast<int>(r * k + s));
+      }
+      std::stable_sort(terms.begin(), terms.end(), [](const auto& p, const auto& q) { return p.first > q.first; });
+      float* sum = out.data + static_cast<size_t>(r) * out.ld;
       std::fill(sum, sum + hs, 0.0f);
-      for (const auto& [w, row] : terms) {
-        const float* y = down.data() + static_cast<size_t>(row) * hs;
+      for (const auto& [w, p] : terms) {
+        const float* y = pair_out_.data() + static_cast<size_t>(p) * hs;
         for (int64_t i = 0; i < hs; ++i) sum[i] += w * y[i];
       }
     }

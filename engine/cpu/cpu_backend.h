@@ -88,6 +88,8 @@ class CpuBackend final : public Backend, private ForwardOps {
   std::vector<int32_t> route_idx_;
   std::vector<float> route_weight_;
   std::vector<float> gathered_;  // sharded logits: [world, rows, vocab_stride]
+  std::vector<int32_t> pair_row_, pair_expert_;
+  std::vector<float> pair_out_;  // [rows * k, hidden]
 };
 
 }  // namespace moeserve

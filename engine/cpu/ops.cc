@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "engine/cpu/kernels.h"
 
@@ -152,6 +153,75 @@ void ExpertGemm(const ExpertMatrix& m, int expert, const float* x, int64_t ldx, 
   const float* b = m.bias.data() + static_cast<size_t>(expert) * m.rows;
   for (int t = 0; t < num_tokens; ++t)
     for (int64_t o = o_begin; o < o_end; ++o) y[t * ldy + o] += b[o];
+}
+
+void ExpertPairs(ThreadPool& pool, const ExpertMatrix& gate_up, const ExpertMatrix& down, float limit, float alpha,
+                 const float* h, int64_t ldh, std::span<const int32_t> pair_row, std::span<const int32_t> pair_expert,
+                 float* y, int64_t ldy) {
+  const int64_t hs = down.rows, inter = down.cols;
+  const int ne = static_cast<int>(gate_up.num_experts);
+  const bool mxfp4 = gate_up.mxfp4;
+  // Pairs grouped by expert: expert a's pairs are gathered rows [offset, offset + count).
+  std::vector<std::vector<int>> by_expert(ne);
+  for (size_t p = 0; p < pair_expert.size(); ++p) {
+    if (pair_expert[p] >= 0) by_expert[pair_expert[p]].push_back(static_cast<int>(p));
+  }
+  struct Active {
+    int expert, offset, count;
+  };
+  std::vector<Active> active;
+  std::vector<int> gathered;  // pair of each gathered row
+  for (int e = 0; e < ne; ++e) {
+    if (by_expert[e].empty()) continue;
+    active.push_back({e, static_cast<int>(gathered.size()), static_cast<int>(by_expert[e].size())});
+    gathered.insert(gathered.end(), by_expert[e].begin(), by_expert[e].end());
+  }
+  const int total = static_cast<int>(gathered.size());
+  if (total == 0) return;
+  // Inputs (permuted for MXFP4 so nibbles meet contiguous activations).
+  std::vector<float> xin(static_cast<size_t>(total) * hs);
+  pool.ParallelFor(total, 1, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const float* src = h + static_cast<size_t>(pair_row[gathered[r]]) * ldh;
+      float* dst = xin.data() + static_cast<size_t>(r) * hs;
+      if (mxfp4) PermuteForMxfp4(src, dst, hs);
+      else std::memcpy(dst, src, hs * sizeof(float));
+    }
+  });
+  // Runs `m` for every active expert, split into row chunks, in one parallel region.
+  auto run_experts = [&](const ExpertMatrix& m, const float* in, int64_t ld_in, float* outp, int64_t ld_out) {
+    constexpr int64_t kChunk = 128;
+    const int64_t chunks = (m.rows + kChunk - 1) / kChunk;
+    pool.Run(static_cast<int>(active.size() * chunks), [&](int task) {
+      const Active& a = active[task / chunks];
+      const int64_t b = (task % chunks) * kChunk, e = std::min(m.rows, b + kChunk);
+      ExpertGemm(m, a.expert, in + static_cast<size_t>(a.offset) * ld_in, ld_in, a.count, b, e,
+                 outp + static_cast<size_t>(a.offset) * ld_out, ld_out);
+    });
+  };
+  std::vector<float> gu(static_cast<size_t>(total) * 2 * inter);
+  run_experts(gate_up, xin.data(), hs, gu.data(), 2 * inter);
+  std::vector<float> act(static_cast<size_t>(total) * inter);
+  pool.ParallelFor(total, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> tmp(inter);
+    for (int64_t r = b; r < e; ++r) {
+      float* dst = act.data() + static_cast<size_t>(r) * inter;
+      const float* src = gu.data() + static_cast<size_t>(r) * 2 * inter;
+      if (mxfp4) {
+        SwiGlu(src, inter, limit, alpha, tmp.data());
+        PermuteForMxfp4(tmp.data(), dst, inter);
+      } else {
+        SwiGlu(src, inter, limit, alpha, dst);
+      }
+    }
+  });
+  std::vector<float> out(static_cast<size_t>(total) * hs);
+  run_experts(down, act.data(), inter, out.data(), hs);
+  pool.ParallelFor(total, 1, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      std::memcpy(y + static_cast<size_t>(gathered[r]) * ldy, out.data() + static_cast<size_t>(r) * hs, hs * sizeof(float));
+    }
+  });
 }
 
 }  // namespace moeserve::cpu

@@ -58,4 +58,13 @@ void TopKSoftmax(const float* logits, int num_experts, int k, int* idx, float* w
 void ExpertGemm(const ExpertMatrix& m, int expert, const float* x, int64_t ldx, int num_tokens, int64_t o_begin,
                 int64_t o_end, float* y, int64_t ldy);
 
+// The experts of a list of (row, expert) pairs, each pair's output unweighted:
+//   y[p] = W2_e SwiGLU(W1_e h[pair_row[p]] + b1_e) + b2_e,  e = pair_expert[p]
+// with e an index into gate_up/down's experts; pairs with e < 0 are skipped
+// (their rows of y untouched). Pairs are grouped by expert so each expert's
+// weights are read once.   h: [rows, ldh]  y: [pairs, ldy]
+void ExpertPairs(ThreadPool& pool, const ExpertMatrix& gate_up, const ExpertMatrix& down, float limit, float alpha,
+                 const float* h, int64_t ldh, std::span<const int32_t> pair_row, std::span<const int32_t> pair_expert,
+                 float* y, int64_t ldy);
+
 }  // namespace moeserve::cpu

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status.h"
+#include "engine/cpu/ops.h"
 #include "engine/cuda/ops.h"
 #include "engine/forward.h"
 #include "engine/kv_layout.h"
@@ -73,9 +74,13 @@ absl::Status CudaBackend::Upload(const CudaOptions& o) {
     const void* src;
     size_t bytes;
     const void** dst;
+    int expert_layer;  // >= 0: a piece of that layer's experts (may stay on the host)
   };
   std::vector<Piece> pieces;
-  auto add = [&](const void* src, size_t bytes, const void** dst) { pieces.push_back({src, bytes, dst}); };
+  int expert_layer = -1;
+  auto add = [&](const void* src, size_t bytes, const void** dst) {
+    pieces.push_back({src, bytes, dst, expert_layer});
+  };
   auto add_dense = [&](const Matrix& mt, const uint16_t** dst) {
     add(mt.data, static_cast<size_t>(mt.rows * mt.cols) * 2, reinterpret_cast<const void**>(dst));
   };
@@ -108,6 +113,7 @@ absl::Status CudaBackend::Upload(const CudaOptions& o) {
     add_dense(lw.o, &d.o);
     const ExpertMatrix& gu = lw.gate_up;
     const ExpertMatrix& dn = lw.down;
+    expert_layer = static_cast<int>(l);
     add(gu.blocks, static_cast<size_t>(gu.num_experts * gu.rows * gu.cols / 2),
         reinterpret_cast<const void**>(&d.gu_blocks));
     add(gu.scales, static_cast<size_t>(gu.num_experts * gu.rows * gu.cols / 32),
@@ -118,12 +124,15 @@ absl::Status CudaBackend::Upload(const CudaOptions& o) {
     add(dn.scales, static_cast<size_t>(dn.num_experts * dn.rows * dn.cols / 32),
         reinterpret_cast<const void**>(&d.down_scales));
     add_f32(dn.bias, &d.down_bias);
+    expert_layer = -1;
   }
   // 256-byte aligned offsets in one allocation.
   auto align = [](size_t b) { return (b + 255) & ~size_t{255}; };
-  size_t total = 0;
-  for (const Piece& p : pieces) total += align(p.bytes);
-  weight_bytes_ = static_cast<int64_t>(total);
+  size_t dense_total = 0, expert_layer_bytes = 0;
+  for (const Piece& p : pieces) {
+    if (p.expert_layer < 0) dense_total += align(p.bytes);
+    else if (p.expert_layer == 0) expert_layer_bytes += align(p.bytes);
+  }
 
   // The step workspace, for max_rows rows.
   // Kernel grids put pairs (rows x top-k) on gridDim.y, which holds 65535.
@@ -136,11 +145,35 @@ absl::Status CudaBackend::Upload(const CudaOptions& o) {
   const size_t work_int64 = static_cast<size_t>(R * (1 + 2 * kNumCacheGroups) + c.num_hidden_layers * ne);
   const size_t workspace = align(work_floats * f) + align(work_ints * 4) + align(work_int64 * 8) + (64 << 20);
 
-  // KV pools from what is left under the utilization cap.
-  ASSIGN_OR_RETURN(const int64_t budget,
+  // Which layers' experts stay on the host (--n-cpu-moe), the expert cache,
+  // and the KV pools from what is left under the utilization cap.
+  int64_t usable = static_cast<int64_t>(static_cast<double>(info_.total_bytes) * o.gpu_memory_utilization) -
+                   static_cast<int64_t>(info_.total_bytes - info_.free_bytes);
+  if (o.device_memory_limit > 0) usable = std::min(usable, o.device_memory_limit);
+  const int64_t kv_min = KvMinBytes(c, o.max_model_len, o.block_size, o.kv_f32, o.max_num_seqs);
+  const int64_t other = static_cast<int64_t>(dense_total + workspace);
+  ModelConfig sized = c;  // the plan counts aligned piece bytes per layer
+  ASSIGN_OR_RETURN(HybridPlan plan, PlanHybrid(sized, usable, other, kv_min, o.n_cpu_moe, o.expert_cache_bytes));
+  (void)expert_layer_bytes;
+  plan_ = plan;
+  size_t total = dense_total;
+  for (const Piece& p : pieces) {
+    if (p.expert_layer >= plan.n_cpu_moe) total += align(p.bytes);
+  }
+  weight_bytes_ = static_cast<int64_t>(total);
+  ASSIGN_OR_RETURN(int64_t budget,
                    GpuKvBudget(static_cast<int64_t>(info_.total_bytes), static_cast<int64_t>(info_.free_bytes),
-                               o.gpu_memory_utilization, weight_bytes_, static_cast<int64_t>(workspace)));
+                               o.gpu_memory_utilization, weight_bytes_ + plan.cache_bytes,
+                               static_cast<int64_t>(workspace)));
+  budget = std::min(budget, plan.kv_bytes);
   ASSIGN_OR_RETURN(const auto blocks, PlanKvBlocks(c, budget, o.block_size, o.kv_f32, o.max_num_seqs));
+  if (plan.n_cpu_moe > 0 && o.progress) {
+    std::fprintf(stderr,
+                 "moeserve: experts of layers 0-%d (%.2f GB) stay in host memory and run on the CPU; %lld of them "
+                 "cached on %s (%.2f GB); %.2f GB of weights and %.2f GB of KV on the device\n",
+                 plan.n_cpu_moe - 1, plan.host_expert_bytes / 1e9, static_cast<long long>(plan.cache_slots),
+                 info_.name.c_str(), plan.cache_bytes / 1e9, weight_bytes_ / 1e9, budget / 1e9);
+  }
   kv_.block_size = o.block_size;
   kv_.f32 = o.kv_f32;
   for (int g = 0; g < kNumCacheGroups; ++g) kv_.num_blocks[g] = blocks[g];
@@ -151,6 +184,10 @@ absl::Status CudaBackend::Upload(const CudaOptions& o) {
   size_t off = 0, done = 0, next_report = 0;
   const size_t step = std::max<size_t>(total / 20, 1);
   for (const Piece& p : pieces) {
+    if (p.expert_layer >= 0 && p.expert_layer < plan.n_cpu_moe) {
+      *p.dst = nullptr;  // stays on the host
+      continue;
+    }
     if (p.bytes > 0) {
       RETURN_IF_ERROR(Cuda(cudaMemcpy(base + off, p.src, p.bytes, cudaMemcpyHostToDevice), "copying weights"));
     }
@@ -222,11 +259,116 @@ absl::Status CudaBackend::Upload(const CudaOptions& o) {
   RETURN_IF_ERROR(Cuda(cudaMemcpy(pair_row_, pr.data(), P * 4, cudaMemcpyHostToDevice), "pair rows"));
   RETURN_IF_ERROR(Cuda(cudaMemcpy(pair_identity_, pid.data(), P * 4, cudaMemcpyHostToDevice), "pair ids"));
   expert_counts_.assign(c.num_hidden_layers * ne, 0);
+  if (plan.n_cpu_moe > 0) RETURN_IF_ERROR(SetUpHostExperts(o, P));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::SetUpHostExperts(const CudaOptions& o, int64_t max_pairs) {
+  const ModelConfig& c = config();
+  const int64_t hs = c.hidden_size, inter = c.intermediate_size, ne = c.num_local_experts;
+  host_pool_ = std::make_unique<ThreadPool>(o.cpu_threads);
+  cache_policy_ = o.expert_cache_policy;
+  ASSIGN_OR_RETURN(DeviceBuffer hd, DeviceBuffer::Allocate(max_pairs * hs * 4));
+  host_down_dev_ = hd.as<float>();
+  buffers_.push_back(std::move(hd));
+  ASSIGN_OR_RETURN(DeviceBuffer ps, DeviceBuffer::Allocate(max_pairs * 4));
+  pair_slot_ = ps.as<int32_t>();
+  buffers_.push_back(std::move(ps));
+  slot_of_.assign(plan_.n_cpu_moe, std::vector<int32_t>(ne, -1));
+  score_.assign(plan_.n_cpu_moe * ne, 0.0);
+  const int64_t slots = plan_.cache_slots;
+  slot_owner_.assign(slots, -1);
+  if (slots > 0) {
+    // [slot, ...] arrays in the kernels' layouts, one expert per slot.
+    auto alloc = [&](int64_t bytes, auto** out) -> absl::Status {
+      ASSIGN_OR_RETURN(DeviceBuffer b, DeviceBuffer::Allocate(std::max<int64_t>(bytes, 256)));
+      *out = b.as<std::remove_pointer_t<std::remove_reference_t<decltype(*out)>>>();
+      buffers_.push_back(std::move(b));
+      return absl::OkStatus();
+    };
+    RETURN_IF_ERROR(alloc(slots * 2 * inter * hs / 2, &cache_.gu_blocks));
+    RETURN_IF_ERROR(alloc(slots * 2 * inter * hs / 32, &cache_.gu_scales));
+    RETURN_IF_ERROR(alloc(slots * 2 * inter * 4, &cache_.gu_bias));
+    RETURN_IF_ERROR(alloc(slots * hs * inter / 2, &cache_.down_blocks));
+    RETURN_IF_ERROR(alloc(slots * hs * inter / 32, &cache_.down_scales));
+    RETURN_IF_ERROR(alloc(slots * hs * 4, &cache_.down_bias));
+    // Filled in (layer, expert) order until the first refresh knows better.
+    for (int64_t s = 0; s < slots; ++s) RETURN_IF_ERROR(LoadSlot(s, s / ne, s % ne));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::LoadSlot(int64_t slot, int64_t layer, int64_t expert) {
+  const ModelConfig& c = config();
+  const int64_t hs = c.hidden_size, inter = c.intermediate_size, ne = c.num_local_experts;
+  if (const int64_t old = slot_owner_[slot]; old >= 0) slot_of_[old / ne][old % ne] = -1;
+  const LayerWeights& lw = weights_->layers[layer];
+  auto copy = [&](void* dst, const void* src, size_t bytes) {
+    return Cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_), "expert cache");
+  };
+  const size_t gub = 2 * inter * hs / 2, gus = 2 * inter * hs / 32, dnb = hs * inter / 2, dns = hs * inter / 32;
+  RETURN_IF_ERROR(copy(const_cast<uint8_t*>(cache_.gu_blocks) + slot * gub, lw.gate_up.blocks + expert * gub, gub));
+  RETURN_IF_ERROR(copy(const_cast<uint8_t*>(cache_.gu_scales) + slot * gus, lw.gate_up.scales + expert * gus, gus));
+  RETURN_IF_ERROR(copy(const_cast<float*>(cache_.gu_bias) + slot * 2 * inter, lw.gate_up.bias.data() + expert * 2 * inter,
+                       2 * inter * 4));
+  RETURN_IF_ERROR(copy(const_cast<uint8_t*>(cache_.down_blocks) + slot * dnb, lw.down.blocks + expert * dnb, dnb));
+  RETURN_IF_ERROR(copy(const_cast<uint8_t*>(cache_.down_scales) + slot * dns, lw.down.scales + expert * dns, dns));
+  RETURN_IF_ERROR(copy(const_cast<float*>(cache_.down_bias) + slot * hs, lw.down.bias.data() + expert * hs, hs * 4));
+  slot_owner_[slot] = layer * ne + expert;
+  slot_of_[layer][expert] = static_cast<int32_t>(slot);
+  ++cache_stats_.loads;
+  return absl::OkStatus();
+}
+
+// Between steps, never inside one: the slots go to the host experts routing
+// selects most (counts of recent steps, halved each refresh), a few loads per
+// refresh so a change of workload does not stall one step.
+absl::Status CudaBackend::RefreshExpertCache() {
+  const int64_t slots = static_cast<int64_t>(slot_owner_.size());
+  if (slots == 0) return absl::OkStatus();
+  const int64_t ne = config().num_local_experts, candidates = plan_.n_cpu_moe * ne;
+  if (cache_policy_ == ExpertCachePolicy::kThrash) {
+    // Tests: a different set of experts every step.
+    for (int64_t s = 0; s < slots; ++s) {
+      const int64_t id = (thrash_next_++) % candidates;
+      if (slot_of_[id / ne][id % ne] < 0) RETURN_IF_ERROR(LoadSlot(s, id / ne, id % ne));
+    }
+    return absl::OkStatus();
+  }
+  for (int64_t id = 0; id < candidates; ++id) {
+    score_[id] = 0.5 * score_[id] + static_cast<double>(expert_counts_[id] - counts_seen_[id]);
+  }
+  counts_seen_.assign(expert_counts_.begin(), expert_counts_.begin() + candidates);
+  std::vector<int64_t> order(candidates);
+  for (int64_t i = 0; i < candidates; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return score_[a] > score_[b]; });
+  // The wanted set: the top `slots`. Evict the cached experts outside it, coldest first.
+  std::vector<char> wanted(candidates, 0);
+  for (int64_t i = 0; i < slots && i < candidates; ++i) wanted[order[i]] = 1;
+  std::vector<int64_t> free_slots;
+  for (int64_t s = 0; s < slots; ++s) {
+    if (slot_owner_[s] < 0 || !wanted[slot_owner_[s]]) free_slots.push_back(s);
+  }
+  std::stable_sort(free_slots.begin(), free_slots.end(), [&](int64_t a, int64_t b) {
+    return (slot_owner_[a] < 0 ? -1.0 : score_[slot_owner_[a]]) < (slot_owner_[b] < 0 ? -1.0 : score_[slot_owner_[b]]);
+  });
+  constexpr int kMaxLoadsPerRefresh = 8;
+  int loads = 0;
+  for (int64_t i = 0; i < slots && i < candidates && loads < kMaxLoadsPerRefresh && !free_slots.empty(); ++i) {
+    const int64_t id = order[i];
+    if (slot_of_[id / ne][id % ne] >= 0 || score_[id] <= 0.0) continue;
+    const int64_t s = free_slots.front();
+    free_slots.erase(free_slots.begin());
+    RETURN_IF_ERROR(LoadSlot(s, id / ne, id % ne));
+    ++loads;
+  }
   return absl::OkStatus();
 }
 
 absl::Status CudaBackend::Forward(std::span<const SequenceInput> batch, ForwardOutput* out) {
   if (shard().sharded() && !comm_) return absl::FailedPreconditionError("the group has not met yet (Init)");
+  if (counts_seen_.empty()) counts_seen_.assign(static_cast<size_t>(plan_.n_cpu_moe) * config().num_local_experts, 0);
+  RETURN_IF_ERROR(RefreshExpertCache());
   return GptOssForward(config(), shard(), kv_, *this, batch, out);
 }
 
@@ -345,6 +487,10 @@ void CudaBackend::Experts(int64_t layer, Tensor h, const Routing& routing, Tenso
   const int64_t hs = c.hidden_size, inter = c.intermediate_size;
   const int k = static_cast<int>(c.num_experts_per_tok);
   const int pairs = static_cast<int>(h.rows) * k;
+  if (layer < plan_.n_cpu_moe) {
+    if (absl::Status st = HostExperts(layer, h, routing, out); !st.ok() && host_error_.ok()) host_error_ = st;
+    return;
+  }
   ExpertMxfp4(d.gu_blocks, d.gu_scales, d.gu_bias, 2 * inter, hs, h.data, h.ld, pair_row_, routing.idx, pairs, gate_up_,
               2 * inter, stream_);
   SwiGlu(gate_up_, 2 * inter, pairs, inter, static_cast<float>(c.swiglu_limit), static_cast<float>(c.swiglu_alpha),
@@ -352,6 +498,63 @@ void CudaBackend::Experts(int64_t layer, Tensor h, const Routing& routing, Tenso
   ExpertMxfp4(d.down_blocks, d.down_scales, d.down_bias, hs, inter, act_, inter, pair_identity_, routing.idx, pairs,
               down_, hs, stream_);
   MoeCombine(down_, hs, routing.weight, static_cast<int>(h.rows), k, hs, out.data, out.ld, stream_);
+}
+
+// A layer whose experts live on the host: the pairs whose expert is in the
+// device cache run on the GPU (launched first, asynchronous), the rest on the
+// CPU meanwhile; the CPU's outputs are added to the GPU's (zeros for the
+// pairs it did not run) and combined as on an all-device layer.
+absl::Status CudaBackend::HostExperts(int64_t layer, Tensor h, const Routing& routing, Tensor out) {
+  const ModelConfig& c = config();
+  const int64_t hs = c.hidden_size, inter = c.intermediate_size;
+  const int k = static_cast<int>(c.num_experts_per_tok);
+  const int rows = static_cast<int>(h.rows), pairs = rows * k;
+  host_idx_.resize(pairs);
+  host_h_.resize(static_cast<size_t>(rows) * hs);
+  RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(host_idx_.data(), routing.idx, pairs * 4, cudaMemcpyDeviceToHost, stream_),
+                       "routing to host"));
+  // Chunk buffers are contiguous (ld == hidden).
+  RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(host_h_.data(), h.data, static_cast<size_t>(rows) * h.ld * 4,
+                                       cudaMemcpyDeviceToHost, stream_),
+                       "activations to host"));
+  RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "activations to host"));
+  host_slot_.resize(pairs);
+  host_expert_.resize(pairs);
+  host_row_.resize(pairs);
+  int on_device = 0;
+  for (int p = 0; p < pairs; ++p) {
+    const int32_t slot = slot_of_[layer][host_idx_[p]];
+    host_slot_[p] = slot;
+    host_expert_[p] = slot >= 0 ? -1 : host_idx_[p];
+    host_row_[p] = p / k;
+    on_device += slot >= 0;
+  }
+  cache_stats_.hits += on_device;
+  cache_stats_.misses += pairs - on_device;
+  // The cached experts on the GPU, while the CPU computes the others.
+  if (on_device > 0) {
+    RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(pair_slot_, host_slot_.data(), pairs * 4, cudaMemcpyHostToDevice, stream_),
+                         "pair slots"));
+    ExpertMxfp4(cache_.gu_blocks, cache_.gu_scales, cache_.gu_bias, 2 * inter, hs, h.data, h.ld, pair_row_, pair_slot_,
+                pairs, gate_up_, 2 * inter, stream_);
+    SwiGlu(gate_up_, 2 * inter, pairs, inter, static_cast<float>(c.swiglu_limit), static_cast<float>(c.swiglu_alpha),
+           act_, inter, stream_);
+    ExpertMxfp4(cache_.down_blocks, cache_.down_scales, cache_.down_bias, hs, inter, act_, inter, pair_identity_,
+                pair_slot_, pairs, down_, hs, stream_);
+  } else {
+    RETURN_IF_ERROR(Cuda(cudaMemsetAsync(down_, 0, static_cast<size_t>(pairs) * hs * 4, stream_), "memset"));
+  }
+  host_down_.assign(static_cast<size_t>(pairs) * hs, 0.0f);
+  const LayerWeights& lw = weights_->layers[layer];
+  cpu::ExpertPairs(*host_pool_, lw.gate_up, lw.down, static_cast<float>(c.swiglu_limit),
+                   static_cast<float>(c.swiglu_alpha), host_h_.data(), hs, host_row_, host_expert_, host_down_.data(), hs);
+  RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(host_down_dev_, host_down_.data(), host_down_.size() * 4,
+                                       cudaMemcpyHostToDevice, stream_),
+                       "host experts to device"));
+  AddInPlace(down_, hs, host_down_dev_, hs, pairs, hs, stream_);
+  MoeCombine(down_, hs, routing.weight, rows, k, hs, out.data, out.ld, stream_);
+  // host_down_ is reused by the next host layer: the copy must have read it.
+  return Cuda(cudaStreamSynchronize(stream_), "host experts");
 }
 
 absl::Status CudaBackend::Logits(Tensor x, std::span<const int32_t> rows, float* logits) {
@@ -374,6 +577,11 @@ absl::Status CudaBackend::Logits(Tensor x, std::span<const int32_t> rows, float*
 }
 
 absl::Status CudaBackend::EndStep() {
+  if (!host_error_.ok()) {
+    const absl::Status st = host_error_;
+    host_error_ = absl::OkStatus();
+    return st;
+  }
   std::vector<int64_t> counts(expert_counts_.size());
   RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(counts.data(), counts_, counts.size() * 8, cudaMemcpyDeviceToHost, stream_),
                        "expert counts"));

@@ -26,9 +26,14 @@
 #include "engine/cuda/ops.h"
 #include "engine/cuda/runtime.h"
 #include "engine/forward_ops.h"
+#include "engine/kv_cache.h"
+#include "engine/thread_pool.h"
 #include "engine/weights.h"
 
 namespace moeserve::cuda {
+
+// How the device cache of host experts picks its experts (tests force the extremes).
+enum class ExpertCachePolicy { kHot, kThrash };
 
 struct CudaOptions {
   int device = 0;
@@ -38,6 +43,19 @@ struct CudaOptions {
   int64_t max_num_seqs = 64;          // the sliding-window pool is sized for this many sequences
   int64_t max_rows_per_chunk = 2048;  // workspace rows (tokens) per forward chunk
   bool progress = true;               // weight upload progress on stderr
+  // The experts of the first n layers stay in host memory and run on the CPU
+  // (llama.cpp's --n-cpu-moe). -1 (auto): as many as the device needs to hold
+  // the rest, the workspace and KV for one max_model_len sequence; 0 when all fits.
+  int n_cpu_moe = -1;
+  int64_t max_model_len = 8192;       // auto's KV floor
+  int cpu_threads = 0;                // for the host experts (0: one per hardware thread)
+  // Device bytes for caching host experts: -1: what is left after the plan's
+  // weights and KV floor (at most all host experts); 0: no cache.
+  int64_t expert_cache_bytes = -1;
+  ExpertCachePolicy expert_cache_policy = ExpertCachePolicy::kHot;
+  // Use at most this many device bytes (0: no limit): a smaller card than the
+  // one present (tests; sizing a deployment for a 12 GB card on a bigger one).
+  int64_t device_memory_limit = 0;
 };
 
 class CudaBackend final : public Backend, private ForwardOps {
@@ -57,6 +75,12 @@ class CudaBackend final : public Backend, private ForwardOps {
   const std::vector<int64_t>& expert_counts() const override { return expert_counts_; }
 
   int64_t weight_bytes() const { return weight_bytes_; }
+  const HybridPlan& hybrid_plan() const { return plan_; }
+  ExpertCacheStats expert_cache_stats() const override {
+    ExpertCacheStats s = cache_stats_;
+    s.slots = static_cast<int64_t>(slot_owner_.size());
+    return s;
+  }
 
  private:
   struct LayerDev {
@@ -67,6 +91,10 @@ class CudaBackend final : public Backend, private ForwardOps {
   };
   CudaBackend() = default;
   absl::Status Upload(const CudaOptions& options);
+  absl::Status SetUpHostExperts(const CudaOptions& options, int64_t max_pairs);
+  absl::Status LoadSlot(int64_t slot, int64_t layer, int64_t expert);
+  absl::Status RefreshExpertCache();
+  absl::Status HostExperts(int64_t layer, Tensor h, const Routing& routing, Tensor out);
 
   // ForwardOps.
   int max_rows() const override { return static_cast<int>(max_rows_); }
@@ -108,6 +136,26 @@ class CudaBackend final : public Backend, private ForwardOps {
   int64_t tables_capacity_ = 0;
   int rows_ = 0;  // of the chunk being computed
   std::vector<int64_t> expert_counts_;
+
+  // Host experts (--n-cpu-moe) and their device cache.
+  HybridPlan plan_;
+  std::unique_ptr<ThreadPool> host_pool_;
+  ExpertCachePolicy cache_policy_ = ExpertCachePolicy::kHot;
+  struct {
+    const uint8_t *gu_blocks = nullptr, *gu_scales = nullptr, *down_blocks = nullptr, *down_scales = nullptr;
+    const float *gu_bias = nullptr, *down_bias = nullptr;
+  } cache_;                                   // [slot, ...] in the kernels' layouts
+  std::vector<std::vector<int32_t>> slot_of_;  // [host layer][expert] -> slot or -1
+  std::vector<int64_t> slot_owner_;           // slot -> layer * E + expert, or -1
+  std::vector<double> score_;                 // recent selections per host expert
+  std::vector<int64_t> counts_seen_;
+  int64_t thrash_next_ = 0;
+  ExpertCacheStats cache_stats_;
+  float* host_down_dev_ = nullptr;
+  int32_t* pair_slot_ = nullptr;
+  std::vector<int32_t> host_idx_, host_slot_, host_expert_, host_row_;
+  std::vector<float> host_h_, host_down_;
+  absl::Status host_error_;
 };
 
 }  // namespace moeserve::cuda

@@ -78,6 +78,10 @@ __global__ void ExpertMxfp4Kernel(const uint8_t* blocks, const uint8_t* scales, 
   if (o >= rows_out) return;
   const int p = blockIdx.y;
   const int64_t e = pair_expert[p];
+  if (e < 0) {  // a pair computed elsewhere (the host's experts): zeros
+    if (lane == 0) y[static_cast<int64_t>(p) * ldy + o] = 0.0f;
+    return;
+  }
   const int64_t groups = k / 32;
   const uint8_t* brow = blocks + (e * rows_out + o) * groups * 16;
   const uint8_t* srow = scales + (e * rows_out + o) * groups;

@@ -93,6 +93,7 @@ absl::Status TopKSoftmax(const float* logits, int rows, int num_experts, int k, 
 //   y[p, o] = sum_c W_{expert[p]}[o, c] x[row[p], c] + bias[expert[p], o]
 //   blocks: [experts, rows_out, k/32, 16]  scales: [experts, rows_out, k/32]  bias: [experts, rows_out] or null
 //   x: [*, ldx]  pair_row, pair_expert: [num_pairs]  y: [num_pairs, ldy]. k % 32 == 0.
+// A pair whose expert is -1 gets zeros (computed elsewhere, e.g. on the host).
 void ExpertMxfp4(const uint8_t* blocks, const uint8_t* scales, const float* bias, int64_t rows_out, int64_t k,
                  const float* x, int64_t ldx, const int32_t* pair_row, const int32_t* pair_expert, int num_pairs,
                  float* y, int64_t ldy, cudaStream_t stream);
