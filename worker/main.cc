@@ -8,6 +8,7 @@
 #include <grpcpp/grpcpp.h>
 #include <prometheus/exposer.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -20,6 +21,9 @@
 #include "base/cli_flags.h"
 #ifdef MOESERVE_WITH_CUDA
 #include "engine/cuda/cuda_backend.h"
+#endif
+#ifdef MOESERVE_WITH_NCCL
+#include "engine/parallel/nccl_communicator.h"
 #endif
 #include "worker/worker_service.h"
 
@@ -185,6 +189,16 @@ int main(int argc, char** argv) {
   wo.served_model_name = get("--served-model-name", dir.substr(dir.find_last_of('/') + 1));
   wo.max_model_len = max_len;
   wo.gloo_hostname = get("--host", "127.0.0.1");
+#ifdef MOESERVE_WITH_NCCL
+  if (backend && tp > 1) {  // a GPU rank: the group's collectives are NCCL's, on the backend's stream
+    void* stream = backend->stream();
+    wo.nccl_unique_id = [] { return parallel::NcclUniqueId(); };
+    wo.nccl_join = [stream](const worker::v1::InitRequest& r) {
+      return parallel::CreateNcclCommunicator(r.rank(), r.world_size(), r.nccl_unique_id(), stream,
+                                              std::chrono::milliseconds(r.timeout_ms() > 0 ? r.timeout_ms() : 60000));
+    };
+  }
+#endif
   if (!backend) backend = std::make_unique<CpuBackend>(std::move(*weights), mo);
   std::fprintf(stderr, "moeserve-worker: %s, KV blocks full %lld sliding %lld of %d tokens\n",
                backend->device().c_str(), static_cast<long long>(backend->kv_options().num_blocks[kFullGroup]),

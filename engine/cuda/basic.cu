@@ -8,12 +8,20 @@
 namespace moeserve::cuda {
 namespace {
 
-__global__ void EmbeddingKernel(const uint16_t* table, const int32_t* ids, int64_t hidden, float* out) {
+__global__ void EmbeddingKernel(const uint16_t* table, const int32_t* ids, int64_t hidden, float* out,
+                                int64_t vocab_begin, int64_t vocab_end) {
   const int r = blockIdx.y;
-  const uint16_t* row = table + static_cast<int64_t>(ids[r]) * hidden;
+  const int64_t id = ids[r];
+  const bool mine = id >= vocab_begin && id < vocab_end;
+  const uint16_t* row = table + (mine ? id - vocab_begin : 0) * hidden;
   for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < hidden; i += gridDim.x * blockDim.x) {
-    out[r * hidden + i] = Bf16ToF32(row[i]);
+    out[r * hidden + i] = mine ? Bf16ToF32(row[i]) : 0.0f;
   }
+}
+
+__global__ void MapIdsKernel(const int32_t* in, int n, const int32_t* map, int32_t* out) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = map[in[i]];
 }
 
 // One block per row.
@@ -96,9 +104,14 @@ absl::Status Check(const char* what) {
 }
 
 void EmbeddingBf16(const uint16_t* table, const int32_t* ids, int rows, int64_t hidden, float* out,
-                   cudaStream_t stream) {
+                   cudaStream_t stream, int64_t vocab_begin, int64_t vocab_end) {
   if (rows == 0) return;
-  Launch(EmbeddingKernel, RowGrid(hidden, rows), 256, 0, stream, table, ids, hidden, out);
+  Launch(EmbeddingKernel, RowGrid(hidden, rows), 256, 0, stream, table, ids, hidden, out, vocab_begin, vocab_end);
+}
+
+void MapIds(const int32_t* in, int n, const int32_t* map, int32_t* out, cudaStream_t stream) {
+  if (n == 0) return;
+  Launch(MapIdsKernel, CeilDiv(n, 256), 256, 0, stream, in, n, map, out);
 }
 
 void RmsNorm(const float* x, int64_t ldx, const float* w, int rows, int64_t n, float eps, float* y, int64_t ldy,

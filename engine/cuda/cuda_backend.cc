@@ -35,10 +35,6 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(std::unique_ptr
     return absl::UnavailableError(absl::StrCat("no CUDA device ", options.device, " (", DeviceCount(), " found)"));
   }
   const ModelConfig& c = weights->config;
-  if (weights->shard.sharded()) {
-    return absl::UnimplementedError(
-        "tensor/expert-parallel ranks run on the CPU backend so far; the CUDA backend takes a whole model");
-  }
   // What the GPU path runs: BF16 dense weights and MXFP4 experts, as gpt-oss ships.
   auto dense_ok = [](const Matrix& m) { return m.dtype == DType::kBF16 && m.owned.empty(); };
   if (!dense_ok(weights->embed) || !dense_ok(weights->lm_head)) {
@@ -259,6 +255,24 @@ absl::Status CudaBackend::Upload(const CudaOptions& o) {
   RETURN_IF_ERROR(Cuda(cudaMemcpy(pair_row_, pr.data(), P * 4, cudaMemcpyHostToDevice), "pair rows"));
   RETURN_IF_ERROR(Cuda(cudaMemcpy(pair_identity_, pid.data(), P * 4, cudaMemcpyHostToDevice), "pair ids"));
   expert_counts_.assign(c.num_hidden_layers * ne, 0);
+  const ShardPlan& sp = shard();
+  if (sp.expert_parallel) {
+    // Per layer, global expert id -> this rank's index (-1: another rank's), and the pairs' mapped ids.
+    std::vector<int32_t> map;
+    for (const auto& layer : sp.local_expert) map.insert(map.end(), layer.begin(), layer.end());
+    ASSIGN_OR_RETURN(DeviceBuffer mb, DeviceBuffer::Allocate(map.size() * 4 + P * 4));
+    local_map_ = mb.as<int32_t>();
+    pair_local_ = local_map_ + map.size();
+    RETURN_IF_ERROR(Cuda(cudaMemcpy(local_map_, map.data(), map.size() * 4, cudaMemcpyHostToDevice), "expert map"));
+    buffers_.push_back(std::move(mb));
+  }
+  if (sp.sharded()) {
+    // The ranks' logits side by side: [world, kLogitRows, vocab_stride].
+    ASSIGN_OR_RETURN(DeviceBuffer gb,
+                     DeviceBuffer::Allocate(static_cast<size_t>(sp.world_size) * kLogitRows * sp.vocab_stride * 4));
+    gathered_ = gb.as<float>();
+    buffers_.push_back(std::move(gb));
+  }
   if (plan.n_cpu_moe > 0) RETURN_IF_ERROR(SetUpHostExperts(o, P));
   return absl::OkStatus();
 }
@@ -293,16 +307,21 @@ absl::Status CudaBackend::SetUpHostExperts(const CudaOptions& o, int64_t max_pai
     RETURN_IF_ERROR(alloc(slots * hs * inter / 32, &cache_.down_scales));
     RETURN_IF_ERROR(alloc(slots * hs * 4, &cache_.down_bias));
     // Filled in (layer, expert) order until the first refresh knows better.
-    for (int64_t s = 0; s < slots; ++s) RETURN_IF_ERROR(LoadSlot(s, s / ne, s % ne));
+    int64_t s = 0;
+    for (int64_t id = 0; id < plan_.n_cpu_moe * ne && s < slots; ++id) {
+      if (shard().local_expert[id / ne][id % ne] >= 0) RETURN_IF_ERROR(LoadSlot(s++, id / ne, id % ne));
+    }
   }
   return absl::OkStatus();
 }
 
-absl::Status CudaBackend::LoadSlot(int64_t slot, int64_t layer, int64_t expert) {
+absl::Status CudaBackend::LoadSlot(int64_t slot, int64_t layer, int64_t global) {
+  int64_t expert = global;
   const ModelConfig& c = config();
   const int64_t hs = c.hidden_size, inter = c.intermediate_size, ne = c.num_local_experts;
   if (const int64_t old = slot_owner_[slot]; old >= 0) slot_of_[old / ne][old % ne] = -1;
   const LayerWeights& lw = weights_->layers[layer];
+  expert = shard().local_expert[layer][expert];  // the weights' index on this rank
   auto copy = [&](void* dst, const void* src, size_t bytes) {
     return Cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_), "expert cache");
   };
@@ -314,8 +333,8 @@ absl::Status CudaBackend::LoadSlot(int64_t slot, int64_t layer, int64_t expert) 
   RETURN_IF_ERROR(copy(const_cast<uint8_t*>(cache_.down_blocks) + slot * dnb, lw.down.blocks + expert * dnb, dnb));
   RETURN_IF_ERROR(copy(const_cast<uint8_t*>(cache_.down_scales) + slot * dns, lw.down.scales + expert * dns, dns));
   RETURN_IF_ERROR(copy(const_cast<float*>(cache_.down_bias) + slot * hs, lw.down.bias.data() + expert * hs, hs * 4));
-  slot_owner_[slot] = layer * ne + expert;
-  slot_of_[layer][expert] = static_cast<int32_t>(slot);
+  slot_owner_[slot] = layer * ne + global;
+  slot_of_[layer][global] = static_cast<int32_t>(slot);
   ++cache_stats_.loads;
   return absl::OkStatus();
 }
@@ -330,8 +349,13 @@ absl::Status CudaBackend::RefreshExpertCache() {
   if (cache_policy_ == ExpertCachePolicy::kThrash) {
     // Tests: a different set of experts every step.
     for (int64_t s = 0; s < slots; ++s) {
-      const int64_t id = (thrash_next_++) % candidates;
-      if (slot_of_[id / ne][id % ne] < 0) RETURN_IF_ERROR(LoadSlot(s, id / ne, id % ne));
+      int64_t id = (thrash_next_++) % candidates;
+      for (int64_t tries = 0; tries < candidates && shard().local_expert[id / ne][id % ne] < 0; ++tries) {
+        id = (thrash_next_++) % candidates;
+      }
+      if (slot_of_[id / ne][id % ne] < 0 && shard().local_expert[id / ne][id % ne] >= 0) {
+        RETURN_IF_ERROR(LoadSlot(s, id / ne, id % ne));
+      }
     }
     return absl::OkStatus();
   }
@@ -356,7 +380,7 @@ absl::Status CudaBackend::RefreshExpertCache() {
   int loads = 0;
   for (int64_t i = 0; i < slots && i < candidates && loads < kMaxLoadsPerRefresh && !free_slots.empty(); ++i) {
     const int64_t id = order[i];
-    if (slot_of_[id / ne][id % ne] >= 0 || score_[id] <= 0.0) continue;
+    if (slot_of_[id / ne][id % ne] >= 0 || score_[id] <= 0.0 || shard().local_expert[id / ne][id % ne] < 0) continue;
     const int64_t s = free_slots.front();
     free_slots.erase(free_slots.begin());
     RETURN_IF_ERROR(LoadSlot(s, id / ne, id % ne));
@@ -423,7 +447,10 @@ Tensor CudaBackend::Buffer(Act which) {
   return {};
 }
 
-void CudaBackend::Embed(Tensor x) { EmbeddingBf16(embed_, ids_, static_cast<int>(x.rows), x.cols, x.data, stream_); }
+void CudaBackend::Embed(Tensor x) {
+  EmbeddingBf16(embed_, ids_, static_cast<int>(x.rows), x.cols, x.data, stream_, shard().vocab_begin,
+                shard().vocab_end);
+}
 
 void CudaBackend::RmsNorm(int64_t layer, Norm which, Tensor x, Tensor y) {
   const LayerDev& d = layers_[layer];
@@ -491,11 +518,17 @@ void CudaBackend::Experts(int64_t layer, Tensor h, const Routing& routing, Tenso
     if (absl::Status st = HostExperts(layer, h, routing, out); !st.ok() && host_error_.ok()) host_error_ = st;
     return;
   }
-  ExpertMxfp4(d.gu_blocks, d.gu_scales, d.gu_bias, 2 * inter, hs, h.data, h.ld, pair_row_, routing.idx, pairs, gate_up_,
+  // Expert parallel: this rank's experts by its index, the others' pairs zero.
+  const int32_t* experts = routing.idx;
+  if (local_map_) {
+    MapIds(routing.idx, pairs, local_map_ + layer * c.num_local_experts, pair_local_, stream_);
+    experts = pair_local_;
+  }
+  ExpertMxfp4(d.gu_blocks, d.gu_scales, d.gu_bias, 2 * inter, hs, h.data, h.ld, pair_row_, experts, pairs, gate_up_,
               2 * inter, stream_);
   SwiGlu(gate_up_, 2 * inter, pairs, inter, static_cast<float>(c.swiglu_limit), static_cast<float>(c.swiglu_alpha),
          act_, inter, stream_);
-  ExpertMxfp4(d.down_blocks, d.down_scales, d.down_bias, hs, inter, act_, inter, pair_identity_, routing.idx, pairs,
+  ExpertMxfp4(d.down_blocks, d.down_scales, d.down_bias, hs, inter, act_, inter, pair_identity_, experts, pairs,
               down_, hs, stream_);
   MoeCombine(down_, hs, routing.weight, static_cast<int>(h.rows), k, hs, out.data, out.ld, stream_);
 }
@@ -522,10 +555,11 @@ absl::Status CudaBackend::HostExperts(int64_t layer, Tensor h, const Routing& ro
   host_expert_.resize(pairs);
   host_row_.resize(pairs);
   int on_device = 0;
+  const std::vector<int32_t>& local = shard().local_expert[layer];
   for (int p = 0; p < pairs; ++p) {
     const int32_t slot = slot_of_[layer][host_idx_[p]];
     host_slot_[p] = slot;
-    host_expert_[p] = slot >= 0 ? -1 : host_idx_[p];
+    host_expert_[p] = slot >= 0 ? -1 : local[host_idx_[p]];  // -1 too for another rank's expert
     host_row_[p] = p / k;
     on_device += slot >= 0;
   }
@@ -567,6 +601,27 @@ absl::Status CudaBackend::Logits(Tensor x, std::span<const int32_t> rows, float*
         Cuda(cudaMemcpyAsync(logit_rows_, rows.data() + a, cnt * 4, cudaMemcpyHostToDevice, stream_), "logit rows"));
     GatherRows(x.data, x.ld, logit_rows_, cnt, hs, final_rows_, hs, stream_);
     cuda::RmsNorm(final_rows_, hs, final_norm_, cnt, hs, static_cast<float>(c.rms_norm_eps), final_rows_, hs, stream_);
+    const ShardPlan& sp = shard();
+    if (sp.sharded()) {
+      // This rank's vocabulary range into its slot, every rank's slots gathered, then laid out per row on the host.
+      const int64_t stride = sp.vocab_stride, slot = static_cast<int64_t>(cnt) * stride;
+      float* mine = gathered_ + sp.rank * slot;
+      LinearBf16(lm_head_, sp.vocab_end - sp.vocab_begin, hs, nullptr, final_rows_, hs, cnt, mine, stride, stream_);
+      RETURN_IF_ERROR(comm_->AllGather(mine, gathered_, slot, parallel::DataType::kF32));
+      host_gathered_.resize(static_cast<size_t>(sp.world_size) * slot);
+      RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(host_gathered_.data(), gathered_, host_gathered_.size() * 4,
+                                           cudaMemcpyDeviceToHost, stream_),
+                           "logits"));
+      RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "lm_head"));
+      for (int r = 0; r < sp.world_size; ++r) {
+        const auto [v0, v1] = ShardPlan::Split(c.vocab_size, sp.world_size, r);
+        for (int i = 0; i < cnt; ++i) {
+          std::copy_n(host_gathered_.data() + r * slot + static_cast<int64_t>(i) * stride, v1 - v0,
+                      logits + (a + i) * c.vocab_size + v0);
+        }
+      }
+      continue;
+    }
     LinearBf16(lm_head_, c.vocab_size, hs, nullptr, final_rows_, hs, cnt, logits_, c.vocab_size, stream_);
     RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(logits + a * c.vocab_size, logits_,
                                          static_cast<size_t>(cnt) * c.vocab_size * 4, cudaMemcpyDeviceToHost, stream_),

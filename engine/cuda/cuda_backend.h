@@ -92,7 +92,7 @@ class CudaBackend final : public Backend, private ForwardOps {
   CudaBackend() = default;
   absl::Status Upload(const CudaOptions& options);
   absl::Status SetUpHostExperts(const CudaOptions& options, int64_t max_pairs);
-  absl::Status LoadSlot(int64_t slot, int64_t layer, int64_t expert);
+  absl::Status LoadSlot(int64_t slot, int64_t layer, int64_t global_expert);
   absl::Status RefreshExpertCache();
   absl::Status HostExperts(int64_t layer, Tensor h, const Routing& routing, Tensor out);
 
@@ -156,6 +156,12 @@ class CudaBackend final : public Backend, private ForwardOps {
   std::vector<int32_t> host_idx_, host_slot_, host_expert_, host_row_;
   std::vector<float> host_h_, host_down_;
   absl::Status host_error_;
+
+  // Tensor/expert-parallel ranks.
+  int32_t* local_map_ = nullptr;   // [layer][expert] -> this rank's expert index or -1 (expert parallel)
+  int32_t* pair_local_ = nullptr;  // the step's pairs, mapped
+  float* gathered_ = nullptr;      // [world, kLogitRows, vocab_stride]
+  std::vector<float> host_gathered_;
 };
 
 }  // namespace moeserve::cuda

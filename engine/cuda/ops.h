@@ -27,8 +27,13 @@ namespace moeserve::cuda {
 absl::Status Check(const char* what);
 
 // out[r] = bf16 table row ids[r], as f32.   table: [vocab, hidden]  out: [rows, hidden]
+// A table holding ids [vocab_begin, vocab_end) only (a tensor-parallel rank's
+// part) writes zeros for the other ids.
 void EmbeddingBf16(const uint16_t* table, const int32_t* ids, int rows, int64_t hidden, float* out,
-                   cudaStream_t stream);
+                   cudaStream_t stream, int64_t vocab_begin = 0, int64_t vocab_end = INT64_MAX);
+
+// out[i] = map[in[i]] for i < n (global expert ids to a rank's, -1: another rank's).
+void MapIds(const int32_t* in, int n, const int32_t* map, int32_t* out, cudaStream_t stream);
 
 // y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w       x: [rows, ldx]  w: [n]  y: [rows, ldy]
 void RmsNorm(const float* x, int64_t ldx, const float* w, int rows, int64_t n, float eps, float* y, int64_t ldy,

@@ -4,6 +4,9 @@
 // `openai` client drives both. Greedy completions, streamed chat and a batch
 // of concurrent requests come back the same from both (a differing token must
 // be a near-tie of the CPU's logprobs), and Describe reports the emulated GPU.
+// Then the CUDA backend's tensor- and expert-parallel path: groups of two
+// emulated-GPU ranks (joined by Gloo: emulated device memory is host memory;
+// on GPUs the same calls go to NCCL) give the CPU's greedy text and logprobs.
 //   node cuda_emu_e2e.mjs --worker BIN --cuda-emu-worker BIN --router BIN --model DIR
 import { check, finish, parseArgs, start } from "./procs.mjs";
 import { join, dirname } from "node:path";
@@ -80,5 +83,29 @@ await check("a batch of concurrent requests (ragged prefill + decode in one step
   const got = await Promise.all(prompts.map(p => complete(gpu, p, 3)));
   prompts.forEach((p, i) => assertSameGreedy(want[i], got[i], p));
 });
+
+for (const [name, extra] of [["TP=2", []], ["EP=2", ["--enable-expert-parallel"]]]) {
+  await check(`a ${name} group of CUDA (emulated) ranks equals the CPU`, async () => {
+    const ranks = [];
+    for (let r = 0; r < 2; r++) {
+      ranks.push(await start(args["cuda-emu-worker"], [...common, "--device", "cuda", "--gpu-memory-utilization", "0.25",
+        "--tensor-parallel-size", "2", "--rank", String(r), ...extra]));
+    }
+    const group = new OpenAI({ baseURL: `http://${await start(args.router, ["--worker", ranks.join(","),
+      "--tensor-parallel-size", "2", ...routerFlags])}/v1`, apiKey: "x", maxRetries: 0, timeout: 600_000 });
+    const prompts = ["The capital of France is", "Hello there, how are"];
+    const want = await Promise.all(prompts.map(p => complete(cpu, p, 5)));
+    const got = await Promise.all(prompts.map(p => complete(group, p, 5)));
+    prompts.forEach((p, i) => {
+      assertSameGreedy(want[i], got[i], `${name} ${p}`);
+      if (want[i].ids.join() !== got[i].ids.join()) return;
+      for (let t = 0; t < want[i].top.length; t++) {
+        for (const [tok, lp] of Object.entries(want[i].top[t])) {
+          assert.ok(Math.abs(got[i].top[t][tok] - lp) < 1e-3, `${name} ${p}: logprob of "${tok}" at ${t}`);
+        }
+      }
+    });
+  });
+}
 
 finish();
