@@ -7,6 +7,9 @@
 //
 //   moeserve_gpu_bench --model DIR [--pp 512] [--tg 128] [--batches 1,2,4,...,256]
 //                      [--sweep-steps 8] [--reps 2] [--gpu-memory-utilization 0.9]
+//                      [--device-memory SIZE_GIB] [--n-cpu-moe N|auto] [--expert-cache-memory SIZE_GIB]
+// --device-memory makes the backend use at most that much of the GPU (a 12 GiB
+// card on a bigger one); the experts that do not fit run on the CPU (--n-cpu-moe).
 #include "engine/cuda/runtime.h"
 
 #include <algorithm>
@@ -54,12 +57,18 @@ double CopyBandwidth() {
 int Main(int argc, char** argv) {
   BenchFlags flags;
   flags.batches = {1, 2, 4, 8, 16, 32, 64, 128, 256};
-  double util = 0.9;
+  double util = 0.9, device_gib = 0, cache_gib = -1;
+  int n_cpu_moe = -1;
   if (!ParseBenchFlags(argc, argv, &flags, [&](const std::string& k, const std::string& v) {
-        return k == "--gpu-memory-utilization" && absl::SimpleAtod(v, &util) && util > 0 && util <= 1;
+        if (k == "--gpu-memory-utilization") return absl::SimpleAtod(v, &util) && util > 0 && util <= 1;
+        if (k == "--device-memory") return absl::SimpleAtod(v, &device_gib) && device_gib > 0;
+        if (k == "--expert-cache-memory") return absl::SimpleAtod(v, &cache_gib) && cache_gib >= 0;
+        if (k == "--n-cpu-moe") return v == "auto" || (absl::SimpleAtoi(v, &n_cpu_moe) && n_cpu_moe >= 0);
+        return false;
       })) {
     std::fprintf(stderr, "usage: moeserve_gpu_bench --model DIR [--pp 512] [--tg 128] [--batches 1,...,256] "
-                         "[--sweep-steps 8] [--reps 2] [--gpu-memory-utilization 0.9]\n");
+                         "[--sweep-steps 8] [--reps 2] [--gpu-memory-utilization 0.9] [--device-memory GIB] "
+                         "[--n-cpu-moe N|auto] [--expert-cache-memory GIB]\n");
     return 2;
   }
   const std::string dir = flags.dir;
@@ -75,6 +84,10 @@ int Main(int argc, char** argv) {
   cuda::CudaOptions co;
   co.gpu_memory_utilization = util;
   co.max_num_seqs = std::max(64, max_batch);
+  co.device_memory_limit = static_cast<int64_t>(device_gib * (1LL << 30));
+  co.n_cpu_moe = n_cpu_moe;
+  co.max_model_len = std::max<int64_t>(flags.pp, flags.tg + flags.sweep_steps) + 16;
+  if (cache_gib >= 0) co.expert_cache_bytes = static_cast<int64_t>(cache_gib * (1LL << 30));
   const double t0 = Now();
   auto created = cuda::CudaBackend::Create(std::move(*w), co);
   if (!created.ok()) {
@@ -85,10 +98,13 @@ int Main(int argc, char** argv) {
   const double bw = CopyBandwidth(), bpt = BytesPerToken(config);
   int driver = 0;
   cudaDriverGetVersion(&driver);
+  const HybridPlan& hp = model.hybrid_plan();
   std::printf("{\"what\":\"device\",\"name\":\"%s\",\"driver\":%d,\"load_s\":%.2f,\"weight_bytes\":%lld,"
-              "\"copy_bandwidth_gb_s\":%.1f,\"bytes_per_token\":%.0f,\"roofline_tok_s\":%.1f}\n",
+              "\"copy_bandwidth_gb_s\":%.1f,\"bytes_per_token\":%.0f,\"roofline_tok_s\":%.1f,\"n_cpu_moe\":%d,"
+              "\"host_expert_bytes\":%lld,\"expert_cache_slots\":%lld,\"kv_blocks\":%lld}\n",
               model.device().c_str(), driver, Now() - t0, static_cast<long long>(model.weight_bytes()), bw / 1e9,
-              bpt, bw / bpt);
+              bpt, bw / bpt, hp.n_cpu_moe, static_cast<long long>(hp.host_expert_bytes),
+              static_cast<long long>(hp.cache_slots), static_cast<long long>(model.kv_options().num_blocks[0]));
   std::fflush(stdout);
   const int64_t max_ctx = std::max<int64_t>(pp, tg + sweep_steps) + 16;
   const int64_t blocks_per_seq = (max_ctx + 15) / 16;
@@ -149,6 +165,12 @@ int Main(int argc, char** argv) {
     if (best < 0) return 1;
     std::printf("{\"what\":\"decode_batch\",\"batch\":%d,\"tokens_per_s\":%.1f}\n", b, best);
     std::fflush(stdout);
+  }
+  if (hp.n_cpu_moe > 0) {
+    const ExpertCacheStats st = model.expert_cache_stats();
+    std::printf("{\"what\":\"expert_cache\",\"slots\":%lld,\"hits\":%lld,\"misses\":%lld,\"loads\":%lld}\n",
+                static_cast<long long>(st.slots), static_cast<long long>(st.hits), static_cast<long long>(st.misses),
+                static_cast<long long>(st.loads));
   }
   return 0;
 }

@@ -1,6 +1,7 @@
 #include "engine/parallel/nccl_communicator.h"
 
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 #include <nccl.h>
 
 #include <chrono>
@@ -8,9 +9,54 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "base/status.h"
 
 namespace moeserve::parallel {
 namespace {
+
+// libnccl is opened at first use, not linked: binaries start (and serve one
+// GPU) on machines whose CUDA install has no NCCL, and say so when a group needs it.
+struct Nccl {
+  decltype(&::ncclGetUniqueId) GetUniqueId;
+  decltype(&::ncclCommInitRankConfig) CommInitRankConfig;
+  decltype(&::ncclCommGetAsyncError) CommGetAsyncError;
+  decltype(&::ncclCommAbort) CommAbort;
+  decltype(&::ncclCommDestroy) CommDestroy;
+  decltype(&::ncclAllReduce) AllReduce;
+  decltype(&::ncclAllGather) AllGather;
+  decltype(&::ncclBroadcast) Broadcast;
+  decltype(&::ncclGetErrorString) GetErrorString;
+};
+
+absl::StatusOr<const Nccl*> LoadNccl() {
+  static const absl::StatusOr<Nccl> lib = []() -> absl::StatusOr<Nccl> {
+    void* h = dlopen("libnccl.so.2", RTLD_NOW | RTLD_LOCAL);
+    if (!h) h = dlopen("libnccl.so", RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+      return absl::UnavailableError(absl::StrCat("NCCL (libnccl.so.2) was not found: GPU ranks of a group need it (",
+                                                 dlerror(), ")"));
+    }
+    Nccl n;
+    bool ok = true;
+    auto sym = [&](auto& f, const char* name) {
+      f = reinterpret_cast<std::remove_reference_t<decltype(f)>>(dlsym(h, name));
+      ok &= f != nullptr;
+    };
+    sym(n.GetUniqueId, "ncclGetUniqueId");
+    sym(n.CommInitRankConfig, "ncclCommInitRankConfig");
+    sym(n.CommGetAsyncError, "ncclCommGetAsyncError");
+    sym(n.CommAbort, "ncclCommAbort");
+    sym(n.CommDestroy, "ncclCommDestroy");
+    sym(n.AllReduce, "ncclAllReduce");
+    sym(n.AllGather, "ncclAllGather");
+    sym(n.Broadcast, "ncclBroadcast");
+    sym(n.GetErrorString, "ncclGetErrorString");
+    if (!ok) return absl::UnavailableError("libnccl.so.2 lacks a function this build uses (NCCL >= 2.14 needed)");
+    return n;
+  }();
+  if (!lib.ok()) return lib.status();
+  return &*lib;
+}
 
 ncclDataType_t NcclType(DataType t) {
   switch (t) {
@@ -26,11 +72,12 @@ ncclDataType_t NcclType(DataType t) {
 
 class NcclCommunicator final : public Communicator {
  public:
-  NcclCommunicator(ncclComm_t comm, int rank, int world, cudaStream_t stream, std::chrono::milliseconds timeout)
-      : comm_(comm), rank_(rank), world_(world), stream_(stream), timeout_(timeout) {}
+  NcclCommunicator(const Nccl* nccl, ncclComm_t comm, int rank, int world, cudaStream_t stream,
+                   std::chrono::milliseconds timeout)
+      : nccl_(nccl), comm_(comm), rank_(rank), world_(world), stream_(stream), timeout_(timeout) {}
   ~NcclCommunicator() override {
     if (scratch_) cudaFree(scratch_);
-    if (comm_) broken_.empty() ? ncclCommDestroy(comm_) : ncclCommAbort(comm_);
+    if (comm_) broken_.empty() ? nccl_->CommDestroy(comm_) : nccl_->CommAbort(comm_);
   }
 
   int rank() const override { return rank_; }
@@ -39,15 +86,15 @@ class NcclCommunicator final : public Communicator {
 
   absl::Status AllReduceSum(void* data, int64_t count, DataType t) override {
     CollectiveTimer timer(&busy_ns_, &num_calls_);
-    return Check("all-reduce", ncclAllReduce(data, data, count, NcclType(t), ncclSum, comm_, stream_));
+    return Check("all-reduce", nccl_->AllReduce(data, data, count, NcclType(t), ncclSum, comm_, stream_));
   }
   absl::Status AllGather(const void* in, void* out, int64_t count, DataType t) override {
     CollectiveTimer timer(&busy_ns_, &num_calls_);
-    return Check("all-gather", ncclAllGather(in, out, count, NcclType(t), comm_, stream_));
+    return Check("all-gather", nccl_->AllGather(in, out, count, NcclType(t), comm_, stream_));
   }
   absl::Status Broadcast(void* data, int64_t count, DataType t, int root) override {
     CollectiveTimer timer(&busy_ns_, &num_calls_);
-    return Check("broadcast", ncclBroadcast(data, data, count, NcclType(t), root, comm_, stream_));
+    return Check("broadcast", nccl_->Broadcast(data, data, count, NcclType(t), root, comm_, stream_));
   }
   absl::Status BroadcastHost(void* data, int64_t count, DataType t, int root) override {
     const size_t bytes = static_cast<size_t>(count) * DataTypeSize(t);
@@ -86,15 +133,16 @@ class NcclCommunicator final : public Communicator {
         return absl::UnavailableError(broken_);
       }
       std::this_thread::yield();
-      ncclCommGetAsyncError(comm_, &r);
+      nccl_->CommGetAsyncError(comm_, &r);
     }
     if (r != ncclSuccess) {
-      broken_ = absl::StrCat("NCCL ", what, " failed on rank ", rank_, ": ", ncclGetErrorString(r));
+      broken_ = absl::StrCat("NCCL ", what, " failed on rank ", rank_, ": ", nccl_->GetErrorString(r));
       return absl::UnavailableError(broken_);
     }
     return absl::OkStatus();
   }
 
+  const Nccl* nccl_;
   ncclComm_t comm_;
   int rank_, world_;
   cudaStream_t stream_;
@@ -106,9 +154,10 @@ class NcclCommunicator final : public Communicator {
 }  // namespace
 
 absl::StatusOr<std::string> NcclUniqueId() {
+  ASSIGN_OR_RETURN(const Nccl* nccl, LoadNccl());
   ncclUniqueId id;
-  if (ncclResult_t r = ncclGetUniqueId(&id); r != ncclSuccess) {
-    return absl::UnavailableError(absl::StrCat("ncclGetUniqueId: ", ncclGetErrorString(r)));
+  if (ncclResult_t r = nccl->GetUniqueId(&id); r != ncclSuccess) {
+    return absl::UnavailableError(absl::StrCat("ncclGetUniqueId: ", nccl->GetErrorString(r)));
   }
   return std::string(id.internal, sizeof(id.internal));
 }
@@ -122,28 +171,29 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(int rank, i
                                                    unique_id.size()));
   }
   std::memcpy(id.internal, unique_id.data(), sizeof(id.internal));
+  ASSIGN_OR_RETURN(const Nccl* nccl, LoadNccl());
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;
   ncclComm_t comm = nullptr;
-  ncclResult_t r = ncclCommInitRankConfig(&comm, world_size, id, rank, &config);
+  ncclResult_t r = nccl->CommInitRankConfig(&comm, world_size, id, rank, &config);
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (r == ncclInProgress) {
     if (std::chrono::steady_clock::now() > deadline) {
-      ncclCommAbort(comm);
+      nccl->CommAbort(comm);
       return absl::DeadlineExceededError(absl::StrCat("rank ", rank, " of ", world_size,
                                                       ": the other ranks did not join within ", timeout.count(),
                                                       " ms"));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    ncclCommGetAsyncError(comm, &r);
+    nccl->CommGetAsyncError(comm, &r);
   }
   if (r != ncclSuccess) {
-    if (comm) ncclCommAbort(comm);
+    if (comm) nccl->CommAbort(comm);
     return absl::UnavailableError(absl::StrCat("ncclCommInitRank (rank ", rank, " of ", world_size,
-                                               "): ", ncclGetErrorString(r)));
+                                               "): ", nccl->GetErrorString(r)));
   }
   return std::unique_ptr<Communicator>(
-      new NcclCommunicator(comm, rank, world_size, static_cast<cudaStream_t>(stream), timeout));
+      new NcclCommunicator(nccl, comm, rank, world_size, static_cast<cudaStream_t>(stream), timeout));
 }
 
 }  // namespace moeserve::parallel

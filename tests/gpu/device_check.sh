@@ -8,12 +8,15 @@
 #                                              shared libraries they need in DIR, for a GPU machine that
 #                                              cannot build (no compiler dependencies, no network)
 #
-# The checks, in order (each with its own time limit; about 5 minutes on an H100/H200):
-#   ops        test_cuda_ops: every CUDA op against the CPU op
+# The checks, in order (each with its own time limit; about 6 minutes on an H100/H200):
+#   units      test_cuda_ops: every CUDA op against the CPU op; test_nccl: NCCL collectives of a world-size-1
+#              group and a join that times out (one GPU cannot host two NCCL ranks); test_cuda_hybrid:
+#              --n-cpu-moe host experts against the all-GPU run, the expert cache empty/full/thrashing
 #   model      test_cuda_model: tiny checkpoints, CUDA logits against the CPU backend
 #   model_20b  the same at the full gpt-oss-20b shape (a 13.8 GB random checkpoint)
 #   bench      moeserve_gpu_bench on that checkpoint: pp512, tg128, decode batch sweep, copy bandwidth and the
 #              roofline percentage
+#   hybrid_20b the same on a 12 GiB device budget: --n-cpu-moe auto's split, tg128 and the expert cache's hits
 #   hf         tests/gpu/transformers_compare.py on the CUDA backend, where torch and transformers exist
 # Logs go to $OUT when it is set (else build/device_check/): one per check (at most 8 files), and summary.txt.
 # Exit status: 0 when every check passed or was skipped, 1 when one failed, 2 at once without a GPU.
@@ -30,7 +33,7 @@ case "${1:-}" in
   *) echo "usage: tests/gpu/device_check.sh [--prebuilt DIR | --bundle DIR]" >&2; exit 2 ;;
 esac
 
-targets=(test_cuda_ops test_cuda_model moeserve_gpu_bench moeserve)
+targets=(test_cuda_ops test_nccl test_cuda_hybrid test_cuda_model moeserve_gpu_bench moeserve)
 build() {
   command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
   command -v nvcc >/dev/null || { echo "device_check: nvcc not found (CUDA 13 toolkit at /usr/local/cuda)" >&2; return 1; }
@@ -41,9 +44,11 @@ build() {
 if [ "$mode" = bundle ]; then
   build || exit 1
   mkdir -p "$dir/lib"
-  cp build/tests/test_cuda_ops build/tests/test_cuda_model build/bench/moeserve_gpu_bench build/tools/moeserve "$dir/"
-  # Shared libraries beside the C and C++ runtimes (Abseil, PCRE2): a GPU image may not have them.
-  ldd "$dir"/test_cuda_ops "$dir"/test_cuda_model "$dir"/moeserve_gpu_bench "$dir"/moeserve |
+  cp build/tests/test_cuda_ops build/tests/test_nccl build/tests/test_cuda_hybrid build/tests/test_cuda_model \
+    build/bench/moeserve_gpu_bench build/tools/moeserve "$dir/"
+  # Shared libraries beside the C and C++ runtimes (Abseil, PCRE2, Gloo, NCCL): a GPU image may not have them.
+  ldd "$dir"/test_cuda_ops "$dir"/test_nccl "$dir"/test_cuda_hybrid "$dir"/test_cuda_model "$dir"/moeserve_gpu_bench \
+    "$dir"/moeserve |
     awk '/=> \// {print $3}' | grep -vE '/(libc|libm|libstdc\+\+|libgcc_s|libpthread|libdl|librt|ld-linux[^/]*)\.so' |
     sort -u | xargs -r -I{} cp -L {} "$dir/lib/"
   echo "device_check: bundle in $dir ($(du -sh "$dir" | cut -f1)); on the GPU machine: tests/gpu/device_check.sh --prebuilt $dir"
@@ -91,7 +96,9 @@ echo "device_check: $device"
 
 if [ "$mode" = prebuilt ]; then
   bin_ops=$dir/test_cuda_ops bin_model=$dir/test_cuda_model bin_bench=$dir/moeserve_gpu_bench bin_cli=$dir/moeserve
-  export LD_LIBRARY_PATH="$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  bin_nccl=$dir/test_nccl bin_hybrid=$dir/test_cuda_hybrid
+  # libnccl.so.2 (opened at run time) comes from the machine's CUDA install.
+  export LD_LIBRARY_PATH="$dir/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   note build SKIP - "prebuilt binaries from $dir"
 else
   run build 420 build
@@ -101,19 +108,20 @@ else
     exit 1
   fi
   bin_ops=build/tests/test_cuda_ops bin_model=build/tests/test_cuda_model bin_bench=build/bench/moeserve_gpu_bench
-  bin_cli=build/tools/moeserve
+  bin_cli=build/tools/moeserve bin_nccl=build/tests/test_nccl bin_hybrid=build/tests/test_cuda_hybrid
 fi
 
-run ops 120 "$bin_ops"
-note ops "$last" "$last_time" "$(grep -Eo '[0-9]+ tests? from [0-9]+ test suites? ran' "$logs/ops.log" | tail -1)"
+run units 240 bash -c '"$1" && "$2" && "$3"' units "$bin_ops" "$bin_nccl" "$bin_hybrid"
+note units "$last" "$last_time" "ops, NCCL world of 1, --n-cpu-moe hybrid: $(grep -c '^\[       OK' "$logs/units.log") passed"
+grep -E '^cache ' "$logs/units.log" | sed 's/^/  /'
 run model 180 "$bin_model" --gtest_filter='-*Gpt20bShape*'
 note model "$last" "$last_time" "tiny checkpoints, CUDA vs CPU logits"
 
 # The 20b-shape checkpoint, shared by the whole-model check and the benchmark.
 ckpt=$work/gpt-oss-20b-random
 if [ ! -f "$ckpt/config.json" ]; then
-  run gen 240 "$bin_cli" gen-checkpoint --preset 20b --seed 1 --out "$ckpt"
-  note gen "$last" "$last_time" "20b-shape random checkpoint"
+  "$bin_cli" gen-checkpoint --preset 20b --seed 1 --out "$ckpt" >/dev/null 2>&1 ||
+    { note gen FAIL - "20b-shape random checkpoint"; failed=1; }
 fi
 export MOESERVE_20B_DIR=$ckpt
 run model_20b 300 env MOESERVE_SLOW_TESTS=1 "$bin_model" --gtest_filter='*Gpt20bShape*'
@@ -143,6 +151,30 @@ print("pp512 %.0f tok/s, tg128 %.1f tok/s (%s%% of roofline), batch 64: %s tok/s
 PY
 )
 note bench "$last" "$last_time" "${figures:-see bench.log}"
+
+# The 12 GB card: the same checkpoint on a 12 GiB budget, experts that do not fit on the CPU.
+run hybrid_20b 300 "$bin_bench" --model "$ckpt" --pp 128 --tg 128 --batches 1,8 --reps 2 --device-memory 12 \
+  --n-cpu-moe auto
+hybrid=$(python3 - "$logs/hybrid_20b.log" <<'PY' 2>/dev/null
+import json, sys
+d = {}
+for line in open(sys.argv[1]):
+    try:
+        j = json.loads(line)
+    except ValueError:
+        continue
+    w = j.get("what", "")
+    if w == "device":
+        d["n"], d["slots"] = j.get("n_cpu_moe"), j.get("expert_cache_slots")
+    if w.startswith("tg"):
+        d["tg"] = max(d.get("tg", 0), j["tokens_per_s"])
+    if w == "expert_cache":
+        d["hit"] = 100.0 * j["hits"] / max(1, j["hits"] + j["misses"])
+print("12 GiB: --n-cpu-moe %s, %s cached experts, tg128 %.1f tok/s, cache hit rate %.0f%%" % (
+    d.get("n"), d.get("slots"), d.get("tg", 0), d.get("hit", 0)))
+PY
+)
+note hybrid_20b "$last" "$last_time" "${hybrid:-see hybrid_20b.log}"
 
 # transformers' GptOssForCausalLM against the CUDA backend (exit 77: torch or transformers missing).
 demo=$work/demo
