@@ -22,6 +22,48 @@ absl::Status Cuda(cudaError_t e, const char* what) {
   return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
 }
 
+// Kernel grids put pairs (rows x top-k) on gridDim.y, which holds 65535.
+int64_t MaxRows(const ModelConfig& c, const CudaOptions& o) {
+  return std::clamp<int64_t>(o.max_rows_per_chunk, 1, 65535 / std::max<int64_t>(1, c.num_experts_per_tok));
+}
+
+size_t WorkFloats(const ModelConfig& c, int64_t R) {
+  const int64_t P = R * c.num_experts_per_tok, hs = c.hidden_size, inter = c.intermediate_size;
+  return static_cast<size_t>(R * (3 * hs + 2 * c.q_dim() + 2 * c.kv_dim() + c.num_local_experts +
+                                  c.num_experts_per_tok) +
+                             P * (2 * inter + inter + hs) + kLogitRows * (c.vocab_size + hs));
+}
+
+size_t Align256(size_t b) { return (b + 255) & ~size_t{255}; }
+
+// The step's device workspace (activations, routing, indices) and a 64 MiB
+// reserve for the CUDA context's own allocations.
+size_t WorkspaceBytes(const ModelConfig& c, const CudaOptions& o) {
+  const int64_t R = MaxRows(c, o), P = R * c.num_experts_per_tok;
+  const size_t ints = static_cast<size_t>(R * c.num_experts_per_tok + P + P + R + kLogitRows);
+  const size_t int64s = static_cast<size_t>(R * (1 + 2 * kNumCacheGroups) + c.num_hidden_layers * c.num_local_experts);
+  return Align256(WorkFloats(c, R) * 4) + Align256(ints * 4) + Align256(int64s * 8) + (64 << 20);
+}
+
+}  // namespace
+
+absl::StatusOr<HybridPlan> CudaBackend::PlanMemory(const ModelConfig& c, const ShardPlan& shard,
+                                                   const CudaOptions& o, int64_t device_bytes) {
+  const int64_t h = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim(), ne = c.num_local_experts;
+  const int64_t vocab = shard.vocab_end - shard.vocab_begin;
+  int64_t dense = 2 * Align256(vocab * h * 2) + Align256(h * 4) + Align256(h / 2 * 4);
+  const int64_t per_layer = 2 * Align256(h * 4) + Align256(qd * 4) + 2 * Align256(kvd * 4) + Align256(h * 4) +
+                            Align256(c.num_attention_heads * 4) + Align256(ne * h * 4) + Align256(ne * 4) +
+                            Align256(qd * h * 2) + 2 * Align256(kvd * h * 2) + Align256(h * qd * 2);
+  dense += c.num_hidden_layers * per_layer;
+  if (shard.sharded()) dense += Align256(shard.world_size * kLogitRows * shard.vocab_stride * 4);
+  const int64_t other = dense + static_cast<int64_t>(WorkspaceBytes(c, o));
+  const int64_t kv_min = KvMinBytes(c, o.max_model_len, o.block_size, o.kv_f32, o.max_num_seqs);
+  return PlanHybrid(c, static_cast<int64_t>(static_cast<double>(device_bytes) * o.gpu_memory_utilization), other,
+                    kv_min, o.n_cpu_moe, o.expert_cache_bytes);
+}
+
+namespace {
 }  // namespace
 
 CudaBackend::~CudaBackend() {
@@ -131,15 +173,13 @@ absl::Status CudaBackend::Upload(const CudaOptions& o) {
   }
 
   // The step workspace, for max_rows rows.
-  // Kernel grids put pairs (rows x top-k) on gridDim.y, which holds 65535.
-  max_rows_ = std::clamp<int64_t>(o.max_rows_per_chunk, 1, 65535 / std::max<int64_t>(1, topk));
+  max_rows_ = MaxRows(c, o);
   const int64_t R = max_rows_, P = R * topk;
   const size_t f = 4;
-  const size_t work_floats = static_cast<size_t>(R * (3 * hs + 2 * qd + 2 * kvd + ne + topk) +
-                                                 P * (2 * inter + inter + hs) + kLogitRows * (c.vocab_size + hs));
+  const size_t work_floats = WorkFloats(c, R);
   const size_t work_ints = static_cast<size_t>(R * topk + P + P + R + kLogitRows);
   const size_t work_int64 = static_cast<size_t>(R * (1 + 2 * kNumCacheGroups) + c.num_hidden_layers * ne);
-  const size_t workspace = align(work_floats * f) + align(work_ints * 4) + align(work_int64 * 8) + (64 << 20);
+  const size_t workspace = WorkspaceBytes(c, o);
 
   // Which layers' experts stay on the host (--n-cpu-moe), the expert cache,
   // and the KV pools from what is left under the utilization cap.

@@ -75,6 +75,11 @@ class CudaBackend final : public Backend, private ForwardOps {
   const std::vector<int64_t>& expert_counts() const override { return expert_counts_; }
 
   int64_t weight_bytes() const { return weight_bytes_; }
+  // The --n-cpu-moe split and expert cache a device of `device_bytes` would
+  // get for this (rank's) model, from the shapes alone: for sizing a
+  // deployment without the card or the checkpoint (bench/, the cost model).
+  static absl::StatusOr<HybridPlan> PlanMemory(const ModelConfig& rank_config, const ShardPlan& shard,
+                                               const CudaOptions& options, int64_t device_bytes);
   const HybridPlan& hybrid_plan() const { return plan_; }
   ExpertCacheStats expert_cache_stats() const override {
     ExpertCacheStats s = cache_stats_;
