@@ -12,6 +12,25 @@
 // Logits are computed kLogitRows rows at a time and copied to the host (the
 // worker samples there for now).
 //
+// Host experts (--n-cpu-moe): when the weights, the workspace and KV for one
+// max_model_len sequence do not fit (or n_cpu_moe says so), the experts of the
+// first n layers stay in host memory (the checkpoint mapping) and those layers'
+// Experts op runs on the CPU kernels (engine/cpu/ops.h ExpertPairs) inside the
+// step: routing and activations come to the host, the pairs whose expert the
+// device cache holds are launched on the GPU first (asynchronously), the CPU
+// computes the rest meanwhile, its outputs go back and are added before the
+// usual weighted combine. Device memory left over caches host experts in
+// slots; between steps (never inside one) the cache follows the experts routing
+// selects most (recent counts, halved per refresh, a few loads per refresh).
+// The cache changes where a pair is computed, not its result (tests compare the
+// empty, full and thrashing cache with the all-device run).
+//
+// A rank of a tensor/expert-parallel group (engine/parallel/shard.h) holds its
+// shard: its heads, its vocabulary range (embedding zeros elsewhere, logits
+// all-gathered), its experts (expert parallel: pairs mapped to its index, other
+// ranks' pairs zero) and all-reduces through the communicator (NCCL on the
+// backend's stream).
+//
 // Thread-safety: one Forward at a time.
 #pragma once
 
