@@ -207,6 +207,14 @@ TEST(ParallelTest, TensorParallelMatchesSingleProcess) {
   ExpectSameAsSingle(DriveGroup(dir, 4, false), ref, "TP=4");
 }
 
+TEST(ParallelTest, TinyCheckpointSplitsItsTwoKvHeads) {
+  const std::string dir = testing::TinyCheckpoint("parallel_tiny", "mxfp4", "bf16", 4.0, 3);
+  auto single = Open(dir, nullptr);
+  const GroupRun ref = Drive(*single);
+  ExpectSameAsSingle(DriveGroup(dir, 2, false), ref, "tiny TP=2");
+  ExpectSameAsSingle(DriveGroup(dir, 2, true), ref, "tiny EP=2");
+}
+
 TEST(ParallelTest, TensorParallelDenseExperts) {
   const std::string dir = MidCheckpoint("bf16");
   auto single = Open(dir, nullptr);

@@ -263,5 +263,99 @@ TEST(WorkerGrpcTest, OneRouterAtATime) {
   EXPECT_TRUE(third->Finish().ok());
 }
 
+// A rank of a tensor-parallel group as a real process: it says what it is,
+// refuses to step before the group has met, refuses an Init for another rank,
+// fails an Init whose peer never comes with an error naming it, and only rank 0
+// holds the rendezvous store.
+TEST(WorkerGrpcTest, RankOfAGroupBeforeAndAtItsRendezvous) {
+  const std::string dir = testing::TinyCheckpoint("worker_rank", "mxfp4", "bf16", 1.0);
+  testing::WorkerProcess r0(dir, {"--kv-cache-memory", "16MiB", "--block-size", "4", "--max-num-seqs", "4",
+                                  "--tensor-parallel-size", "2", "--rank", "0"});
+  testing::WorkerProcess r1(dir, {"--kv-cache-memory", "16MiB", "--block-size", "4", "--max-num-seqs", "4",
+                                  "--tensor-parallel-size", "2", "--rank", "1"});
+  ASSERT_FALSE(r0.address().empty());
+  ASSERT_FALSE(r1.address().empty());
+  auto s0 = v1::Worker::NewStub(grpc::CreateChannel(r0.address(), grpc::InsecureChannelCredentials()));
+  auto s1 = v1::Worker::NewStub(grpc::CreateChannel(r1.address(), grpc::InsecureChannelCredentials()));
+  {
+    grpc::ClientContext ctx;
+    v1::DescribeResponse d;
+    ASSERT_TRUE(s1->Describe(&ctx, v1::DescribeRequest(), &d).ok());
+    EXPECT_EQ(d.rank(), 1);
+    EXPECT_EQ(d.world_size(), 2);
+    EXPECT_EQ(d.communicator(), "gloo");
+  }
+  {  // Init for the wrong rank.
+    grpc::ClientContext ctx;
+    v1::InitRequest req;
+    req.set_rank(0);
+    req.set_world_size(2);
+    req.set_store_address(r0.address());
+    req.set_store_prefix("wrong");
+    v1::InitResponse res;
+    const grpc::Status st = s1->Init(&ctx, req, &res);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(st.error_message().find("started as rank 1 of 2"), std::string::npos) << st.error_message();
+  }
+  {  // The store is rank 0's.
+    grpc::ClientContext ctx;
+    v1::StoreGetRequest req;
+    req.set_key("x");
+    v1::StoreGetResponse res;
+    EXPECT_EQ(s1->StoreGet(&ctx, req, &res).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  }
+  {  // A step before the group has met: an error naming the cause; the worker keeps serving.
+    grpc::ClientContext ctx;
+    auto stream = s0->Execute(&ctx);
+    v1::StepRequest req;
+    req.set_step_id(1);
+    v1::NewSequence* n = req.add_new_sequences();
+    n->set_id(1);
+    for (int32_t t : {1, 2, 3}) n->add_tokens(t);
+    n->set_num_scheduled(3);
+    n->add_full_blocks(0);
+    n->add_sliding_blocks(0);
+    v1::StepResult res;
+    ASSERT_TRUE(stream->Write(req) && stream->Read(&res));
+    EXPECT_NE(res.error().find("has not met"), std::string::npos) << res.error();
+    stream->WritesDone();
+    stream->Finish();
+  }
+  {  // Rank 0 alone: its peer never calls Init, so the join fails in time, naming the rank.
+    grpc::ClientContext ctx;
+    v1::InitRequest req;
+    req.set_rank(0);
+    req.set_world_size(2);
+    req.set_store_address(r0.address());
+    req.set_store_prefix("alone");
+    req.set_timeout_ms(1000);
+    v1::InitResponse res;
+    const auto t0 = std::chrono::steady_clock::now();
+    const grpc::Status st = s0->Init(&ctx, req, &res);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+    EXPECT_NE(st.error_message().find("rank 1 did not join"), std::string::npos) << st.error_message();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(20));
+  }
+  {  // Both ranks at once: the group meets.
+    std::vector<grpc::Status> results(2);
+    std::vector<std::thread> calls;
+    for (int r = 0; r < 2; ++r) {
+      calls.emplace_back([&, r] {
+        grpc::ClientContext ctx;
+        v1::InitRequest req;
+        req.set_rank(r);
+        req.set_world_size(2);
+        req.set_store_address(r0.address());
+        req.set_store_prefix("together");
+        v1::InitResponse res;
+        results[r] = (r == 0 ? s0 : s1)->Init(&ctx, req, &res);
+      });
+    }
+    for (auto& t : calls) t.join();
+    EXPECT_TRUE(results[0].ok()) << results[0].error_message();
+    EXPECT_TRUE(results[1].ok()) << results[1].error_message();
+  }
+}
+
 }  // namespace
 }  // namespace moeserve
