@@ -6,7 +6,8 @@
 // be a near-tie of the CPU's logprobs), and Describe reports the emulated GPU.
 // Then the CUDA backend's tensor- and expert-parallel path: groups of two
 // emulated-GPU ranks (joined by Gloo: emulated device memory is host memory;
-// on GPUs the same calls go to NCCL) give the CPU's greedy text and logprobs.
+// on GPUs the same calls go to NCCL) give the CPU's greedy text and logprobs,
+// also with the experts of the first layers in host memory (--n-cpu-moe).
 //   node cuda_emu_e2e.mjs --worker BIN --cuda-emu-worker BIN --router BIN --model DIR
 import { check, finish, parseArgs, start } from "./procs.mjs";
 import { join, dirname } from "node:path";
@@ -84,7 +85,9 @@ await check("a batch of concurrent requests (ragged prefill + decode in one step
   prompts.forEach((p, i) => assertSameGreedy(want[i], got[i], p));
 });
 
-for (const [name, extra] of [["TP=2", []], ["EP=2", ["--enable-expert-parallel"]]]) {
+// The last: what lets gpt-oss-120b run on two 24 GB cards, TP=2 with the experts of two layers on the host.
+for (const [name, extra] of [["TP=2", []], ["EP=2", ["--enable-expert-parallel"]],
+                             ["TP=2 with --n-cpu-moe 2", ["--n-cpu-moe", "2", "--expert-cache-memory", "0"]]]) {
   await check(`a ${name} group of CUDA (emulated) ranks equals the CPU`, async () => {
     const ranks = [];
     for (let r = 0; r < 2; r++) {
