@@ -182,6 +182,15 @@ absl::StatusOr<ModelConfig> PresetConfig(const std::string& name) {
   if (name == "20b") return ModelConfig::GptOss20b();
   if (name == "120b") return ModelConfig::GptOss120b();
   ModelConfig c = ModelConfig::GptOss20b();
+  // A window of 8 and YaRN from 64 positions: short test sequences cross both.
+  auto small_context = [](ModelConfig& m) {
+    m.sliding_window = 8;
+    m.max_position_embeddings = 4096;
+    m.rope_scaling.original_max_position_embeddings = 64;
+    m.initial_context_length = 64;
+    m.rope_scaling.factor = 8.0;
+    m.rope_theta = 10000.0;
+  };
   if (name == "tiny") {
     c.num_hidden_layers = 4;
     c.hidden_size = 64;
@@ -192,12 +201,7 @@ absl::StatusOr<ModelConfig> PresetConfig(const std::string& name) {
     c.num_local_experts = 8;
     c.num_experts_per_tok = 4;
     c.vocab_size = 512;
-    c.sliding_window = 8;
-    c.max_position_embeddings = 4096;
-    c.rope_scaling.original_max_position_embeddings = 64;
-    c.initial_context_length = 64;
-    c.rope_scaling.factor = 8.0;
-    c.rope_theta = 10000.0;
+    small_context(c);
   } else if (name == "demo") {
     c.num_hidden_layers = 4;
     c.hidden_size = 256;
@@ -219,12 +223,7 @@ absl::StatusOr<ModelConfig> PresetConfig(const std::string& name) {
     c.num_local_experts = 16;
     c.num_experts_per_tok = 4;
     c.vocab_size = 1001;
-    c.sliding_window = 8;
-    c.max_position_embeddings = 4096;
-    c.rope_scaling.original_max_position_embeddings = 64;
-    c.initial_context_length = 64;
-    c.rope_scaling.factor = 8.0;
-    c.rope_theta = 10000.0;
+    small_context(c);
   } else {
     return absl::InvalidArgumentError(absl::StrCat("unknown preset \"", name, "\" (tiny, mid, demo, 20b, 120b)"));
   }

@@ -90,6 +90,36 @@ run() {
   last_time="${dt}s"
 }
 
+# One line of figures from a moeserve_gpu_bench log (JSON lines): "all" or "hybrid".
+summarize() {
+  python3 - "$1" "$2" <<'PY' 2>/dev/null
+import json, sys
+d = {}
+for line in open(sys.argv[1]):
+    try:
+        j = json.loads(line)
+    except ValueError:
+        continue
+    w = j.get("what", "")
+    if w == "device":
+        d.update(bw=j.get("copy_bandwidth_gb_s"), n=j.get("n_cpu_moe"), slots=j.get("expert_cache_slots"))
+    elif w.startswith("pp"):
+        d["pp"] = max(d.get("pp", 0), j["tokens_per_s"])
+    elif w.startswith("tg") and j["tokens_per_s"] >= d.get("tg", 0):
+        d["tg"], d["roof"] = j["tokens_per_s"], j.get("roofline_pct")
+    elif w == "decode_batch":
+        d["b%d" % j["batch"]] = j["tokens_per_s"]
+    elif w == "expert_cache":
+        d["hit"] = 100.0 * j["hits"] / max(1, j["hits"] + j["misses"])
+if sys.argv[2] == "hybrid":
+    print("12 GiB: --n-cpu-moe %s, %s cached experts, tg128 %.1f tok/s, cache hit rate %.0f%%" % (
+        d.get("n"), d.get("slots"), d.get("tg", 0), d.get("hit", 0)))
+else:
+    print("pp512 %.0f tok/s, tg128 %.1f tok/s (%s%% of roofline), batch 64: %s tok/s, copy %s GB/s" % (
+        d.get("pp", 0), d.get("tg", 0), d.get("roof"), d.get("b64"), d.get("bw")))
+PY
+}
+
 gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -n 1)
 device="$(date -u +%Y-%m-%dT%H:%MZ), $gpu, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 echo "device_check: $device"
@@ -128,52 +158,13 @@ run model_20b 300 env MOESERVE_SLOW_TESTS=1 "$bin_model" --gtest_filter='*Gpt20b
 note model_20b "$last" "$last_time" "gpt-oss-20b shape, CUDA vs CPU logits"
 
 run bench 300 "$bin_bench" --model "$ckpt" --pp 512 --tg 128 --batches 1,2,4,8,16,32,64,128,256 --reps 2
-figures=$(python3 - "$logs/bench.log" <<'PY' 2>/dev/null
-import json, sys
-best = {}
-for line in open(sys.argv[1]):
-    try:
-        j = json.loads(line)
-    except ValueError:
-        continue
-    w = j.get("what", "")
-    if w == "device":
-        best["bw"] = j.get("copy_bandwidth_gb_s")
-    if w.startswith("pp"):
-        best["pp"] = max(best.get("pp", 0), j["tokens_per_s"])
-    if w.startswith("tg"):
-        if j["tokens_per_s"] >= best.get("tg", 0):
-            best["tg"], best["roof"] = j["tokens_per_s"], j.get("roofline_pct")
-    if w == "decode_batch":
-        best["b%d" % j["batch"]] = j["tokens_per_s"]
-print("pp512 %.0f tok/s, tg128 %.1f tok/s (%s%% of roofline), batch 64: %s tok/s, copy %s GB/s" % (
-    best.get("pp", 0), best.get("tg", 0), best.get("roof"), best.get("b64"), best.get("bw")))
-PY
-)
+figures=$(summarize "$logs/bench.log" all)
 note bench "$last" "$last_time" "${figures:-see bench.log}"
 
 # The 12 GB card: the same checkpoint on a 12 GiB budget, experts that do not fit on the CPU.
 run hybrid_20b 300 "$bin_bench" --model "$ckpt" --pp 128 --tg 128 --batches 1,8 --reps 2 --device-memory 12 \
   --n-cpu-moe auto
-hybrid=$(python3 - "$logs/hybrid_20b.log" <<'PY' 2>/dev/null
-import json, sys
-d = {}
-for line in open(sys.argv[1]):
-    try:
-        j = json.loads(line)
-    except ValueError:
-        continue
-    w = j.get("what", "")
-    if w == "device":
-        d["n"], d["slots"] = j.get("n_cpu_moe"), j.get("expert_cache_slots")
-    if w.startswith("tg"):
-        d["tg"] = max(d.get("tg", 0), j["tokens_per_s"])
-    if w == "expert_cache":
-        d["hit"] = 100.0 * j["hits"] / max(1, j["hits"] + j["misses"])
-print("12 GiB: --n-cpu-moe %s, %s cached experts, tg128 %.1f tok/s, cache hit rate %.0f%%" % (
-    d.get("n"), d.get("slots"), d.get("tg", 0), d.get("hit", 0)))
-PY
-)
+hybrid=$(summarize "$logs/hybrid_20b.log" hybrid)
 note hybrid_20b "$last" "$last_time" "${hybrid:-see hybrid_20b.log}"
 
 # transformers' GptOssForCausalLM against the CUDA backend (exit 77: torch or transformers missing).
