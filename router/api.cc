@@ -134,14 +134,14 @@ std::optional<ApiError> Completion::Parse(const json& body, GenerationRequest* g
       } else if (tc == "required") {
         if (!have_tools) return BadRequest("'tool_choice' \"required\" needs 'tools'", "tool_choice");
         prefill = "<|channel|>commentary to=functions.";
-      } else if (tc.is_object() && tc.value("type", "") == "function" && tc.contains("function") &&
+      } else if (tc.is_object() && text::StringField(tc, "type") == "function" && tc.contains("function") &&
                  tc["function"].is_object() && tc["function"].contains("name") && tc["function"]["name"].is_string()) {
         const std::string name = tc["function"]["name"].get<std::string>();
         bool known = false;
         if (have_tools) {
           for (const json& t : tools) {
             known |= t.is_object() && t.contains("function") && t["function"].is_object() &&
-                     t["function"].value("name", "") == name;
+                     text::StringField(t["function"], "name") == name;
           }
         }
         if (!known) return BadRequest(absl::StrCat("'tool_choice' names function '", name, "', which is not in 'tools'"), "tool_choice");
@@ -235,7 +235,7 @@ std::optional<ApiError> Completion::Parse(const json& body, GenerationRequest* g
     if (!so.is_object() || (so.contains("include_usage") && !so["include_usage"].is_boolean())) {
       return BadRequest("'stream_options' must be an object with a boolean 'include_usage'", "stream_options");
     }
-    include_usage_ = so.value("include_usage", false);
+    include_usage_ = so.contains("include_usage") && so["include_usage"].get<bool>();  // checked boolean above
   }
   stream_ = body.contains("stream") && body["stream"].is_boolean() && body["stream"].get<bool>();
   return_token_ids_ = body.contains("return_token_ids") && body["return_token_ids"].is_boolean() &&
@@ -266,7 +266,13 @@ std::optional<ApiError> Completion::Start(ApiContext* ctx, bool chat, const json
   c->options_ = options;
   GenerationRequest gr;
   std::vector<std::string> stops;
-  if (auto err = c->Parse(body, &gr, &stops)) return err;
+  // Parse reads untrusted JSON with checked accessors; a type mismatch it
+  // missed is still a 400 naming the cause, never an exception out of here.
+  try {
+    if (auto err = c->Parse(body, &gr, &stops)) return err;
+  } catch (const nlohmann::json::exception& e) {
+    return BadRequest(absl::StrCat("malformed request: ", e.what()), "");
+  }
   c->prompt_ = gr.prompt;
   c->created_ = UnixNow();
   c->response_id_ = absl::StrCat(chat ? "chatcmpl-" : "cmpl-", g_next_response++);

@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <unordered_set>
 #include <cstdio>
 #include <cstdlib>
 
@@ -290,7 +291,10 @@ v1::StepResult WorkerService::Step(const v1::StepRequest& req) {
     return res;
   };
   std::vector<int64_t> scheduled;
+  std::unordered_set<int64_t> named;  // a sequence appears at most once per step
+  auto twice = [&](int64_t id) { return !named.insert(id).second; };
   for (const v1::NewSequence& n : req.new_sequences()) {
+    if (twice(n.id())) return fail(absl::StrCat("sequence ", n.id(), " appears twice in the step"));
     ids.push_back(n.id());
     Sequence s;
     s.tokens.assign(n.tokens().begin(), n.tokens().end());
@@ -311,6 +315,7 @@ v1::StepResult WorkerService::Step(const v1::StepRequest& req) {
     scheduled.push_back(n.num_scheduled());
   }
   for (const v1::RunningSequence& r : req.running()) {
+    if (twice(r.id())) return fail(absl::StrCat("sequence ", r.id(), " appears twice in the step"));
     auto it = sequences_.find(r.id());
     if (it == sequences_.end()) return fail(absl::StrCat("sequence ", r.id(), " is unknown to this worker"));
     ids.push_back(r.id());

@@ -5,6 +5,15 @@
 #include "base/status.h"
 
 namespace moeserve::text {
+
+std::optional<std::string> StringField(const nlohmann::ordered_json& obj, const char* key,
+                                       std::optional<std::string> absent) {
+  if (!obj.is_object() || !obj.contains(key)) return absent;
+  const auto& v = obj[key];
+  if (!v.is_string()) return std::nullopt;
+  return v.get<std::string>();
+}
+
 namespace {
 
 using json = nlohmann::ordered_json;
@@ -21,7 +30,7 @@ absl::StatusOr<std::string> ContentText(const json& m, size_t i) {
   if (!c.is_array()) return Bad(i, "content must be a string or an array of parts");
   std::string out;
   for (const json& part : c) {
-    if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string()) {
+    if (!part.is_object() || StringField(part, "type") != "text" || !part.contains("text") || !part["text"].is_string()) {
       return Bad(i, "only text content parts are supported");
     }
     out += part["text"].get<std::string>();
@@ -72,7 +81,7 @@ absl::StatusOr<std::vector<Message>> ChatToHarmony(const json& messages, const j
     if (!tools.is_array()) return absl::InvalidArgumentError("tools must be an array");
     for (size_t i = 0; i < tools.size(); ++i) {
       const json& t = tools[i];
-      if (!t.is_object() || t.value("type", "function") != "function" || !t.contains("function") ||
+      if (!t.is_object() || StringField(t, "type", "function") != "function" || !t.contains("function") ||
           !t["function"].is_object() || !t["function"].contains("name") || !t["function"]["name"].is_string()) {
         return absl::InvalidArgumentError(absl::StrCat("tools[", i, "]: expected {\"type\": \"function\", \"function\": {\"name\": ...}}"));
       }

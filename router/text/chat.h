@@ -20,6 +20,7 @@
 // InvalidArgument naming its index, which the API maps to a 400.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,12 @@ struct ChatRenderOptions {
 absl::StatusOr<std::vector<Message>> ChatToHarmony(const nlohmann::ordered_json& messages,
                                                    const nlohmann::ordered_json& tools,
                                                    const ChatRenderOptions& options);
+// obj[key] when it is a string; `absent` when obj has no such key (or is not
+// an object); nullopt when the value is not a string. Untrusted JSON is read
+// through this (nlohmann's value() throws on a type mismatch).
+std::optional<std::string> StringField(const nlohmann::ordered_json& obj, const char* key,
+                                       std::optional<std::string> absent = std::nullopt);
+
 absl::StatusOr<std::vector<int32_t>> RenderChatRequest(const Tokenizer& tok, const nlohmann::ordered_json& messages,
                                                        const nlohmann::ordered_json& tools,
                                                        const ChatRenderOptions& options);

@@ -45,6 +45,11 @@ const cases = [
   ["tool_choice unknown string", 400, chat({ messages: user, tool_choice: "sometimes" })],
   ["tool_choice names a missing function", 400, chat({ messages: user, tools: [{ type: "function", function: { name: "f" } }], tool_choice: { type: "function", function: { name: "g" } } })],
   ["tool_choice required without tools", 400, chat({ messages: user, tool_choice: "required" })],
+  // Found by fuzz_chat_render: a field of the wrong JSON type used to end the router (an uncaught type_error).
+  ["a tool whose type is an object", 400, chat({ messages: user, tools: [{ type: { a: 1 }, function: { name: "f" } }] })],
+  ["tool_choice whose type is an object", 400, chat({ messages: user, tool_choice: { type: { a: 1 } } })],
+  ["a tool whose function name is an object", 400, chat({ messages: user, tools: [{ type: "function", function: { name: "f" } }], tool_choice: { type: "function", function: { name: { x: 1 } } } })],
+  ["a content part whose type is a number", 400, chat({ messages: [{ role: "user", content: [{ type: 5, text: "x" }] }] })],
   ["n = 1.5", 400, chat({ messages: user, n: 1.5 })],
   ["stop_token_ids outside the vocabulary", 400, chat({ messages: user, stop_token_ids: [1 << 30] })],
   ["stop_token_ids not an array", 400, chat({ messages: user, stop_token_ids: 5 })],

@@ -1,0 +1,107 @@
+// Writes each fuzz target's seed corpus (made here, nothing downloaded):
+//   fuzz_seeds DIR   -> DIR/<target>/seed_N
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "base/harmony_tokens.h"
+#include "moeserve/worker/v1/worker.pb.h"
+#include "tools/checkpoint_gen.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+void Write(const fs::path& dir, int i, const std::string& bytes) {
+  fs::create_directories(dir);
+  std::ofstream(dir / ("seed_" + std::to_string(i)), std::ios::binary) << bytes;
+}
+
+std::string Read(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace moeserve;
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: fuzz_seeds DIR\n");
+    return 2;
+  }
+  const fs::path out = argv[1];
+
+  // safetensors + config.json: a generated tiny checkpoint's files.
+  const fs::path ck = out / "tiny_checkpoint";
+  CheckpointGenOptions o;
+  o.config = *PresetConfig("tiny");
+  o.max_shard_bytes = 64 << 10;  // several small shards
+  if (!GenerateCheckpoint(ck.string(), o).ok()) return 1;
+  int n = 0;
+  const std::string config = Read(ck / "config.json");
+  for (const auto& e : fs::directory_iterator(ck)) {
+    if (e.path().extension() == ".safetensors") Write(out / "fuzz_safetensors", n++, config + '\xff' + Read(e.path()));
+  }
+  Write(out / "fuzz_safetensors", n++, std::string("{}\xff", 3) + std::string(8, '\0'));
+
+  const std::vector<std::string> texts = {
+      "Hello, world! How's it going?", "def f(x):\n    return x**2  # square\n", "日本語のテキストと中文",
+      "emoji 🙂👍🏽 and accents: café naïve", "<|start|>user<|message|>hi<|end|>", "   \t\n\n  spaces",
+      std::string("\xff\xfe invalid \xc3", 12), "I'm you're we've they'll 1234567890 3.14159"};
+  n = 0;
+  for (const std::string& t : texts) Write(out / "fuzz_tokenizer", n++, t);
+  n = 0;
+  for (const std::string& t : texts) Write(out / "fuzz_stop_matcher", n++, std::string("\x02\x02ou\x03'm ") + t);
+
+  // Harmony: a few token-code sequences (two bytes per token, see the target).
+  n = 0;
+  for (int variant = 0; variant < 4; ++variant) {
+    std::string s;
+    for (int k = 0; k < 64; ++k) {
+      const uint16_t v = static_cast<uint16_t>((k * 37 + variant * 11) * (k % 3 == 0 ? 4 : 1) + (k % 4));
+      s.push_back(static_cast<char>(v & 0xff));
+      s.push_back(static_cast<char>(v >> 8));
+    }
+    Write(out / "fuzz_harmony_parser", n++, s);
+  }
+
+  const std::vector<std::string> chats = {
+      R"({"messages":[{"role":"user","content":"Hi!"}]})",
+      R"({"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"What is 2+2?"}]}],"reasoning_effort":"low"})",
+      R"({"messages":[{"role":"user","content":"Weather?"},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},{"role":"tool","tool_call_id":"c1","content":"sunny"}],"tools":[{"type":"function","function":{"name":"get_weather","description":"Weather","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}]})",
+      R"({"messages":[{"role":"developer","content":"Answer in JSON."},{"role":"assistant","reasoning_content":"thinking","content":"ok"},{"role":"user","content":"again"}],"reasoning_effort":"high"})"};
+  n = 0;
+  for (const std::string& c : chats) Write(out / "fuzz_chat_render", n++, c);
+
+  // Worker steps: a prefill, a decode diff, bad block ids, bad sampling.
+  namespace v1 = worker::v1;
+  n = 0;
+  auto step = [&](const v1::StepRequest& r) { Write(out / "fuzz_worker_step", n++, r.SerializeAsString()); };
+  {
+    v1::StepRequest r;
+    r.set_step_id(1);
+    auto* s = r.add_new_sequences();
+    s->set_id(1);
+    for (int t = 0; t < 10; ++t) s->add_tokens(t * 7 % 512);
+    s->set_num_scheduled(10);
+    for (int b = 0; b < 3; ++b) s->add_full_blocks(b), s->add_sliding_blocks(b);
+    s->mutable_sampling()->set_temperature(0.7f);
+    s->mutable_sampling()->set_top_k(5);
+    s->mutable_sampling()->set_logprobs(true);
+    s->mutable_sampling()->set_top_logprobs(3);
+    s->set_num_prompt_tokens(10);
+    step(r);
+    auto* run = r.add_running();
+    run->set_id(1);
+    run->set_num_scheduled(1);
+    run->add_new_full_blocks(3);
+    step(r);
+    s->set_full_blocks(0, 9999);
+    step(r);
+    s->mutable_sampling()->set_top_p(-1.0f);
+    step(r);
+  }
+  return 0;
+}
