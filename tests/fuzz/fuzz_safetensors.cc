@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -22,7 +24,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   const uint8_t* file = split ? split + 1 : data;
   const size_t file_len = size - (file - data);
-  static const std::string path = "/tmp/moeserve_fuzz_" + std::to_string(getpid()) + ".safetensors";
+  static const std::string path = [] {
+    static const std::string p = "/tmp/moeserve_fuzz_" + std::to_string(getpid()) + ".safetensors";
+    std::atexit([] { std::remove(p.c_str()); });
+    return p;
+  }();
   {
     std::ofstream f(path, std::ios::binary | std::ios::trunc);
     f.write(reinterpret_cast<const char*>(file), static_cast<std::streamsize>(file_len));
@@ -30,13 +36,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto st = SafetensorsFile::Open(path);
   if (st.ok()) {
     const auto& sf = **st;
-    const char* base = nullptr;
     for (const auto& [name, t] : sf.tensors()) {
       // Every view lies inside the file: touch its first and last byte.
       if (t.nbytes > 0) {
         volatile char first = static_cast<const char*>(t.data)[0];
         volatile char last = static_cast<const char*>(t.data)[t.nbytes - 1];
-        (void)first, (void)last, (void)base;
+        (void)first, (void)last;
       }
       if (static_cast<size_t>(t.numel()) * DTypeSize(t.dtype) != t.nbytes) __builtin_trap();
     }

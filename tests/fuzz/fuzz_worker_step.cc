@@ -4,7 +4,10 @@
 // the vocabulary, scheduled counts past the known tokens, bad sampling
 // parameters), the step must answer (samples or an error), never crash; then
 // the sequences it named are dropped so each input starts from a clean worker.
+#include <unistd.h>
+
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 
@@ -17,7 +20,9 @@ namespace {
 moeserve::worker::WorkerService& Service() {
   using namespace moeserve;
   static std::unique_ptr<worker::WorkerService> service = [] {
-    const std::string dir = std::filesystem::temp_directory_path() / ("moeserve_fuzz_tiny_" + std::to_string(getpid()));
+    static const std::string dir =
+        std::filesystem::temp_directory_path() / ("moeserve_fuzz_tiny_" + std::to_string(getpid()));
+    std::atexit([] { std::filesystem::remove_all(dir); });
     CheckpointGenOptions o;
     o.config = *PresetConfig("tiny");
     if (!GenerateCheckpoint(dir, o).ok()) std::abort();
