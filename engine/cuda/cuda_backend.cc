@@ -166,10 +166,9 @@ absl::Status CudaBackend::Upload(const CudaOptions& o) {
   }
   // 256-byte aligned offsets in one allocation.
   auto align = [](size_t b) { return (b + 255) & ~size_t{255}; };
-  size_t dense_total = 0, expert_layer_bytes = 0;
+  size_t dense_total = 0;
   for (const Piece& p : pieces) {
     if (p.expert_layer < 0) dense_total += align(p.bytes);
-    else if (p.expert_layer == 0) expert_layer_bytes += align(p.bytes);
   }
 
   // The step workspace, for max_rows rows.
@@ -188,9 +187,7 @@ absl::Status CudaBackend::Upload(const CudaOptions& o) {
   if (o.device_memory_limit > 0) usable = std::min(usable, o.device_memory_limit);
   const int64_t kv_min = KvMinBytes(c, o.max_model_len, o.block_size, o.kv_f32, o.max_num_seqs);
   const int64_t other = static_cast<int64_t>(dense_total + workspace);
-  ModelConfig sized = c;  // the plan counts aligned piece bytes per layer
-  ASSIGN_OR_RETURN(HybridPlan plan, PlanHybrid(sized, usable, other, kv_min, o.n_cpu_moe, o.expert_cache_bytes));
-  (void)expert_layer_bytes;
+  ASSIGN_OR_RETURN(HybridPlan plan, PlanHybrid(c, usable, other, kv_min, o.n_cpu_moe, o.expert_cache_bytes));
   plan_ = plan;
   size_t total = dense_total;
   for (const Piece& p : pieces) {
