@@ -9,6 +9,7 @@
 #include <sys/resource.h>
 
 #include <atomic>
+#include <latch>
 #include <numeric>
 #include <thread>
 
@@ -102,21 +103,29 @@ GroupRun Drive(Backend& m) {
   return run;
 }
 
-// Every rank of a group in its own thread; returns each rank's run.
+// Every rank of a group in its own thread; returns each rank's run. No rank
+// closes its connections before all have left their last collective: a rank
+// that is done may otherwise close while its peer still waits on that
+// collective's completion, which Gloo reports as "connection closed by peer".
 std::vector<GroupRun> DriveGroup(const std::string& dir, int world, bool ep,
                             std::vector<std::vector<int32_t>> placement = {}) {
   parallel::InMemoryStore store;
   std::vector<GroupRun> runs(world);
   std::vector<std::thread> threads;
+  std::latch done(world);
   for (int r = 0; r < world; ++r) {
     threads.emplace_back([&, r] {
       auto m = Open(dir, nullptr, placement, r, world, ep);
       parallel::GlooOptions go;
       go.prefix = "test";
       auto comm = parallel::CreateGlooCommunicator(r, world, store, go);
-      ASSERT_TRUE(comm.ok()) << comm.status();
-      m->SetCommunicator(std::move(*comm));
-      runs[r] = Drive(*m);
+      if (comm.ok()) {
+        m->SetCommunicator(std::move(*comm));
+        runs[r] = Drive(*m);
+      } else {
+        ADD_FAILURE() << comm.status();
+      }
+      done.arrive_and_wait();
     });
   }
   for (auto& t : threads) t.join();
@@ -280,12 +289,16 @@ TEST(ParallelTest, CollectivesAgainstPlainSums) {
   parallel::InMemoryStore store;
   std::vector<std::thread> ts;
   std::atomic<int> failures{0};
+  std::latch done(3);  // as in DriveGroup: nobody closes before all are through
   for (int r = 0; r < 3; ++r) {
     ts.emplace_back([&, r] {
       parallel::GlooOptions go;
       go.prefix = "coll";
       auto comm = parallel::CreateGlooCommunicator(r, 3, store, go);
-      if (!comm.ok()) return void(++failures);
+      if (!comm.ok()) {
+        ++failures;
+        return done.count_down();
+      }
       parallel::Communicator& c = **comm;
       std::vector<float> f = {1.0f * r, 2.5f, -1.0f * r * r};
       if (!c.AllReduceSum(f.data(), 3, parallel::DataType::kF32).ok() || f[0] != 3 || f[1] != 7.5f || f[2] != -5) {
@@ -305,6 +318,7 @@ TEST(ParallelTest, CollectivesAgainstPlainSums) {
       int32_t token = r == 1 ? 42 : -1;
       if (!c.BroadcastHost(&token, 1, parallel::DataType::kI32, 1).ok() || token != 42) ++failures;
       if (!c.Barrier().ok()) ++failures;
+      done.arrive_and_wait();
     });
   }
   for (auto& t : ts) t.join();
