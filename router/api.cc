@@ -51,6 +51,26 @@ json ErrorJson(const ApiError& e) {
             {"code", e.code.empty() ? json(nullptr) : json(e.code)}}}};
 }
 
+int JsonDepth(std::string_view text, int stop_at) {
+  int depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (const char ch : text) {
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (ch == '\\') escaped = true;
+      else if (ch == '"') in_string = false;
+    } else if (ch == '"') {
+      in_string = true;
+    } else if (ch == '[' || ch == '{') {
+      deepest = std::max(deepest, ++depth);
+      if (deepest >= stop_at) return deepest;
+    } else if (ch == ']' || ch == '}') {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
 ApiError FromStatus(const absl::Status& st) {
   ApiError e;
   e.message = std::string(st.message());
@@ -121,6 +141,16 @@ std::optional<ApiError> Completion::Parse(const json& body, GenerationRequest* g
       o.reasoning_effort = body["reasoning_effort"].get<std::string>();
     }
     if (!body.contains("messages")) return BadRequest("'messages' is required", "messages");
+    const RequestLimits& lim = ctx_->limits;
+    if (body["messages"].is_array() && static_cast<int64_t>(body["messages"].size()) > lim.max_messages) {
+      return BadRequest(absl::StrCat("'messages' holds ", body["messages"].size(), " messages; the limit is ",
+                                     lim.max_messages), "messages");
+    }
+    if (body.contains("tools") && body["tools"].is_array() &&
+        static_cast<int64_t>(body["tools"].size()) > lim.max_tools) {
+      return BadRequest(absl::StrCat("'tools' holds ", body["tools"].size(), " tools; the limit is ", lim.max_tools),
+                        "tools");
+    }
     // tool_choice: "auto" (default), "none" (the tools are not shown to the
     // model), "required" or {"type": "function", "function": {"name": N}}: the
     // assistant's reply starts as a tool call (to N), prefilled in harmony.
@@ -178,23 +208,24 @@ std::optional<ApiError> Completion::Parse(const json& body, GenerationRequest* g
       !Num(body, "frequency_penalty", -2.0f, 2.0f, &frequency, &err) ||
       !Num<int64_t>(body, "top_k", -1, 1 << 20, &top_k, &err) ||
       !Num<int64_t>(body, "seed", INT64_MIN, INT64_MAX, &seed, &err) ||
-      !Num<int64_t>(body, "n", 1, ctx_->max_n, &n, &err) ||
+      !Num<int64_t>(body, "n", 1, ctx_->limits.max_n, &n, &err) ||
       !Num<int64_t>(body, "max_tokens", 1, 1 << 30, &max_tokens, &err) ||
       !Num<int64_t>(body, "max_completion_tokens", 1, 1 << 30, &max_tokens, &err) ||
-      !Num<int64_t>(body, "top_logprobs", 0, 20, &top_logprobs, &err)) {
+      !Num<int64_t>(body, "top_logprobs", 0, ctx_->limits.max_top_logprobs, &top_logprobs, &err)) {
     return err;
   }
   if (body.contains("stop") && !body["stop"].is_null()) {
     const json& st = body["stop"];
     if (st.is_string()) {
       stops->push_back(st.get<std::string>());
-    } else if (st.is_array() && st.size() <= 16) {
+    } else if (st.is_array() && static_cast<int64_t>(st.size()) <= ctx_->limits.max_stop) {
       for (const json& x : st) {
         if (!x.is_string()) return BadRequest("'stop' must be a string or an array of strings", "stop");
         stops->push_back(x.get<std::string>());
       }
     } else {
-      return BadRequest("'stop' must be a string or an array of at most 16 strings", "stop");
+      return BadRequest(absl::StrCat("'stop' must be a string or an array of at most ", ctx_->limits.max_stop,
+                                     " strings"), "stop");
     }
     for (const auto& x : *stops) {
       if (x.empty()) return BadRequest("stop strings must not be empty", "stop");
@@ -222,11 +253,14 @@ std::optional<ApiError> Completion::Parse(const json& body, GenerationRequest* g
     const json& lp = body["logprobs"];
     if (chat_ && lp.is_boolean()) {
       want_logprobs = lp.get<bool>();
-    } else if (!chat_ && lp.is_number_integer() && lp.get<int64_t>() >= 0 && lp.get<int64_t>() <= 20) {
+    } else if (!chat_ && lp.is_number_integer() && lp.get<int64_t>() >= 0 &&
+               lp.get<int64_t>() <= ctx_->limits.max_top_logprobs) {
       want_logprobs = true;
       top_logprobs = lp.get<int64_t>();
     } else {
-      return BadRequest(chat_ ? "'logprobs' must be a boolean" : "'logprobs' must be an integer in [0, 20]", "logprobs");
+      return BadRequest(chat_ ? "'logprobs' must be a boolean"
+                              : absl::StrCat("'logprobs' must be an integer in [0, ", ctx_->limits.max_top_logprobs, "]"),
+                        "logprobs");
     }
   }
   if (chat_ && top_logprobs > 0 && !want_logprobs) return BadRequest("'top_logprobs' needs 'logprobs': true", "top_logprobs");

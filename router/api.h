@@ -16,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -43,6 +44,24 @@ struct ApiError {
 ordered_json ErrorJson(const ApiError& e);
 ApiError FromStatus(const absl::Status& st);
 
+// Request bodies nesting deeper than this are refused before parsing
+// (docs/limits.md): no OpenAI request needs more, and JSON Schemas of tools
+// stay far below it.
+inline constexpr int kMaxJsonDepth = 64;
+// The deepest nesting of arrays and objects in JSON text (strings skipped),
+// counting up to stop_at; not a validator.
+int JsonDepth(std::string_view text, int stop_at);
+
+// Per-request limits (docs/limits.md); beyond them a request gets a 400 that
+// names the limit.
+struct RequestLimits {
+  int max_n = 16;             // choices per request
+  int max_messages = 2048;    // chat messages
+  int max_tools = 128;        // tools (OpenAI's limit)
+  int max_stop = 16;          // stop strings
+  int max_top_logprobs = 20;  // OpenAI's limit
+};
+
 // What every request of one router shares.
 struct ApiContext {
   WorkerPool* pool = nullptr;
@@ -50,7 +69,7 @@ struct ApiContext {
   RouterMetrics* metrics = nullptr;
   std::string served_model_name = "gpt-oss";
   std::string current_date;  // rendered into the harmony system message
-  int max_n = 16;            // most choices per request
+  RequestLimits limits;
   // The model's eos ids (the workers' Describe): where a generation stops.
   std::vector<int32_t> eos_token_ids;
 };

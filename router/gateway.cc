@@ -5,6 +5,7 @@
 #include <boost/asio.hpp>
 #include <boost/beast.hpp>
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <deque>
@@ -27,6 +28,7 @@ using json = nlohmann::ordered_json;
 struct Gateway::Impl {
   GatewayOptions opts;
   ApiContext* api;
+  std::atomic<int64_t> connections{0};  // open sessions
   net::io_context ioc;
   std::unique_ptr<tcp::acceptor> acceptor;
   std::vector<std::thread> threads;
@@ -40,7 +42,10 @@ namespace {
 // the completion runs on this connection's strand.
 class Session : public std::enable_shared_from_this<Session>, public CompletionSink {
  public:
-  Session(tcp::socket socket, Gateway::Impl* gw) : stream_(std::move(socket)), gw_(gw) {}
+  Session(tcp::socket socket, Gateway::Impl* gw) : stream_(std::move(socket)), gw_(gw) {
+    over_limit_ = ++gw_->connections > gw_->opts.max_connections;
+  }
+  ~Session() override { --gw_->connections; }
   void Start() { Read(); }
 
   // CompletionSink
@@ -64,37 +69,106 @@ class Session : public std::enable_shared_from_this<Session>, public CompletionS
   }
 
  private:
+  // A request is read in three phases, each with its own deadline: idle
+  // (nothing of it yet), header, body. Bytes already buffered (pipelining)
+  // start the header phase at once. The deadline is our own timer, which
+  // cancels the read, not the stream's (which would close the socket before
+  // a 408 could be sent).
   void Read() {
     parser_.emplace();
+    parser_->header_limit(static_cast<uint32_t>(std::min<int64_t>(gw_->opts.max_header_bytes, UINT32_MAX)));
     parser_->body_limit(gw_->opts.max_body_bytes);
-    stream_.expires_after(std::chrono::seconds(60));  // slow or silent clients are dropped
-    http::async_read(stream_, buffer_, *parser_,
-                     [self = shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
+    stream_.expires_never();
+    if (buffer_.size() > 0) return ReadHeader();
+    phase_ = Phase::kIdle;
+    Arm(gw_->opts.idle_timeout);
+    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
+      if (ec || self->timed_out_) return self->OnReadError(ec);
+      self->ReadHeader();  // readable: the first bytes of a request, or the client's close
+    });
   }
 
-  void OnRead(beast::error_code ec) {
-    if (ec == http::error::body_limit) {
-      // Answer 413, then keep reading (and discarding) what the client is still
-      // sending for a while, so it sees the answer instead of a reset.
-      ApiError e{413, "request body too large"};
-      if (gw_->api->metrics) gw_->api->metrics->HttpResponse(413);
-      auto res = std::make_shared<http::response<http::string_body>>(http::status::payload_too_large, 11);
-      res->set(http::field::content_type, "application/json");
-      res->keep_alive(false);
-      res->body() = ErrorJson(e).dump();
-      res->prepare_payload();
-      http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code, size_t) {
-        beast::error_code ignored;
-        self->stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
-        self->stream_.expires_after(std::chrono::seconds(10));
-        self->Drain();
-      });
-      return;
-    }
-    if (ec) return Close();
-    stream_.expires_never();
+  void ReadHeader() {
+    phase_ = Phase::kHeader;
+    Arm(gw_->opts.header_timeout);
+    http::async_read_header(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec) return self->OnReadError(ec);
+      self->phase_ = Phase::kBody;
+      self->Arm(self->gw_->opts.body_timeout);
+      if (self->parser_->is_done()) return self->OnBody({});
+      http::async_read(self->stream_, self->buffer_, *self->parser_,
+                       [self](beast::error_code ec, size_t) { self->OnBody(ec); });
+    });
+  }
+
+  void OnBody(beast::error_code ec) {
+    if (ec) return OnReadError(ec);
+    ++deadline_generation_;
+    deadline_.cancel();
     req_ = parser_->release();
     Handle();
+  }
+
+  // Starts the deadline of the current read phase: when it passes, the read is cancelled.
+  void Arm(std::chrono::milliseconds timeout) {
+    timed_out_ = false;
+    deadline_.expires_after(timeout);
+    deadline_.async_wait([self = shared_from_this(), gen = ++deadline_generation_](beast::error_code ec) {
+      if (ec || gen != self->deadline_generation_) return;
+      self->timed_out_ = true;
+      beast::error_code ignored;
+      self->stream_.socket().cancel(ignored);
+    });
+  }
+
+  void OnReadError(beast::error_code ec) {
+    ++deadline_generation_;
+    deadline_.cancel();
+    if (timed_out_) {
+      if (phase_ == Phase::kIdle) return Close();  // idle keep-alive connection: HTTP lets the server close it
+      const bool header = phase_ == Phase::kHeader;
+      return Refuse({408, absl::StrCat("request ", header ? "header" : "body", " not received within ",
+                                       (header ? gw_->opts.header_timeout : gw_->opts.body_timeout).count(), " ms"),
+                     "invalid_request_error", "", "request_timeout"},
+                    http::status::request_timeout);
+    }
+    if (ec == http::error::body_limit) {
+      return Refuse({413, absl::StrCat("request body too large: the limit is ", gw_->opts.max_body_bytes, " bytes")},
+                    http::status::payload_too_large);
+    }
+    if (ec == http::error::header_limit) {
+      return Refuse({431, absl::StrCat("request header too large: the limit is ", gw_->opts.max_header_bytes, " bytes")},
+                    http::status::request_header_fields_too_large);
+    }
+    if (ec == http::error::end_of_stream || ec == http::error::partial_message || ec == net::error::eof ||
+        ec == net::error::connection_reset || ec == net::error::operation_aborted) {
+      return Close();  // the client went away
+    }
+    if (ec.category() == beast::error_code(http::error::bad_target).category()) {
+      return Refuse({400, absl::StrCat("malformed HTTP request: ", ec.message())}, http::status::bad_request);
+    }
+    Close();
+  }
+
+  // Answers a request that cannot be read to its end, then keeps reading
+  // (and discarding) what the client is still sending for a while, so it
+  // sees the answer instead of a reset.
+  void Refuse(const ApiError& e, http::status status) {
+    if (gw_->api->metrics) gw_->api->metrics->HttpResponse(e.status);
+    auto res = std::make_shared<http::response<http::string_body>>(status, 11);
+    res->set(http::field::content_type, "application/json");
+    res->set(http::field::server, "moeserve");
+    res->keep_alive(false);
+    res->body() = ErrorJson(e).dump();
+    res->prepare_payload();
+    stream_.expires_after(std::chrono::seconds(10));
+    http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code ec, size_t) {
+      if (ec) return self->Close();
+      beast::error_code ignored;
+      self->stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+      self->stream_.expires_after(std::chrono::seconds(10));
+      self->Drain();
+    });
   }
 
   void Drain() {
@@ -113,6 +187,12 @@ class Session : public std::enable_shared_from_this<Session>, public CompletionS
     res->set(http::field::server, "moeserve");
     if (retry_after > 0) res->set(http::field::retry_after, std::to_string(retry_after));
     res->keep_alive(keep_alive);
+    // Tells clients how long an idle connection stays open, so they do not
+    // send on one the server is closing.
+    if (keep_alive) {
+      res->set("Keep-Alive", absl::StrCat("timeout=", std::chrono::duration_cast<std::chrono::seconds>(
+                                                           gw_->opts.idle_timeout).count()));
+    }
     res->body() = std::move(body);
     res->prepare_payload();
     http::async_write(stream_, *res, [self = shared_from_this(), res, keep_alive](beast::error_code ec, size_t) {
@@ -134,6 +214,8 @@ class Session : public std::enable_shared_from_this<Session>, public CompletionS
   }
 
   void Close() {
+    ++deadline_generation_;
+    deadline_.cancel();  // releases the session now, not when the deadline would have passed
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
     stream_.socket().close(ec);
@@ -147,6 +229,12 @@ class Session : public std::enable_shared_from_this<Session>, public CompletionS
     const std::string target(req_.target());
     const std::string path = target.substr(0, target.find('?'));
     ApiContext& api = *gw_->api;
+    if (over_limit_) {
+      ApiError e{503, absl::StrCat("too many connections: the server holds at most ", gw_->opts.max_connections,
+                                   "; retry shortly"), "server_error", "", "too_many_connections"};
+      e.retry_after = 1;
+      return Reply(http::status::service_unavailable, ErrorJson(e).dump(), /*keep_alive=*/false, e.retry_after);
+    }
     if (path == "/health") return Reply(http::status::ok, "{}", req_.keep_alive());
     if (path == "/metrics") {
       return Reply(http::status::ok, api.metrics->Serialize(*api.pool), req_.keep_alive(), 0,
@@ -180,6 +268,9 @@ class Session : public std::enable_shared_from_this<Session>, public CompletionS
   }
 
   void Generate(bool chat) {
+    if (const int depth = JsonDepth(req_.body(), kMaxJsonDepth + 1); depth > kMaxJsonDepth) {
+      return ReplyError({400, absl::StrCat("the JSON body nests deeper than ", kMaxJsonDepth, " levels")});
+    }
     json body = json::parse(req_.body(), nullptr, false);
     if (body.is_discarded() || !body.is_object()) return ReplyError({400, "the body is not a JSON object"});
     std::shared_ptr<Completion> c;
@@ -252,6 +343,12 @@ class Session : public std::enable_shared_from_this<Session>, public CompletionS
   std::shared_ptr<Completion> gen_;
   std::deque<std::shared_ptr<std::string>> queue_;
   bool writing_ = false, close_after_ = false, headers_sent_ = false;
+  bool over_limit_ = false;                       // beyond max_connections: every request gets 503
+  enum class Phase { kIdle, kHeader, kBody };
+  Phase phase_ = Phase::kIdle;  // of the request being read
+  net::steady_timer deadline_{stream_.get_executor()};
+  uint64_t deadline_generation_ = 0;  // a deadline whose generation has moved on does nothing
+  bool timed_out_ = false;
 };
 
 }  // namespace

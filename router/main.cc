@@ -38,6 +38,13 @@ constexpr char kUsage[] = R"(usage: moeserve-router --worker HOST:PORT[,HOST:POR
   --max-num-queued-requests N    waiting requests per group before 429 (default 1024)
   --grpc-port N                  also serve the public gRPC API (moeserve.v1) on this port (0 picks one)
   --health-check-interval-ms N   how often workers are checked (default 1000)
+HTTP limits (docs/limits.md):
+  --max-connections N            open connections; beyond them requests get 503 (default 4096)
+  --max-body-bytes N             request body; beyond it 413 (default 8388608)
+  --max-header-bytes N           request header; beyond it 431 (default 32768)
+  --http-idle-timeout S          a keep-alive connection with no request begun is closed after S seconds (default 60)
+  --http-header-timeout S        a request's header must arrive within S seconds of its first byte, else 408 (default 30)
+  --http-body-timeout S          its body within S seconds of the header, else 408 (default 60)
 )";
 
 int Fail(const std::string& m) {
@@ -58,7 +65,9 @@ int main(int argc, char** argv) {
   auto parsed = ParseFlagPairs(argc, argv, {"--worker", "--model", "--host", "--port", "--api-key", "--served-model-name",
                                  "--max-model-len", "--max-num-seqs", "--max-num-batched-tokens",
                                  "--max-num-queued-requests", "--grpc-port", "--health-check-interval-ms",
-                                 "--tensor-parallel-size"}, &help);
+                                 "--tensor-parallel-size", "--max-connections", "--max-body-bytes",
+                                 "--max-header-bytes", "--http-idle-timeout", "--http-header-timeout",
+                                 "--http-body-timeout"}, &help);
   if (help) {
     std::fputs(kUsage, stdout);
     return 0;
@@ -129,6 +138,24 @@ int main(int argc, char** argv) {
   go.host = get("--host", "127.0.0.1");
   go.port = static_cast<int>(port);
   go.api_key = get("--api-key", "");
+  struct Limit {
+    const char* flag;
+    int64_t lo, hi;
+    int64_t* out;
+  };
+  int64_t idle_s = 60, header_s = 30, body_s = 60;
+  for (const Limit& l : {Limit{"--max-connections", 1, 1 << 20, &go.max_connections},
+                         Limit{"--max-body-bytes", 1024, int64_t{1} << 32, &go.max_body_bytes},
+                         Limit{"--max-header-bytes", 1024, 1 << 24, &go.max_header_bytes},
+                         Limit{"--http-idle-timeout", 1, 86400, &idle_s}, Limit{"--http-header-timeout", 1, 86400, &header_s},
+                         Limit{"--http-body-timeout", 1, 86400, &body_s}}) {
+    if (f.count(l.flag) && (!absl::SimpleAtoi(f[l.flag], l.out) || *l.out < l.lo || *l.out > l.hi)) {
+      return Fail(absl::StrCat(l.flag, " must be an integer in [", l.lo, ", ", l.hi, "]"));
+    }
+  }
+  go.idle_timeout = std::chrono::seconds(idle_s);
+  go.header_timeout = std::chrono::seconds(header_s);
+  go.body_timeout = std::chrono::seconds(body_s);
   router::Gateway gw(go, &api);
   auto bound = gw.Start();
   if (!bound.ok()) return Fail(std::string(bound.status().message()));

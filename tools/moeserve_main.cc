@@ -67,6 +67,8 @@ commands:
       --kv-cache-memory SIZE --max-model-len N --max-num-seqs N --max-num-batched-tokens N
       --max-num-queued-requests N --api-key KEY --served-model-name NAME --threads N
       --kv-cache-dtype bf16|f32 --metrics-port N (worker i's metrics on N + i)
+      --max-connections N --max-body-bytes N --max-header-bytes N --http-idle-timeout S
+      --http-header-timeout S --http-body-timeout S (HTTP limits, docs/limits.md)
                              passed to moeserve-worker / moeserve-router
   generate         generate text from a prompt
       --model DIR            model directory (default: the demo model)
@@ -389,7 +391,8 @@ absl::Status Serve(FlagReader& f) {
   if (tp > 1) worker_args.insert(worker_args.end(), {"--tensor-parallel-size", std::to_string(tp)});
   const int metrics_port = f.Has("--metrics-port") ? f.Num<int>("--metrics-port", 0) : -1;
   for (const char* k : {"--max-model-len", "--max-num-seqs", "--max-num-batched-tokens", "--max-num-queued-requests",
-                        "--api-key", "--served-model-name", "--grpc-port"}) {
+                        "--api-key", "--served-model-name", "--grpc-port", "--max-connections", "--max-body-bytes",
+                        "--max-header-bytes", "--http-idle-timeout", "--http-header-timeout", "--http-body-timeout"}) {
     if (f.Has(k)) router_args.insert(router_args.end(), {k, f.Str(k, "")});
   }
   RETURN_IF_ERROR(f.Finish());

@@ -1,6 +1,9 @@
 // A matrix of malformed and hostile requests against a real router + worker:
 // each gets the right 4xx with an OpenAI error body, and the server keeps
-// serving (checked after the matrix, and during a slow client).
+// serving (checked after the matrix, and during a slow client). Then the
+// connection limits of docs/limits.md over raw sockets: header size, malformed
+// HTTP, header and body timeouts (408), idle keep-alive connections, and the
+// connection limit (503).
 //   node bad_input.mjs --worker BIN --router BIN --model DIR
 import { parseArgs, start } from "./procs.mjs";
 import net from "node:net";
@@ -10,7 +13,10 @@ const args = parseArgs(process.argv.slice(2));
 
 const worker = await start(args.worker, ["--model", args.model, "--port", "0", "--kv-cache-memory", "64MiB",
   "--max-model-len", "2048"]);
-const router = await start(args.router, ["--worker", worker, "--model", args.model, "--port", "0", "--api-key", "k"]);
+const kMaxConnections = 24;
+const router = await start(args.router, ["--worker", worker, "--model", args.model, "--port", "0", "--api-key", "k",
+  "--max-connections", String(kMaxConnections), "--http-idle-timeout", "3", "--http-header-timeout", "2",
+  "--http-body-timeout", "2"]);
 const base = `http://${router}`;
 const model = args.model.replace(/\/+$/, "").split("/").pop();
 const H = { "content-type": "application/json", authorization: "Bearer k" };
@@ -80,6 +86,10 @@ const cases = [
   ["completions: float ids", 400, comp({ prompt: [1.5] })],
   ["completions: empty prompt", 400, comp({ prompt: "" })],
   ["deeply nested JSON", 400, { path: "/v1/chat/completions", body: "[".repeat(100000) + "]".repeat(100000) }],
+  ["JSON nested 65 deep inside a request", 400, chat({ messages: user, metadata: JSON.parse("[".repeat(64) + "]".repeat(64)) })],
+  ["2049 messages (limit 2048)", 400, chat({ messages: Array.from({ length: 2049 }, () => ({ role: "user", content: "x" })) })],
+  ["129 tools (limit 128)", 400, chat({ messages: user, tools: Array.from({ length: 129 }, (_, i) => ({ type: "function", function: { name: `f${i}` } })) })],
+  ["logprobs 21 on completions", 400, comp({ prompt: "hi", logprobs: 21 })],
   ["GET on a POST route", 405, { path: "/v1/chat/completions", method: "GET" }],
   ["unknown route", 404, { path: "/v2/everything", body: "{}" }],
   ["oversize body", 413, { path: "/v1/chat/completions", body: JSON.stringify({ messages: [{ role: "user", content: "x".repeat(9 << 20) }] }) }],
@@ -123,16 +133,71 @@ async function raw(bytes) {
   if (/^HTTP\/1\.1 400/.test(out)) passed++;
   else { failures++; console.log(`FAIL - invalid UTF-8: ${out.slice(0, 100)}`); }
 }
-// A slow client that never finishes its request does not block others.
+const [host, port] = router.split(":");
+// Collects what the server sends on a raw socket until it closes (or `ms` pass).
+function rawConn(bytes, ms = 8000) {
+  const t0 = Date.now();
+  return new Promise((resolve) => {
+    const s = net.connect(Number(port), host, () => { if (bytes) s.write(bytes); });
+    let out = "";
+    s.on("data", d => (out += d));
+    s.on("close", () => resolve({ out, ms: Date.now() - t0 }));
+    s.on("error", () => {});
+    setTimeout(() => s.destroy(), ms);
+  });
+}
+function check(name, ok, detail) {
+  if (ok) passed++;
+  else { failures++; console.log(`FAIL - ${name}: ${detail}`); }
+}
+function errorBody(out) {
+  try { return JSON.parse(out.slice(out.indexOf("\r\n\r\n") + 4)).error; } catch { return undefined; }
+}
+// A slow client that never finishes its request does not block others, and gets 408 when its body times out.
 {
-  const [host, port] = router.split(":");
-  const slow = net.connect(Number(port), host, () => slow.write("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"));
-  slow.on("error", () => {});
+  const slow = rawConn("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{");
   const res = await fetch(base + "/v1/chat/completions", { method: "POST", headers: H,
     body: JSON.stringify({ model, messages: user, max_tokens: 4 }) });
-  if (res.status === 200) passed++;
-  else { failures++; console.log(`FAIL - request during a slow client: ${res.status}`); }
-  slow.destroy();
+  check("request during a slow client", res.status === 200, res.status);
+  const { out, ms } = await slow;
+  check("body timeout", /^HTTP\/1\.1 408/.test(out) && /body not received within 2000 ms/.test(errorBody(out)?.message) &&
+    ms >= 1500, `${ms} ms: ${out.slice(0, 300)}`);
+}
+{
+  const { out, ms } = await rawConn("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n");
+  check("header timeout", /^HTTP\/1\.1 408/.test(out) && errorBody(out)?.code === "request_timeout" && ms >= 1500 &&
+    ms < 7000, `${ms} ms: ${out.slice(0, 300)}`);
+}
+{
+  const { out, ms } = await rawConn("");
+  check("idle connection closed without a response", out === "" && ms >= 2500 && ms < 7000, `${ms} ms: ${out.slice(0, 100)}`);
+}
+{
+  const { out } = await rawConn(`GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(40000)}\r\n\r\n`);
+  check("header over 32 KiB", /^HTTP\/1\.1 431/.test(out) && /header too large/.test(errorBody(out)?.message), out.slice(0, 300));
+}
+{
+  const { out } = await rawConn("GET /health HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n");
+  check("malformed header", /^HTTP\/1\.1 400/.test(out) && /malformed HTTP request/.test(errorBody(out)?.message), out.slice(0, 300));
+}
+{
+  const { out } = await rawConn("POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
+  check("bad chunk size", /^HTTP\/1\.1 400/.test(out), out.slice(0, 300));
+}
+// The connection limit: with kMaxConnections open, one more gets 503 for its request; once they close, 200 again.
+{
+  const held = [];
+  for (let i = 0; i < kMaxConnections; i++) {
+    held.push(await new Promise((resolve) => { const s = net.connect(Number(port), host, () => resolve(s)); s.on("error", () => {}); }));
+  }
+  await new Promise(r => setTimeout(r, 300));
+  const { out } = await rawConn("GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n\r\n");
+  check("connection limit", /^HTTP\/1\.1 503/.test(out) && /retry-after: 1/i.test(out) &&
+    errorBody(out)?.code === "too_many_connections", out.slice(0, 300));
+  for (const s of held) s.destroy();
+  await new Promise(r => setTimeout(r, 300));
+  const res = await fetch(base + "/v1/models", { headers: H });
+  check("after the held connections close", res.status === 200, res.status);
 }
 // Still serving after everything above.
 {
