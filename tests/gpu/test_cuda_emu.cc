@@ -6,6 +6,9 @@
 // death-test subprocesses.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <bit>
+#include <cmath>
 #include <csignal>
 #include <numeric>
 #include <vector>
@@ -76,6 +79,52 @@ __global__ void IndexKernel(int* out) {
   atomicAdd(out + i, 1 + static_cast<int>(threadIdx.x + 10 * threadIdx.y + 100 * threadIdx.z + 1000 * blockIdx.x +
                                           10000 * blockIdx.y + 100000 * blockIdx.z));
 }
+
+#ifdef MOESERVE_CUDA_EMU
+// The emulator's binary16 conversions against the definition: every half
+// value round-trips through float exactly, and float -> half rounds to the
+// nearest half (ties to even) — checked against exact double arithmetic on
+// the two neighbouring halves, for every float bit pattern in steps.
+TEST(CudaEmu, HalfConversionsRoundToNearestEven) {
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    const __half x{static_cast<uint16_t>(h)};
+    const float f = __half2float(x);
+    if (std::isnan(f)) {
+      EXPECT_TRUE(((h >> 10) & 0x1f) == 31 && (h & 0x3ff) != 0) << h;
+      EXPECT_TRUE(std::isnan(__half2float(__float2half(f)))) << h;
+      continue;
+    }
+    ASSERT_EQ(__float2half(f).x, h) << "half " << h << " -> " << f;
+  }
+  // Positive finite halves in order, as doubles.
+  std::vector<double> halves;
+  for (uint32_t h = 0; h < 0x7c00; ++h) halves.push_back(__half2float(__half{static_cast<uint16_t>(h)}));
+  EXPECT_EQ(halves[1], std::ldexp(1.0, -24));
+  EXPECT_EQ(halves.back(), 65504.0);
+  for (uint64_t u = 0; u < 0x7f800000u; u += 997) {
+    const float f = std::bit_cast<float>(static_cast<uint32_t>(u));
+    const uint16_t got = __float2half(f).x;
+    const uint16_t neg = __float2half(-f).x;
+    ASSERT_EQ(neg, got | 0x8000) << f;
+    const double v = f;
+    if (v >= 65520.0) {
+      ASSERT_EQ(got, 0x7c00) << f;
+      continue;
+    }
+    const size_t hi = std::lower_bound(halves.begin(), halves.end(), v) - halves.begin();
+    uint16_t want;
+    if (hi == halves.size()) {
+      want = 0x7bff;  // in [65504, 65520): rounds down to the largest half
+    } else if (halves[hi] == v || hi == 0) {
+      want = static_cast<uint16_t>(hi);
+    } else {
+      const double d_lo = v - halves[hi - 1], d_hi = halves[hi] - v;
+      want = static_cast<uint16_t>(d_lo < d_hi ? hi - 1 : d_hi < d_lo ? hi : ((hi - 1) % 2 == 0 ? hi - 1 : hi));
+    }
+    ASSERT_EQ(got, want) << f;
+  }
+}
+#endif
 
 TEST(CudaEmu, ThreadAndBlockIndices) {
   const dim3 grid(3, 2, 2), block(4, 3, 2);

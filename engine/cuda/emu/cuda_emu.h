@@ -360,5 +360,26 @@ inline __nv_bfloat16 __float2bfloat16(float f) {  // round to nearest even
   if ((u & 0x7fffffffu) > 0x7f800000u) return {static_cast<uint16_t>((u >> 16) | 0x40)};
   return {static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
 }
-inline float __half2float(__half h) { return static_cast<float>(std::bit_cast<_Float16>(h.x)); }
-inline __half __float2half(float f) { return {std::bit_cast<uint16_t>(static_cast<_Float16>(f))}; }
+// IEEE binary16 <-> float in integer arithmetic (round to nearest even, as
+// the device's conversions), so that no compiler's _Float16 support is needed.
+inline float __half2float(__half h) {
+  const uint32_t sign = static_cast<uint32_t>(h.x & 0x8000u) << 16, exp = (h.x >> 10) & 0x1fu, man = h.x & 0x3ffu;
+  if (exp == 0) {  // zero or subnormal: man * 2^-24
+    const float v = static_cast<float>(man) * 5.9604644775390625e-08f;
+    return sign ? -v : v;
+  }
+  if (exp == 31) return std::bit_cast<float>(sign | 0x7f800000u | (man << 13));  // inf, NaN
+  return std::bit_cast<float>(sign | ((exp + 112u) << 23) | (man << 13));
+}
+inline __half __float2half(float f) {
+  uint32_t u = std::bit_cast<uint32_t>(f);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  u &= 0x7fffffffu;
+  if (u > 0x7f800000u) return {static_cast<uint16_t>(sign | 0x7e00u | ((u >> 13) & 0x3ffu))};  // NaN stays NaN
+  if (u >= 0x477ff000u) return {static_cast<uint16_t>(sign | 0x7c00u)};  // >= 65520 rounds to inf
+  if (u < 0x38800000u) {  // below 2^-14: a subnormal half (exact scaling, then round to nearest even)
+    return {static_cast<uint16_t>(sign | static_cast<uint16_t>(std::nearbyint(std::bit_cast<float>(u) * 16777216.0f)))};
+  }
+  u += 0xfffu + ((u >> 13) & 1u);
+  return {static_cast<uint16_t>(sign | ((u >> 13) - (112u << 10)))};
+}
