@@ -121,7 +121,8 @@ Completion::Completion(ApiContext* ctx, bool chat, std::shared_ptr<CompletionSin
 
 Completion::~Completion() = default;
 
-std::optional<ApiError> Completion::Parse(const json& body, GenerationRequest* gr, std::vector<std::string>* stops) {
+std::optional<ApiError> Completion::Parse(const json& body, int64_t max_model_len, GenerationRequest* gr,
+                                          std::vector<std::string>* stops) {
   ApiError err;
   if (!body.is_object()) return BadRequest("the body is not a JSON object", "");
   if (body.contains("model") && !body["model"].is_null()) {
@@ -199,7 +200,7 @@ std::optional<ApiError> Completion::Parse(const json& body, GenerationRequest* g
   }
   float temperature = 1.0f, top_p = 1.0f, min_p = 0.0f, presence = 0.0f, frequency = 0.0f;
   int64_t top_k = 0, seed = 0, n = 1, top_logprobs = 0;
-  int64_t max_tokens = std::max<int64_t>(1, ctx_->pool->max_model_len() - static_cast<int64_t>(gr->prompt.size()));
+  int64_t max_tokens = std::max<int64_t>(1, max_model_len - static_cast<int64_t>(gr->prompt.size()));
   if (body.contains("top_p") && body["top_p"].is_number() && body["top_p"].get<double>() <= 0.0) {
     return BadRequest("'top_p' must be in (0, 1]", "top_p");
   }
@@ -293,6 +294,26 @@ std::optional<ApiError> Completion::Parse(const json& body, GenerationRequest* g
   return std::nullopt;
 }
 
+std::optional<ApiError> Completion::SafeParse(const json& body, int64_t max_model_len, GenerationRequest* gr,
+                                              std::vector<std::string>* stops) {
+  // Parse reads untrusted JSON with checked accessors; a type mismatch it
+  // missed is still a 400 naming the cause, never an exception out of here.
+  try {
+    return Parse(body, max_model_len, gr, stops);
+  } catch (const nlohmann::json::exception& e) {
+    return BadRequest(absl::StrCat("malformed request: ", e.what()), "");
+  }
+}
+
+std::optional<ApiError> Completion::Decode(ApiContext* ctx, bool chat, const json& body, int64_t max_model_len,
+                                           Decoded* out) {
+  Completion c(ctx, chat, nullptr);
+  if (auto err = c.SafeParse(body, max_model_len, &out->request, &out->stops)) return err;
+  out->n = static_cast<int>(c.choices_.size());
+  out->stream = c.stream_;
+  return std::nullopt;
+}
+
 std::optional<ApiError> Completion::Start(ApiContext* ctx, bool chat, const json& body,
                                           std::shared_ptr<CompletionSink> sink, std::shared_ptr<Completion>* out,
                                           CompletionOptions options) {
@@ -300,13 +321,7 @@ std::optional<ApiError> Completion::Start(ApiContext* ctx, bool chat, const json
   c->options_ = options;
   GenerationRequest gr;
   std::vector<std::string> stops;
-  // Parse reads untrusted JSON with checked accessors; a type mismatch it
-  // missed is still a 400 naming the cause, never an exception out of here.
-  try {
-    if (auto err = c->Parse(body, &gr, &stops)) return err;
-  } catch (const nlohmann::json::exception& e) {
-    return BadRequest(absl::StrCat("malformed request: ", e.what()), "");
-  }
+  if (auto err = c->SafeParse(body, ctx->pool->max_model_len(), &gr, &stops)) return err;
   c->prompt_ = gr.prompt;
   c->created_ = UnixNow();
   c->response_id_ = absl::StrCat(chat ? "chatcmpl-" : "cmpl-", g_next_response++);

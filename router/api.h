@@ -100,6 +100,17 @@ class Completion : public std::enable_shared_from_this<Completion> {
   static std::optional<ApiError> Start(ApiContext* ctx, bool chat, const ordered_json& body,
                                        std::shared_ptr<CompletionSink> sink, std::shared_ptr<Completion>* out,
                                        CompletionOptions options = {});
+  // What Start validates, without submitting: the request (n copies are
+  // submitted) and its stop strings, or the error Start would return.
+  // `max_model_len` stands for the pool's. For tests and fuzzing.
+  struct Decoded {
+    GenerationRequest request;
+    std::vector<std::string> stops;
+    int n = 1;
+    bool stream = false;
+  };
+  static std::optional<ApiError> Decode(ApiContext* ctx, bool chat, const ordered_json& body, int64_t max_model_len,
+                                        Decoded* out);
   // The client went away: every choice still running is aborted, nothing more is emitted.
   void Abort();
   bool stream() const { return stream_; }
@@ -110,7 +121,11 @@ class Completion : public std::enable_shared_from_this<Completion> {
   ~Completion();
 
  private:
-  std::optional<ApiError> Parse(const ordered_json& body, GenerationRequest* request, std::vector<std::string>* stops);
+  std::optional<ApiError> Parse(const ordered_json& body, int64_t max_model_len, GenerationRequest* request,
+                                std::vector<std::string>* stops);
+  // Parse, with any JSON type error it missed turned into a 400.
+  std::optional<ApiError> SafeParse(const ordered_json& body, int64_t max_model_len, GenerationRequest* request,
+                                    std::vector<std::string>* stops);
   void OnToken(Choice& c, const worker::v1::SampleOutput& s);
   void OnFinish(Choice& c, RequestStatus st, const std::string& why);
   void EmitContent(Choice& c, const std::string& raw);

@@ -2,13 +2,17 @@
 // sequence due to sample gets a token at once (a fixed cycle of ordinary
 // tokens, never a stop token), so a router in front of it runs at the speed
 // of its own scheduling, gRPC and HTTP layers: the router-overhead benchmark.
+// --step-ms N makes every step take N ms, as a model's would (the overload
+// benchmark: a server whose capacity is known).
 //
-//   moeserve-fake-worker [--port 0] [--vocab 201088] [--blocks 1000000] [--block-size 16]
+//   moeserve-fake-worker [--port 0] [--vocab 201088] [--blocks 1000000] [--block-size 16] [--step-ms 0]
 // Prints "listening on HOST:PORT" once ready.
 #include <grpcpp/grpcpp.h>
 
+#include <chrono>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <unordered_map>
 
 #include "absl/strings/numbers.h"
@@ -25,8 +29,8 @@ constexpr int32_t kCycle[] = {290, 328, 326, 13, 261};
 
 class FakeWorker final : public v1::Worker::Service {
  public:
-  FakeWorker(int64_t vocab, int32_t blocks, int32_t block_size)
-      : vocab_(vocab), blocks_(blocks), block_size_(block_size) {}
+  FakeWorker(int64_t vocab, int32_t blocks, int32_t block_size, int64_t step_ms)
+      : vocab_(vocab), blocks_(blocks), block_size_(block_size), step_ms_(step_ms) {}
 
   grpc::Status Describe(grpc::ServerContext*, const v1::DescribeRequest*, v1::DescribeResponse* d) override {
     d->set_model("fake");
@@ -77,6 +81,7 @@ class FakeWorker final : public v1::Worker::Service {
         if (it == seqs.end()) continue;
         step(r.id(), it->second.first, it->second.second, r.num_scheduled());
       }
+      if (step_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_ms_));
       if (!stream->Write(res)) break;
     }
     return grpc::Status::OK;
@@ -85,15 +90,16 @@ class FakeWorker final : public v1::Worker::Service {
  private:
   int64_t vocab_;
   int32_t blocks_, block_size_;
+  int64_t step_ms_;
 };
 
 }  // namespace
 
 int main(int argc, char** argv) {
   bool help = false;
-  auto f = moeserve::ParseFlagPairs(argc, argv, {"--port", "--vocab", "--blocks", "--block-size"}, &help);
+  auto f = moeserve::ParseFlagPairs(argc, argv, {"--port", "--vocab", "--blocks", "--block-size", "--step-ms"}, &help);
   if (help) {
-    std::puts("usage: moeserve-fake-worker [--port 0] [--vocab 201088] [--blocks 1000000] [--block-size 16]");
+    std::puts("usage: moeserve-fake-worker [--port 0] [--vocab 201088] [--blocks 1000000] [--block-size 16] [--step-ms 0]");
     return 0;
   }
   if (!f.ok()) {
@@ -109,7 +115,7 @@ int main(int argc, char** argv) {
     return v;
   };
   FakeWorker w(num("--vocab", 201088), static_cast<int32_t>(num("--blocks", 1000000)),
-               static_cast<int32_t>(num("--block-size", 16)));
+               static_cast<int32_t>(num("--block-size", 16)), num("--step-ms", 0));
   grpc::ServerBuilder b;
   int port = 0;
   b.AddListeningPort("127.0.0.1:" + std::to_string(num("--port", 0)), grpc::InsecureServerCredentials(), &port);

@@ -75,6 +75,21 @@ int main(int argc, char** argv) {
   n = 0;
   for (const std::string& c : chats) Write(out / "fuzz_chat_render", n++, c);
 
+  // OpenAI requests: a selector byte (even: chat, odd: completions), then the body.
+  const std::vector<std::string> requests = {
+      R"({"model":"gpt-oss-20b","messages":[{"role":"user","content":"Hi"}],"temperature":0.7,"top_p":0.9,"max_tokens":64,"stream":true,"stream_options":{"include_usage":true}})",
+      R"({"messages":[{"role":"user","content":"Hi"}],"n":3,"seed":42,"logprobs":true,"top_logprobs":5,"stop":["
+
+","END"],"stop_token_ids":[200012],"presence_penalty":0.5,"frequency_penalty":-0.5,"top_k":40,"min_p":0.05,"return_token_ids":true})",
+      R"({"messages":[{"role":"user","content":"Weather in Paris?"}],"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}],"tool_choice":{"type":"function","function":{"name":"get_weather"}}})",
+      R"({"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"required","max_completion_tokens":10,"reasoning_effort":"medium"})"};
+  n = 0;
+  for (const std::string& r : requests) Write(out / "fuzz_openai_request", n++, std::string(1, '\0') + r);
+  for (const std::string& r : {std::string(R"({"prompt":"Once upon a time","max_tokens":16,"logprobs":2,"echo":false})"),
+                               std::string(R"({"prompt":[1,2,3,4],"stop":"x","n":2,"seed":1})")}) {
+    Write(out / "fuzz_openai_request", n++, "\x01" + r);
+  }
+
   // Worker steps: a prefill, a decode diff, bad block ids, bad sampling.
   namespace v1 = worker::v1;
   n = 0;
