@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: installs what is missing, builds, then ctest, then the
-# fuzz targets for a bounded time (scripts/fuzz.sh). GPU tests
+# sanitizer suites and the fuzz targets (see below). GPU tests
 # (label gpu) skip themselves without a GPU; slow ones run only with
 # MOESERVE_SLOW_TESTS=1.
 set -euo pipefail
@@ -10,6 +10,11 @@ scripts/build.sh
 exclude="slow"
 if [ "${MOESERVE_SLOW_TESTS:-0}" = 1 ]; then exclude="^$"; fi
 (cd build && ctest --output-on-failure -j"${JOBS:-2}" -LE "$exclude")
-# The fuzz targets (label fuzz, their own clang + ASan/UBSan build in
-# build-fuzz/), MOESERVE_FUZZ_SECONDS each (default 45); MOESERVE_SKIP_FUZZ=1 skips them.
+# Then the suite again under sanitizers, each in its own clang build
+# (scripts/sanitize.sh): ASan + UBSan (unit, reference, e2e), the fuzz targets
+# in that same build for MOESERVE_FUZZ_SECONDS each (default 45,
+# scripts/fuzz.sh), and TSan (the concurrency tests, label tsan).
+# MOESERVE_SKIP_SANITIZERS=1 skips both suites, MOESERVE_SKIP_FUZZ=1 the fuzz targets.
+if [ "${MOESERVE_SKIP_SANITIZERS:-0}" != 1 ]; then scripts/sanitize.sh asan; fi
 if [ "${MOESERVE_SKIP_FUZZ:-0}" != 1 ]; then scripts/fuzz.sh; fi
+if [ "${MOESERVE_SKIP_SANITIZERS:-0}" != 1 ]; then scripts/sanitize.sh tsan; fi

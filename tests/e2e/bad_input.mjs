@@ -85,6 +85,8 @@ const cases = [
   ["completions: negative id", 400, comp({ prompt: [-1] })],
   ["completions: float ids", 400, comp({ prompt: [1.5] })],
   ["completions: empty prompt", 400, comp({ prompt: "" })],
+  ["completions: a prompt longer than --max-model-len", 400, comp({ prompt: Array(3000).fill(1) })],
+  ["chat: a prompt longer than --max-model-len", 400, chat({ messages: [{ role: "user", content: "word ".repeat(3000) }] })],
   ["deeply nested JSON", 400, { path: "/v1/chat/completions", body: "[".repeat(100000) + "]".repeat(100000) }],
   ["JSON nested 65 deep inside a request", 400, chat({ messages: user, metadata: JSON.parse("[".repeat(64) + "]".repeat(64)) })],
   ["2049 messages (limit 2048)", 400, chat({ messages: Array.from({ length: 2049 }, () => ({ role: "user", content: "x" })) })],
