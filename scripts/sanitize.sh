@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The test suite under sanitizers, with clang, each in its own build dir:
 #   scripts/sanitize.sh asan   build-asan/: ASan + UBSan; runs the unit, reference
-#                              and e2e tests (not emu, gpu, slow). The same build
-#                              holds the fuzz targets (scripts/fuzz.sh).
+#                              and e2e tests (not gpu, slow, nor emu: the CUDA
+#                              emulator switches stacks with Boost.Context,
+#                              whose Debian build lacks ASan's fiber hooks).
+#                              The same build holds the fuzz targets
+#                              (scripts/fuzz.sh).
 #   scripts/sanitize.sh tsan   build-tsan/: TSan; builds what the concurrency
 #                              tests need and runs those labelled `tsan` (group
 #                              runner, scheduler, worker gRPC, gateway, many
-#                              streams, failover, gRPC API).
+#                              streams, failover, gRPC API). The engine's
+#                              numeric kernels are built without TSan there.
 # Every report of every process (tests, routers, workers the e2e tests start)
 # goes to <build>/sanitizer-logs/; any report fails the run and is printed.
 # Suppressions (third-party code only, each with its reason):
