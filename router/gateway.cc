@@ -129,23 +129,20 @@ class Session : public std::enable_shared_from_this<Session>, public CompletionS
       const bool header = phase_ == Phase::kHeader;
       return Refuse({408, absl::StrCat("request ", header ? "header" : "body", " not received within ",
                                        (header ? gw_->opts.header_timeout : gw_->opts.body_timeout).count(), " ms"),
-                     "invalid_request_error", "", "request_timeout"},
-                    http::status::request_timeout);
+                     "invalid_request_error", "", "request_timeout"});
     }
     if (ec == http::error::body_limit) {
-      return Refuse({413, absl::StrCat("request body too large: the limit is ", gw_->opts.max_body_bytes, " bytes")},
-                    http::status::payload_too_large);
+      return Refuse({413, absl::StrCat("request body too large: the limit is ", gw_->opts.max_body_bytes, " bytes")});
     }
     if (ec == http::error::header_limit) {
-      return Refuse({431, absl::StrCat("request header too large: the limit is ", gw_->opts.max_header_bytes, " bytes")},
-                    http::status::request_header_fields_too_large);
+      return Refuse({431, absl::StrCat("request header too large: the limit is ", gw_->opts.max_header_bytes, " bytes")});
     }
     if (ec == http::error::end_of_stream || ec == http::error::partial_message || ec == net::error::eof ||
         ec == net::error::connection_reset || ec == net::error::operation_aborted) {
       return Close();  // the client went away
     }
     if (ec.category() == beast::error_code(http::error::bad_target).category()) {
-      return Refuse({400, absl::StrCat("malformed HTTP request: ", ec.message())}, http::status::bad_request);
+      return Refuse({400, absl::StrCat("malformed HTTP request: ", ec.message())});
     }
     Close();
   }
@@ -153,9 +150,9 @@ class Session : public std::enable_shared_from_this<Session>, public CompletionS
   // Answers a request that cannot be read to its end, then keeps reading
   // (and discarding) what the client is still sending for a while, so it
   // sees the answer instead of a reset.
-  void Refuse(const ApiError& e, http::status status) {
+  void Refuse(const ApiError& e) {
     if (gw_->api->metrics) gw_->api->metrics->HttpResponse(e.status);
-    auto res = std::make_shared<http::response<http::string_body>>(status, 11);
+    auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(e.status), 11);
     res->set(http::field::content_type, "application/json");
     res->set(http::field::server, "moeserve");
     res->keep_alive(false);
