@@ -105,6 +105,7 @@ struct Completion::Choice {
   std::unique_ptr<text::StopMatcher> stop;
   std::map<int, std::string> call_ids;
   bool stopped_by_string = false;
+  int64_t cached_tokens = -1;  // prompt tokens found in the prefix cache (-1: not scheduled yet)
   std::string finish_hint;
   json pending_logprob;  // of the token being applied
   int64_t text_offset = 0;
@@ -342,6 +343,9 @@ std::optional<ApiError> Completion::Start(ApiContext* ctx, bool chat, const json
     if (r.sampling.has_seed()) r.sampling.set_seed(r.sampling.seed() + static_cast<uint64_t>(ch->index));
     Choice* cp = ch.get();
     GenerationCallbacks cb;
+    cb.on_scheduled = [c, cp](int64_t cached) {
+      c->sink_->Post([cp, cached] { cp->cached_tokens = cached; });
+    };
     cb.on_token = [c, cp](const worker::v1::SampleOutput& s) {
       c->sink_->Post([c, cp, s] { c->OnToken(*cp, s); });
     };
@@ -416,7 +420,7 @@ void Completion::EmitContent(Choice& c, const std::string& raw) {
   }
   if (c.stop->stopped() && !c.stopped_by_string) {
     c.stopped_by_string = true;
-    ctx_->pool->Abort(c.id);  // on_finish follows; it is reported as "stop"
+    ctx_->pool->Finish(c.id, RequestStatus::kFinishedStopped);  // on_finish follows
   }
 }
 
@@ -513,7 +517,16 @@ json Completion::Usage() const {
   int64_t completion = 0;
   for (const auto& c : choices_) completion += static_cast<int64_t>(c->tokens.size());
   const int64_t prompt = static_cast<int64_t>(prompt_.size());
-  return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
+  // The prompt is shared by the choices: its cached part is what the first
+  // lookup found (later choices reuse what the first computed).
+  int64_t cached = -1;
+  for (const auto& c : choices_) {
+    if (c->cached_tokens >= 0) cached = cached < 0 ? c->cached_tokens : std::min(cached, c->cached_tokens);
+  }
+  return {{"prompt_tokens", prompt},
+          {"completion_tokens", completion},
+          {"total_tokens", prompt + completion},
+          {"prompt_tokens_details", {{"cached_tokens", std::max<int64_t>(cached, 0)}}}};
 }
 
 void Completion::OnFinish(Choice& c, RequestStatus st, const std::string& why) {

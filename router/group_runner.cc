@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/status.h"
+#include "router/step_codec.h"
 
 namespace moeserve::router {
 
@@ -56,6 +57,7 @@ absl::Status GroupRunner::Start(int timeout_ms) {
   kv.block_size = description_.block_size();
   kv.num_blocks = {description_.full().num_blocks(), description_.sliding().num_blocks()};
   kv.sliding_window = description_.sliding_window();
+  kv.enable_prefix_caching = config_.enable_prefix_caching;
   config_.max_model_len = std::min<int64_t>(config_.max_model_len, description_.max_model_len());
   scheduler_ = std::make_unique<Scheduler>(config_, kv);
   // An empty step on every rank: each accepts this stream (a worker refuses a second router).
@@ -133,6 +135,9 @@ absl::StatusOr<int64_t> GroupRunner::Submit(GenerationRequest g, GenerationCallb
   r->output = std::move(g.output);
   r->max_tokens = g.max_tokens;
   r->stop_token_ids = std::move(g.stop_token_ids);
+  r->sampling = std::move(g.sampling);
+  r->cache_key = g.cache_key;
+  r->callbacks = std::move(callbacks);
   const int64_t id = r->id;
   for (int64_t i = 0; i < r->num_tokens(); ++i) {
     const int32_t t = r->token_at(i);
@@ -143,20 +148,16 @@ absl::StatusOr<int64_t> GroupRunner::Submit(GenerationRequest g, GenerationCallb
   if (r->output.size() >= static_cast<size_t>(r->max_tokens)) {
     return absl::InvalidArgumentError("the request has no tokens left to generate");
   }
-  if (live_.count(id)) return absl::AlreadyExistsError(absl::StrCat("request ", id, " exists"));
   if (absl::Status st = scheduler_->AddRequest(std::move(r)); !st.ok()) return st;
-  Live& l = live_[id];
-  l.sampling = g.sampling;
-  l.callbacks = std::move(callbacks);
-  l.submitted = std::chrono::steady_clock::now();
   cv_.notify_all();
   return id;
 }
 
-void GroupRunner::Abort(int64_t id) {
+void GroupRunner::Finish(int64_t id, RequestStatus status) {
+  MOE_CHECK(status == RequestStatus::kFinishedAborted || status == RequestStatus::kFinishedStopped);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    aborts_.push_back(id);
+    finishes_.emplace_back(id, status);
   }
   cv_.notify_all();
 }
@@ -199,44 +200,45 @@ int64_t GroupRunner::num_preemptions() const {
   return num_preemptions_;
 }
 
+void GroupRunner::ApplyFinishes(std::vector<std::function<void()>>* events) {
+  for (const auto& [id, status] : finishes_) {
+    const Request* r = scheduler_->request(id);
+    if (!r || IsFinished(r->status)) continue;
+    scheduler_->FinishRequests({id}, status);
+    std::unique_ptr<Request> done = scheduler_->Release(id);
+    events->push_back([cb = std::move(done->callbacks.on_finish), status] {
+      if (cb) cb(status, "");
+    });
+  }
+  finishes_.clear();
+}
+
 void GroupRunner::EndAll(const std::string& why, bool hand_on) {
   std::vector<OrphanedRequest> orphans;
-  std::vector<GenerationCallbacks> aborted;
+  std::vector<std::function<void()>> finished;
   {
     std::lock_guard<std::mutex> lock(mu_);
     failed_ = true;
     if (!scheduler_) return;  // never started: nothing was accepted
-    for (int64_t id : aborts_) {
-      auto it = live_.find(id);
-      if (it == live_.end()) continue;
-      aborted.push_back(std::move(it->second.callbacks));
-      live_.erase(it);
-      scheduler_->FinishRequests({id}, RequestStatus::kFinishedAborted);
-      scheduler_->Release(id);
-    }
-    aborts_.clear();
-    std::vector<int64_t> ids;
-    for (auto& [id, l] : live_) {
-      const Request* r = scheduler_->request(id);
+    ApplyFinishes(&finished);
+    const std::vector<int64_t> ids = scheduler_->RequestIds();
+    scheduler_->FinishRequests(ids, RequestStatus::kFinishedError);
+    for (int64_t id : ids) {
+      std::unique_ptr<Request> r = scheduler_->Release(id);
       if (!r) continue;
       OrphanedRequest o;
       o.id = id;
-      o.request.prompt = r->prompt;
-      o.request.output = r->output;
+      o.request.prompt = std::move(r->prompt);
+      o.request.output = std::move(r->output);
       o.request.max_tokens = r->max_tokens;
-      o.request.stop_token_ids = r->stop_token_ids;
-      o.request.sampling = l.sampling;
-      o.callbacks = std::move(l.callbacks);
+      o.request.stop_token_ids = std::move(r->stop_token_ids);
+      o.request.sampling = std::move(r->sampling);
+      o.request.cache_key = r->cache_key;
+      o.callbacks = std::move(r->callbacks);
       orphans.push_back(std::move(o));
-      ids.push_back(id);
     }
-    scheduler_->FinishRequests(ids, RequestStatus::kFinishedError);
-    for (int64_t id : ids) scheduler_->Release(id);
-    live_.clear();
   }
-  for (auto& cb : aborted) {
-    if (cb.on_finish) cb.on_finish(RequestStatus::kFinishedAborted, "");
-  }
+  for (auto& e : finished) e();
   if (hand_on && hooks_.on_orphans) {
     hooks_.on_orphans(std::move(orphans), why);
     return;
@@ -252,15 +254,17 @@ void GroupRunner::Loop() {
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait_for(lock, std::chrono::milliseconds(50), [&] {
-        return stop_ || failed_ || !aborts_.empty() || scheduler_->num_running() + scheduler_->num_waiting() > 0;
+        return stop_ || failed_ || !finishes_.empty() || scheduler_->num_running() + scheduler_->num_waiting() > 0;
       });
       if (stop_) return;
       failure = failure_;
     }
-    if (!failure.empty() || !RunStep()) {
-      // Marked down; reconnecting is the worker pool's job.
-      return EndAll(failure.empty() ? absl::StrCat("worker ", address_, " failed") : failure, /*hand_on=*/true);
+    if (failure.empty() && !RunStep()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      failure = failure_.empty() ? absl::StrCat("worker ", address_, " failed") : failure_;
     }
+    // Marked down, or the step stream broke; reconnecting is the worker pool's job.
+    if (!failure.empty()) return EndAll(failure, /*hand_on=*/true);
   }
 }
 
@@ -269,63 +273,29 @@ bool GroupRunner::RunStep() {
   std::vector<Event> events;
   v1::StepRequest req;
   SchedulerOutput out;
+  uint64_t step_id;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    // Aborts first: their blocks return before this step is planned.
-    for (int64_t id : aborts_) {
-      auto it = live_.find(id);
-      if (it == live_.end()) continue;
-      scheduler_->FinishRequests({id}, RequestStatus::kFinishedAborted);
-      scheduler_->Release(id);
-      auto cb = std::move(it->second.callbacks);
-      live_.erase(it);
-      events.push_back([cb] {
-        if (cb.on_finish) cb.on_finish(RequestStatus::kFinishedAborted, "");
-      });
-    }
-    aborts_.clear();
+    // Finishes first: their blocks return before this step is planned.
+    ApplyFinishes(&events);
     out = scheduler_->Schedule();
-    req.set_step_id(++step_id_);
-    for (int64_t id : out.finished) req.add_finished_ids(id);
+    step_id = ++step_id_;
+    req = EncodeStep(step_id, out);
     num_preemptions_ += static_cast<int64_t>(out.preempted.size());
-    for (int64_t id : out.preempted) {
-      req.add_finished_ids(id);
-      if (auto it = live_.find(id); it != live_.end()) it->second.blocks_sent[0] = it->second.blocks_sent[1] = 0;
-    }
     const auto now = std::chrono::steady_clock::now();
-    for (const ScheduledSequence& s : out.scheduled) {
-      const Request* r = scheduler_->request(s.request_id);
-      Live& l = live_[s.request_id];
-      if (!l.scheduled_once) {
-        l.scheduled_once = true;
-        if (hooks_.on_queue_time) {
-          const double q = std::chrono::duration<double>(now - l.submitted).count();
-          events.push_back([this, q] { hooks_.on_queue_time(q); });
-        }
+    for (int64_t id : out.started) {
+      const Request* r = scheduler_->request(id);
+      if (hooks_.on_queue_time) {
+        const double q = std::chrono::duration<double>(now - r->arrival).count();
+        events.push_back([this, q] { hooks_.on_queue_time(q); });
       }
-      const BlockTables& t = scheduler_->kv().tables(s.request_id);
-      if (s.whole) {
-        v1::NewSequence* n = req.add_new_sequences();
-        n->set_id(s.request_id);
-        for (int64_t i = 0; i < r->num_tokens(); ++i) n->add_tokens(r->token_at(i));
-        n->set_num_computed(s.start);
-        n->set_num_scheduled(s.num_tokens);
-        for (int32_t b : t[kFullGroup]) n->add_full_blocks(b);
-        for (int32_t b : t[kSlidingGroup]) n->add_sliding_blocks(b);
-        *n->mutable_sampling() = l.sampling;
-        n->set_num_prompt_tokens(static_cast<int32_t>(r->prompt.size()));
-      } else {
-        v1::RunningSequence* n = req.add_running();
-        n->set_id(s.request_id);
-        n->set_num_scheduled(s.num_tokens);
-        for (size_t b = l.blocks_sent[kFullGroup]; b < t[kFullGroup].size(); ++b) n->add_new_full_blocks(t[kFullGroup][b]);
-        for (size_t b = l.blocks_sent[kSlidingGroup]; b < t[kSlidingGroup].size(); ++b) {
-          n->add_new_sliding_blocks(t[kSlidingGroup][b]);
-        }
-        n->set_sliding_released_below(scheduler_->kv().sliding_released(s.request_id));
+      // Only the loop thread touches a request's callbacks after Submit.
+      if (r->callbacks.on_scheduled) {
+        events.push_back([cb = &r->callbacks.on_scheduled, cached = r->num_cached_tokens] { (*cb)(cached); });
       }
-      l.blocks_sent[kFullGroup] = t[kFullGroup].size();
-      l.blocks_sent[kSlidingGroup] = t[kSlidingGroup].size();
+    }
+    if (hooks_.on_prefix_cache && out.prefix_cache_queries > 0) {
+      events.push_back([this, q = out.prefix_cache_queries, h = out.prefix_cache_hits] { hooks_.on_prefix_cache(q, h); });
     }
   }
   for (auto& e : events) e();
@@ -348,28 +318,32 @@ bool GroupRunner::RunStep() {
     hooks_.on_step(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
                    out.num_batched_tokens, static_cast<int>(out.scheduled.size()));
   }
+  absl::StatusOr<StepSamples> decoded = DecodeResult(res, step_id, out, description_.vocab_size());
+  if (!decoded.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    failure_ = absl::StrCat("worker ", address_, ": ", decoded.status().message());
+    return false;
+  }
 
-  // Tokens are delivered outside the lock through pointers into live_: only
-  // this thread erases from it (std::map keeps other elements in place while
-  // Submit inserts), and finished requests are erased after their last token.
+  // Tokens are delivered outside the lock through pointers into the requests'
+  // records: only this thread releases a request, Submit never touches an
+  // existing one, and finished requests are released after their last token.
   std::vector<std::pair<const std::function<void(const v1::SampleOutput&)>*, const v1::SampleOutput*>> tokens;
   std::vector<int64_t> done;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!res.error().empty()) {
+    if (!decoded->error.empty()) {
       // The worker dropped this step's sequences: only they fail.
       for (const auto& s : out.scheduled) done.push_back(s.request_id);
       scheduler_->FinishRequests(done, RequestStatus::kFinishedError);
     } else {
-      sampled_.clear();
-      tokens.reserve(res.samples_size());
-      for (const v1::SampleOutput& s : res.samples()) {
-        sampled_[s.id()] = s.token();
-        auto it = live_.find(s.id());
-        if (it == live_.end() || !it->second.callbacks.on_token) continue;
-        tokens.emplace_back(&it->second.callbacks.on_token, &s);
+      tokens.reserve(decoded->samples.size());
+      for (const v1::SampleOutput* s : decoded->samples) {
+        const Request* r = scheduler_->request(s->id());
+        if (!r || IsFinished(r->status) || !r->callbacks.on_token) continue;
+        tokens.emplace_back(&r->callbacks.on_token, s);
       }
-      done = scheduler_->UpdateFromOutput(out, sampled_);
+      done = scheduler_->UpdateFromOutput(out, decoded->tokens);
     }
   }
   for (const auto& [cb, s] : tokens) (*cb)(*s);
@@ -377,15 +351,12 @@ bool GroupRunner::RunStep() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (int64_t id : done) {
-      auto it = live_.find(id);
-      if (it == live_.end()) continue;
-      const RequestStatus status = scheduler_->request(id)->status;
-      auto cb = std::move(it->second.callbacks);
-      live_.erase(it);
-      scheduler_->Release(id);
-      const std::string why = status == RequestStatus::kFinishedError ? res.error() : "";
-      events.push_back([cb, status, why] {
-        if (cb.on_finish) cb.on_finish(status, why);
+      std::unique_ptr<Request> r = scheduler_->Release(id);
+      if (!r) continue;
+      const RequestStatus status = r->status;
+      const std::string why = status == RequestStatus::kFinishedError ? decoded->error : "";
+      events.push_back([cb = std::move(r->callbacks.on_finish), status, why] {
+        if (cb) cb(status, why);
       });
     }
   }

@@ -6,9 +6,10 @@
 // at once: rank 0's address as the Gloo store under a fresh key prefix, or
 // rank 0's NCCL id), sizes the scheduler's block pools from the smallest
 // rank's capacity, and runs one thread that turns each Schedule() into a StepRequest
-// on the worker's Execute stream (new sequences whole once, running ones as
-// block-table diffs, finished and preempted ids to drop), reads the
-// StepResult, and feeds it back with UpdateFromOutput. Every rank gets the
+// (step_codec.h: new sequences whole once, running ones as block-table diffs,
+// finished and preempted ids to drop) on the worker's Execute stream, reads
+// the StepResult, and feeds it back with UpdateFromOutput. Every request's
+// state is its scheduler Request; the runner keeps no table of its own. Every rank gets the
 // same step; rank 0's samples are used; a rank that fails fails the group. Callers submit and
 // abort requests from any thread; their callbacks run on the loop thread.
 // If the worker fails, the requests in flight go to the on_orphans hook (the
@@ -31,13 +32,6 @@
 
 namespace moeserve::router {
 
-struct GenerationCallbacks {
-  // A sampled token (with its logprob info when requested).
-  std::function<void(const worker::v1::SampleOutput&)> on_token;
-  // The request ended: its status (stop, length, abort, error) and a message for errors.
-  std::function<void(RequestStatus, const std::string&)> on_finish;
-};
-
 struct GenerationRequest {
   std::vector<int32_t> prompt;
   // Tokens already generated (a request moved from a failed group): they are
@@ -46,6 +40,7 @@ struct GenerationRequest {
   int64_t max_tokens = 16;
   std::vector<int32_t> stop_token_ids;
   worker::v1::SamplingParams sampling;
+  int64_t cache_key = 0;  // prefix-cache namespace (the LoRA adapter); 0: the base model
 };
 
 // A request that lost its worker: what it needs to continue elsewhere.
@@ -61,6 +56,8 @@ struct RunnerHooks {
   std::function<void(double seconds, int64_t batched_tokens, int num_seqs)> on_step;
   // When a request is scheduled for the first time: seconds since Submit.
   std::function<void(double seconds)> on_queue_time;
+  // Prefix-cache lookups of a step, in tokens: looked up, found cached.
+  std::function<void(int64_t queries, int64_t hits)> on_prefix_cache;
   // The worker failed: these requests have not finished. Without this hook they end with kFinishedError.
   std::function<void(std::vector<OrphanedRequest>, const std::string& why)> on_orphans;
 };
@@ -80,7 +77,10 @@ class GroupRunner {
   // Queues a request; errors (too long, queue full) come back at once. `id`
   // must be unique for this runner; 0 picks the next free one.
   absl::StatusOr<int64_t> Submit(GenerationRequest request, GenerationCallbacks callbacks, int64_t id = 0);
-  void Abort(int64_t id);
+  // Ends a request before the next step: kFinishedAborted (the client went
+  // away) or kFinishedStopped (a stop string matched); on_finish reports it.
+  void Finish(int64_t id, RequestStatus status);
+  void Abort(int64_t id) { Finish(id, RequestStatus::kFinishedAborted); }
   // Treats the worker as failed (a failed health check): the loop stops and
   // hands its requests on, as if the step stream had broken.
   void MarkFailed(const std::string& why);
@@ -95,20 +95,10 @@ class GroupRunner {
   double kv_usage(int group) const;
 
  private:
-  struct Pending {
-    std::unique_ptr<Request> request;
-    worker::v1::SamplingParams sampling;
-    GenerationCallbacks callbacks;
-  };
-  struct Live {
-    worker::v1::SamplingParams sampling;
-    GenerationCallbacks callbacks;
-    size_t blocks_sent[kNumGroups] = {0, 0};
-    std::chrono::steady_clock::time_point submitted;
-    bool scheduled_once = false;
-  };
   void Loop();
   bool RunStep();  // false when the worker failed
+  // Applies the finishes callers asked for (under mu_); their on_finish calls go to `events`.
+  void ApplyFinishes(std::vector<std::function<void()>>* events);
   // Ends every request the runner holds: aborted ones as aborted; the rest go to
   // hooks_.on_orphans when `hand_on` and the hook is set, else end with kFinishedError.
   void EndAll(const std::string& why, bool hand_on);
@@ -131,14 +121,12 @@ class GroupRunner {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::vector<int64_t> aborts_;
-  std::map<int64_t, Live> live_;
+  std::vector<std::pair<int64_t, RequestStatus>> finishes_;  // asked by callers, applied before each step
   bool stop_ = false;
   bool failed_ = false;
   std::string failure_;
   int64_t next_id_ = 1;
   uint64_t step_id_ = 0;
-  std::map<int64_t, int32_t> sampled_;  // loop thread: this step's tokens
   int64_t num_preemptions_ = 0;
   std::thread thread_;
 };

@@ -148,6 +148,9 @@ pb::GenerateResponse ToProto(const json& j) {
     res.mutable_usage()->set_prompt_tokens(j["usage"].value("prompt_tokens", 0));
     res.mutable_usage()->set_completion_tokens(j["usage"].value("completion_tokens", 0));
     res.mutable_usage()->set_total_tokens(j["usage"].value("total_tokens", 0));
+    if (j["usage"].contains("prompt_tokens_details")) {
+      res.mutable_usage()->set_cached_prompt_tokens(j["usage"]["prompt_tokens_details"].value("cached_tokens", 0));
+    }
   }
   if (j.contains("prompt_token_ids")) {
     for (const json& t : j["prompt_token_ids"]) res.add_prompt_token_ids(t.get<int32_t>());

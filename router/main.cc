@@ -36,6 +36,8 @@ constexpr char kUsage[] = R"(usage: moeserve-router --worker HOST:PORT[,HOST:POR
   --max-num-seqs N               running sequences per step (default 64)
   --max-num-batched-tokens N     tokens per step (default 2048)
   --max-num-queued-requests N    waiting requests per group before 429 (default 1024)
+  --enable-prefix-caching        reuse the K/V of prompt prefixes seen before (the default)
+  --no-enable-prefix-caching     compute every prompt whole
   --grpc-port N                  also serve the public gRPC API (moeserve.v1) on this port (0 picks one)
   --health-check-interval-ms N   how often workers are checked (default 1000)
 HTTP limits (docs/limits.md):
@@ -67,7 +69,8 @@ int main(int argc, char** argv) {
                                  "--max-num-queued-requests", "--grpc-port", "--health-check-interval-ms",
                                  "--tensor-parallel-size", "--max-connections", "--max-body-bytes",
                                  "--max-header-bytes", "--http-idle-timeout", "--http-header-timeout",
-                                 "--http-body-timeout"}, &help);
+                                 "--http-body-timeout"}, &help,
+                                {"--enable-prefix-caching", "--no-enable-prefix-caching"});
   if (help) {
     std::fputs(kUsage, stdout);
     return 0;
@@ -91,6 +94,10 @@ int main(int argc, char** argv) {
   if (!absl::SimpleAtoi(get("--max-model-len", "1000000000"), &sc.max_model_len) || sc.max_model_len < 1) {
     return Fail("bad --max-model-len");
   }
+  if (f.count("--enable-prefix-caching") && f.count("--no-enable-prefix-caching")) {
+    return Fail("--enable-prefix-caching and --no-enable-prefix-caching contradict each other");
+  }
+  sc.enable_prefix_caching = !f.count("--no-enable-prefix-caching");
   int64_t grpc_port = -1, health_ms;
   if (f.count("--grpc-port") && (!absl::SimpleAtoi(f["--grpc-port"], &grpc_port) || grpc_port < 0 || grpc_port > 65535)) {
     return Fail("bad --grpc-port");

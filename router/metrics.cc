@@ -27,6 +27,17 @@ RouterMetrics::RouterMetrics()
                              .Help("Generated tokens of finished requests.")
                              .Register(*registry_)
                              .Add({})),
+      prefix_cache_queries_(prometheus::BuildCounter()
+                                .Name("moeserve_prefix_cache_queries_total")
+                                .Help("Tokens of requests looked up in the prefix cache when scheduled (vLLM's "
+                                      "prefix_cache_queries).")
+                                .Register(*registry_)
+                                .Add({})),
+      prefix_cache_hits_(prometheus::BuildCounter()
+                             .Name("moeserve_prefix_cache_hits_total")
+                             .Help("Of those, tokens found cached and not computed again (vLLM's prefix_cache_hits).")
+                             .Register(*registry_)
+                             .Add({})),
       preemptions_(prometheus::BuildCounter()
                        .Name("moeserve_preemptions_total")
                        .Help("Requests preempted because the KV cache ran out (recomputed later), per worker group.")
@@ -113,6 +124,10 @@ RunnerHooks RouterMetrics::Hooks() {
   RunnerHooks h;
   h.on_step = [this](double s, int64_t tokens, int) { Step(s, tokens); };
   h.on_queue_time = [this](double s) { QueueTime(s); };
+  h.on_prefix_cache = [this](int64_t queries, int64_t hits) {
+    prefix_cache_queries_.Increment(static_cast<double>(queries));
+    prefix_cache_hits_.Increment(static_cast<double>(hits));
+  };
   return h;
 }
 

@@ -34,7 +34,7 @@ class RouterMetrics {
   void HttpResponse(int code);
   // The waiting-queue bound of each group (--max-num-queued-requests), exported beside the queue.
   void SetQueueLimit(int64_t limit) { queue_limit_ = limit; }
-  // Hooks that feed QueueTime and Step from every group's loop.
+  // Hooks that feed QueueTime, Step and the prefix-cache counters from every group's loop.
   RunnerHooks Hooks();
   // Text exposition format, with the groups' gauges read now.
   std::string Serialize(const WorkerPool& pool);
@@ -44,6 +44,8 @@ class RouterMetrics {
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Counter& prompt_tokens_;
   prometheus::Counter& generation_tokens_;
+  prometheus::Counter& prefix_cache_queries_;
+  prometheus::Counter& prefix_cache_hits_;
   prometheus::Family<prometheus::Counter>& preemptions_;
   prometheus::Family<prometheus::Counter>& failures_;
   prometheus::Family<prometheus::Gauge>& up_;

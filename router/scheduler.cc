@@ -41,10 +41,49 @@ void Scheduler::Preempt(Request* r, SchedulerOutput* out) {
   r->status = RequestStatus::kPreempted;
   r->num_computed = 0;
   ++r->num_preemptions;
-  sent_whole_.erase(r->id);
+  r->known_to_worker = false;
+  r->blocks_sent = {0, 0};
   running_.erase(std::find(running_.begin(), running_.end(), r));
   waiting_.push_front(r);
   out->preempted.push_back(r->id);
+}
+
+void Scheduler::UpdateBlockHashes(Request* r) const {
+  if (!kv_.config().enable_prefix_caching) return;
+  const int64_t bs = kv_.config().block_size;
+  std::vector<int32_t> block(bs);
+  for (int64_t b = static_cast<int64_t>(r->block_hashes.size()); (b + 1) * bs <= r->num_tokens(); ++b) {
+    for (int64_t i = 0; i < bs; ++i) block[i] = r->token_at(b * bs + i);
+    r->block_hashes.push_back(HashBlock(b > 0 ? &r->block_hashes[b - 1] : nullptr, r->cache_key, block));
+  }
+}
+
+void Scheduler::Emit(Request* r, int64_t n, SchedulerOutput* out) {
+  const bool whole = !r->known_to_worker;
+  out->scheduled.push_back({r->id, r->num_computed, n, whole, r->num_computed + n == r->num_tokens()});
+  const BlockTables& t = kv_.tables(r->id);
+  if (whole) {
+    NewSequenceData d;
+    d.request_id = r->id;
+    d.tokens.reserve(r->num_tokens());
+    d.tokens.insert(d.tokens.end(), r->prompt.begin(), r->prompt.end());
+    d.tokens.insert(d.tokens.end(), r->output.begin(), r->output.end());
+    d.num_prompt_tokens = static_cast<int32_t>(r->prompt.size());
+    d.num_computed = r->num_computed;
+    d.num_scheduled = n;
+    d.tables = t;
+    d.sampling = r->sampling;
+    out->new_sequences.push_back(std::move(d));
+  } else {
+    CachedSequenceData d;
+    d.request_id = r->id;
+    d.num_scheduled = n;
+    for (int g = 0; g < kNumGroups; ++g) d.new_blocks[g].assign(t[g].begin() + r->blocks_sent[g], t[g].end());
+    d.sliding_released_below = kv_.sliding_released(r->id);
+    out->cached.push_back(std::move(d));
+  }
+  r->known_to_worker = true;
+  for (int g = 0; g < kNumGroups; ++g) r->blocks_sent[g] = t[g].size();
 }
 
 SchedulerOutput Scheduler::Schedule() {
@@ -61,34 +100,52 @@ SchedulerOutput Scheduler::Schedule() {
       ++i;
       continue;
     }
-    bool fits = kv_.AllocateSlots(r->id, r->num_computed, n);
+    bool fits = kv_.AllocateSlots(r->id, r->num_computed, n, 0, &r->block_hashes);
     while (!fits) {
       // Preempt the newest running request that is not already in this step.
       Request* victim = running_.back();
       if (std::find(scheduled_running.begin(), scheduled_running.end(), victim) != scheduled_running.end()) break;
       Preempt(victim, &out);
       if (victim == r) break;
-      fits = kv_.AllocateSlots(r->id, r->num_computed, n);
+      fits = kv_.AllocateSlots(r->id, r->num_computed, n, 0, &r->block_hashes);
     }
     if (!fits) break;  // r was preempted, or nothing left to preempt
-    out.scheduled.push_back({r->id, r->num_computed, n, !sent_whole_[r->id], r->num_computed + n == r->num_tokens()});
-    sent_whole_[r->id] = true;
+    Emit(r, n, &out);
     scheduled_running.push_back(r);
     budget -= n;
     ++i;
   }
 
-  // 2. Waiting requests, in order, unless this step had to preempt.
-  while (out.preempted.empty() && budget > 0 && !waiting_.empty() &&
-         static_cast<int32_t>(running_.size()) < config_.max_num_seqs) {
-    Request* r = waiting_.front();
-    const int64_t n = std::min(r->num_tokens() - r->num_computed, budget);
-    if (!kv_.AllocateSlots(r->id, r->num_computed, n, config_.watermark_blocks)) break;
-    waiting_.pop_front();
+  // 2. Waiting requests, in order, unless this step had to preempt. One whose
+  // next block another request is computing waits a step to share it.
+  for (size_t i = 0; out.preempted.empty() && budget > 0 && i < waiting_.size() &&
+                     static_cast<int32_t>(running_.size()) < config_.max_num_seqs;) {
+    Request* r = waiting_[i];
+    PrefixHit hit;
+    if (r->num_computed == 0 && kv_.config().enable_prefix_caching) {
+      UpdateBlockHashes(r);
+      hit = kv_.FindCachedPrefix(r->block_hashes, r->num_tokens());
+      if (hit.next_pending) {
+        ++i;
+        continue;
+      }
+    }
+    const int64_t start = r->num_computed + hit.num_tokens;
+    const int64_t n = std::min(r->num_tokens() - start, budget);
+    if (!kv_.AllocateSlots(r->id, start, n, config_.watermark_blocks, &r->block_hashes, &hit)) break;
+    waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(i));
+    r->num_computed = start;
     r->status = RequestStatus::kRunning;
     running_.push_back(r);
-    out.scheduled.push_back({r->id, r->num_computed, n, true, r->num_computed + n == r->num_tokens()});
-    sent_whole_[r->id] = true;
+    if (kv_.config().enable_prefix_caching) {
+      out.prefix_cache_queries += r->num_tokens();
+      out.prefix_cache_hits += hit.num_tokens;
+    }
+    if (r->num_cached_tokens < 0) {
+      r->num_cached_tokens = std::min<int64_t>(hit.num_tokens, static_cast<int64_t>(r->prompt.size()));
+      out.started.push_back(r->id);
+    }
+    Emit(r, n, &out);
     budget -= n;
   }
   out.num_batched_tokens = config_.max_num_batched_tokens - budget;
@@ -98,7 +155,7 @@ SchedulerOutput Scheduler::Schedule() {
 void Scheduler::Finish(Request* r, RequestStatus status) {
   r->status = status;
   kv_.Free(r->id);
-  sent_whole_.erase(r->id);
+  r->known_to_worker = false;
   running_.erase(std::remove(running_.begin(), running_.end(), r), running_.end());
   waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), r), waiting_.end());
   finished_since_last_step_.push_back(r->id);
@@ -113,10 +170,12 @@ std::vector<int64_t> Scheduler::UpdateFromOutput(const SchedulerOutput& output,
     Request* r = it->second.get();
     if (r->status != RequestStatus::kRunning) continue;  // aborted or preempted meanwhile
     r->num_computed = s.start + s.num_tokens;
-    if (!s.samples) continue;
-    auto tok = sampled.find(s.request_id);
+    auto tok = s.samples ? sampled.find(s.request_id) : sampled.end();
+    if (tok != sampled.end()) r->output.push_back(tok->second);
+    // The step's full blocks are computed now: name them for later requests.
+    UpdateBlockHashes(r);
+    kv_.CacheBlocks(r->id, r->block_hashes, r->num_computed);
     if (tok == sampled.end()) continue;
-    r->output.push_back(tok->second);
     if (std::find(r->stop_token_ids.begin(), r->stop_token_ids.end(), tok->second) != r->stop_token_ids.end()) {
       Finish(r, RequestStatus::kFinishedStopped);
       done.push_back(r->id);
@@ -143,6 +202,19 @@ std::unique_ptr<Request> Scheduler::Release(int64_t id) {
   auto r = std::move(it->second);
   requests_.erase(it);
   return r;
+}
+
+std::vector<int64_t> Scheduler::RequestIds() const {
+  std::vector<int64_t> ids;
+  ids.reserve(requests_.size());
+  for (const auto& [id, r] : requests_) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+Request* Scheduler::mutable_request(int64_t id) {
+  auto it = requests_.find(id);
+  return it == requests_.end() ? nullptr : it->second.get();
 }
 
 const Request* Scheduler::request(int64_t id) const {

@@ -110,6 +110,7 @@ absl::Status WorkerPool::Connect(int g, int timeout_ms) {
 
 GenerationCallbacks WorkerPool::Wrap(int64_t id, GenerationCallbacks callbacks) {
   GenerationCallbacks w;
+  w.on_scheduled = std::move(callbacks.on_scheduled);
   w.on_token = std::move(callbacks.on_token);
   w.on_finish = [this, id, finish = std::move(callbacks.on_finish)](RequestStatus st, const std::string& why) {
     {
@@ -118,8 +119,8 @@ GenerationCallbacks WorkerPool::Wrap(int64_t id, GenerationCallbacks callbacks) 
         --groups_[it->second.group].in_flight;
         routes_.erase(it);
       }
-      // An abort waiting for a move that never happened (no group was left) is moot.
-      pending_aborts_.erase(std::remove(pending_aborts_.begin(), pending_aborts_.end(), id), pending_aborts_.end());
+      // A finish waiting for a move that never happened (no group was left) is moot.
+      std::erase_if(pending_finishes_, [id](const auto& f) { return f.first == id; });
     }
     if (finish) finish(st, why);
   };
@@ -148,24 +149,26 @@ absl::StatusOr<int64_t> WorkerPool::Place(int64_t id, GenerationRequest request,
   if (!st.ok()) return st.status();
   routes_[id] = Route{best, G.runner};
   ++G.in_flight;
-  if (auto it = std::find(pending_aborts_.begin(), pending_aborts_.end(), id); it != pending_aborts_.end()) {
-    pending_aborts_.erase(it);
-    G.runner->Abort(id);
+  if (auto it = std::find_if(pending_finishes_.begin(), pending_finishes_.end(),
+                             [id](const auto& f) { return f.first == id; });
+      it != pending_finishes_.end()) {
+    G.runner->Finish(id, it->second);
+    pending_finishes_.erase(it);
   }
   return id;
 }
 
-void WorkerPool::Abort(int64_t id) {
+void WorkerPool::Finish(int64_t id, RequestStatus status) {
   std::shared_ptr<GroupRunner> runner;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = routes_.find(id);
     if (it == routes_.end()) return;
     runner = it->second.runner;
-    // A request of a failing group is about to move: abort it where it lands.
-    if (!runner->alive()) pending_aborts_.push_back(id);
+    // A request of a failing group is about to move: finish it where it lands.
+    if (!runner->alive()) pending_finishes_.emplace_back(id, status);
   }
-  runner->Abort(id);
+  runner->Finish(id, status);
 }
 
 void WorkerPool::OnOrphans(int g, int64_t incarnation, std::vector<OrphanedRequest> orphans, const std::string& why) {

@@ -59,7 +59,10 @@ class WorkerPool {
   void Stop();
 
   absl::StatusOr<int64_t> Submit(GenerationRequest request, GenerationCallbacks callbacks);
-  void Abort(int64_t id);
+  // Ends a request at its group's next step: the client went away (abort) or
+  // a stop string matched (stopped; on_finish reports kFinishedStopped).
+  void Finish(int64_t id, RequestStatus status);
+  void Abort(int64_t id) { Finish(id, RequestStatus::kFinishedAborted); }
 
   // The model as the first worker described it (all groups must agree).
   const worker::v1::DescribeResponse& description() const { return description_; }
@@ -101,7 +104,8 @@ class WorkerPool {
   std::atomic<int64_t> next_id_{1};
   int round_robin_ = 0;
   bool described_ = false;
-  std::vector<int64_t> pending_aborts_;  // aborted while their group was failing
+  // Finished (aborted, stopped) while their group was failing: applied where they land.
+  std::vector<std::pair<int64_t, RequestStatus>> pending_finishes_;
   std::vector<std::shared_ptr<GroupRunner>> graveyard_;  // failed runners, stopped by the health thread
 
   std::mutex health_mu_;

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(build-essential cmake pkg-config git ca-certificates
               nlohmann-json3-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev
               libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc libboost-dev libboost-context-dev libgloo-dev clang libclang-rt-14-dev
-              prometheus-cpp-dev prometheus python3 python3-yaml)
+              prometheus-cpp-dev libssl-dev prometheus python3 python3-yaml)
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 

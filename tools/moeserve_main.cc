@@ -69,6 +69,7 @@ commands:
       --kv-cache-dtype bf16|f32 --metrics-port N (worker i's metrics on N + i)
       --max-connections N --max-body-bytes N --max-header-bytes N --http-idle-timeout S
       --http-header-timeout S --http-body-timeout S (HTTP limits, docs/limits.md)
+      --enable-prefix-caching (default) | --no-enable-prefix-caching
                              passed to moeserve-worker / moeserve-router
   generate         generate text from a prompt
       --model DIR            model directory (default: the demo model)
@@ -109,7 +110,8 @@ commands:
 using Flags = std::map<std::string, std::string>;
 
 absl::StatusOr<Flags> ParseFlags(int argc, char** argv, int first) {
-  static const char* kBool[] = {"--kv-f32", "--rope-ggml", "--help", "--specials", "--enable-expert-parallel"};
+  static const char* kBool[] = {"--kv-f32", "--rope-ggml", "--help", "--specials", "--enable-expert-parallel",
+                                "--enable-prefix-caching", "--no-enable-prefix-caching"};
   Flags f;
   for (int i = first; i < argc; ++i) {
     std::string a = argv[i];
@@ -394,6 +396,9 @@ absl::Status Serve(FlagReader& f) {
                         "--api-key", "--served-model-name", "--grpc-port", "--max-connections", "--max-body-bytes",
                         "--max-header-bytes", "--http-idle-timeout", "--http-header-timeout", "--http-body-timeout"}) {
     if (f.Has(k)) router_args.insert(router_args.end(), {k, f.Str(k, "")});
+  }
+  for (const char* k : {"--enable-prefix-caching", "--no-enable-prefix-caching"}) {
+    if (f.Has(k)) router_args.push_back(k);
   }
   RETURN_IF_ERROR(f.Finish());
   // Worker i is rank i % tp of group i / tp.

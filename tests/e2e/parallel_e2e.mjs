@@ -99,7 +99,10 @@ for (const [name, extra, tp] of [["TP=2", [], 2], ["TP=4", [], 4], ["EP=2", ["--
 const port = 20000 + Math.floor(Math.random() * 20000), metricsPort = port + 1;
 const serve = spawn(args.moeserve, ["serve", "--model", model, "--port", String(port), "--tensor-parallel-size", "2",
   "--data-parallel-size", "2", "--kv-cache-memory", "640KiB", "--max-num-seqs", "8", "--kv-cache-dtype", "f32", "--threads", "1",
-  "--max-model-len", "1024", "--max-num-batched-tokens", "16", "--metrics-port", String(metricsPort)],
+  "--max-model-len", "1024", "--max-num-batched-tokens", "16", "--metrics-port", String(metricsPort),
+  // The same prompts are sent three times at once: with prefix caching they would share their blocks and the
+  // small pools would never preempt (prefix_cache_e2e covers caching; here the flag's forwarding is checked too).
+  "--no-enable-prefix-caching"],
   { stdio: ["ignore", "inherit", "inherit"], detached: true });
 process.on("exit", () => { try { process.kill(-serve.pid, "SIGKILL"); } catch {} });
 const base = `http://127.0.0.1:${port}`;
