@@ -1,6 +1,7 @@
 #include "router/kv_cache_manager.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "base/status.h"
 
@@ -66,6 +67,26 @@ PrefixHit KvCacheManager::FindCachedPrefix(const std::vector<BlockHash>& hashes,
   }
   hit.next_pending = j < max_blocks && pending_.count(hashes[j]) > 0;
   return hit;
+}
+
+int64_t KvCacheManager::SlidingTokenLimit(int64_t request_id, int64_t num_computed, int32_t watermark,
+                                          const PrefixHit* hit) const {
+  if (config_.num_blocks[kSlidingGroup] == 0) return std::numeric_limits<int64_t>::max();
+  static const std::vector<int32_t> kNone;
+  auto it = tables_.find(request_id);
+  const bool use_hit = hit && hit->num_tokens > 0;
+  const std::vector<int32_t>& t =
+      use_hit ? hit->tables[kSlidingGroup] : (it == tables_.end() ? kNone : it->second.tables[kSlidingGroup]);
+  const int64_t scanned = use_hit || it == tables_.end() ? 0 : it->second.scanned;
+  const int64_t first_block = FirstWindowBlock(num_computed);
+  int64_t avail = pools_[kSlidingGroup].num_free() - watermark;
+  for (int64_t b = scanned; b < std::min<int64_t>(first_block, t.size()); ++b) avail += t[b] >= 0;
+  if (use_hit) {
+    for (int32_t b : t) avail -= b >= 0 && pools_[kSlidingGroup].ref_count(b) == 0;
+  }
+  // New blocks start at max(table size, first_block); `avail` of them fit.
+  const int64_t start = std::max<int64_t>(static_cast<int64_t>(t.size()), first_block);
+  return (start + avail) * config_.block_size - num_computed;
 }
 
 bool KvCacheManager::AllocateSlots(int64_t request_id, int64_t num_computed, int64_t num_new, int32_t watermark,

@@ -87,6 +87,13 @@ class KvCacheManager {
   // (then num_computed must equal hit->num_tokens).
   bool AllocateSlots(int64_t request_id, int64_t num_computed, int64_t num_new, int32_t watermark = 0,
                      const std::vector<BlockHash>* hashes = nullptr, const PrefixHit* hit = nullptr);
+  // The most tokens a step may compute for the request after `num_computed`
+  // with the sliding blocks free now (those the step releases included),
+  // `watermark` kept free: a chunk's sliding layers hold K/V of the whole chunk
+  // during the step, so a long chunk needs as many sliding blocks as tokens/16.
+  // May be <= 0. Unbounded (INT64_MAX) without a sliding group.
+  int64_t SlidingTokenLimit(int64_t request_id, int64_t num_computed, int32_t watermark,
+                            const PrefixHit* hit = nullptr) const;
   // Returns every block of the request to the pools (named blocks stay cached;
   // the table's tail goes first, so a prefix outlives its continuations).
   void Free(int64_t request_id);

@@ -95,11 +95,14 @@ SchedulerOutput Scheduler::Schedule() {
   // 1. Running requests, oldest first.
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     Request* r = running_[i];
-    const int64_t n = std::min(r->num_tokens() - r->num_computed, budget);
+    int64_t n = std::min(r->num_tokens() - r->num_computed, budget);
     if (n <= 0) {
       ++i;
       continue;
     }
+    // A prefill chunk no longer than the free sliding blocks allow (when even
+    // one token does not fit, allocation fails below and preemption makes room).
+    if (const int64_t lim = kv_.SlidingTokenLimit(r->id, r->num_computed, 0); lim >= 1) n = std::min(n, lim);
     bool fits = kv_.AllocateSlots(r->id, r->num_computed, n, 0, &r->block_hashes);
     while (!fits) {
       // Preempt the newest running request that is not already in this step.
@@ -131,8 +134,9 @@ SchedulerOutput Scheduler::Schedule() {
       }
     }
     const int64_t start = r->num_computed + hit.num_tokens;
-    const int64_t n = std::min(r->num_tokens() - start, budget);
-    if (!kv_.AllocateSlots(r->id, start, n, config_.watermark_blocks, &r->block_hashes, &hit)) break;
+    const int64_t n = std::min({r->num_tokens() - start, budget,
+                                kv_.SlidingTokenLimit(r->id, start, config_.watermark_blocks, &hit)});
+    if (n < 1 || !kv_.AllocateSlots(r->id, start, n, config_.watermark_blocks, &r->block_hashes, &hit)) break;
     waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(i));
     r->num_computed = start;
     r->status = RequestStatus::kRunning;

@@ -2,8 +2,12 @@
 // minimal OpenAI-compatible /v1/completions endpoint (streaming), with
 // --parallel sequences in one context so concurrent requests are batched by
 // llama.cpp itself. Greedy when temperature is 0; stops at the model's
-// end-of-generation tokens or max_tokens.
-//   node llama_server.mjs --gguf FILE [--parallel 8] [--ctx-per-seq 1024] [--threads N] [--port 0]
+// end-of-generation tokens or max_tokens. Like llama-server's cache_prompt
+// (its default), a request goes to the free sequence whose context shares the
+// longest prefix with its prompt and only the rest is evaluated
+// (--cache-prompt 0 clears the sequence every time); the reused tokens are
+// reported as usage.prompt_tokens_details.cached_tokens.
+//   node llama_server.mjs --gguf FILE [--parallel 8] [--ctx-per-seq 1024] [--threads N] [--port 0] [--cache-prompt 1]
 // Prints "listening on HOST:PORT".
 import http from "node:http";
 import { join, dirname } from "node:path";
@@ -28,7 +32,25 @@ const ctx = await model.createContext({ contextSize: parallel * ctxPerSeq, seque
                                         batchSize: Math.min(2048, parallel * ctxPerSeq) });
 const free = Array.from({ length: parallel }, () => ctx.getSequence());
 const waiters = [];
-const acquire = () => (free.length ? Promise.resolve(free.pop()) : new Promise(r => waiters.push(r)));
+const cachePrompt = (args["cache-prompt"] ?? "1") !== "0";
+const commonPrefix = (a, b) => {
+  let n = 0;
+  while (n < a.length && n < b.length && a[n] === b[n]) ++n;
+  return n;
+};
+// The free sequence sharing the longest prefix with the prompt (llama-server's slot similarity).
+const acquire = prompt => {
+  if (!free.length) return new Promise(r => waiters.push(r));
+  let best = free.length - 1;
+  if (cachePrompt) {
+    let bestLen = -1;
+    free.forEach((seq, i) => {
+      const n = commonPrefix(seq.contextTokens, prompt);
+      if (n > bestLen) (best = i), (bestLen = n);
+    });
+  }
+  return Promise.resolve(free.splice(best, 1)[0]);
+};
 const release = seq => (waiters.length ? waiters.shift()(seq) : free.push(seq));
 const name = "llama.cpp";
 let nextId = 1;
@@ -49,12 +71,15 @@ const server = http.createServer((req, res) => {
     res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache", connection: "close" });
     const chunk = (text, finish) => `data: ${JSON.stringify({ id, object: "text_completion", created, model: name,
       choices: [{ index: 0, text, logprobs: null, finish_reason: finish }] })}\n\n`;
-    const seq = await acquire();
-    let n = 0, finish = "length", closed = false;
+    const seq = await acquire(prompt);
+    let n = 0, finish = "length", closed = false, keep = 0;
     res.on("close", () => (closed = true));
     try {
-      await seq.clearHistory();
-      for await (const t of seq.evaluate(prompt, { temperature: j.temperature ?? 0 })) {
+      // Keep the shared prefix (at least one prompt token is evaluated, to sample from).
+      keep = cachePrompt ? Math.min(commonPrefix(seq.contextTokens, prompt), prompt.length - 1) : 0;
+      if (keep === 0) await seq.clearHistory();
+      else if (keep < seq.nextTokenIndex) await seq.eraseContextTokenRanges([{ start: keep, end: seq.nextTokenIndex }]);
+      for await (const t of seq.evaluate(prompt.slice(keep), { temperature: j.temperature ?? 0 })) {
         if (model.isEogToken(t)) { finish = "stop"; break; }
         n++;
         res.write(chunk(t < 200000 ? utf8.decode(enc.decode(new Uint32Array([t])), { stream: true }) : "", null));
@@ -65,7 +90,8 @@ const server = http.createServer((req, res) => {
     }
     res.write(chunk("", finish));
     res.write(`data: ${JSON.stringify({ id, object: "text_completion", created, model: name, choices: [],
-      usage: { prompt_tokens: prompt.length, completion_tokens: n, total_tokens: prompt.length + n } })}\n\n`);
+      usage: { prompt_tokens: prompt.length, completion_tokens: n, total_tokens: prompt.length + n,
+               prompt_tokens_details: { cached_tokens: keep } } })}\n\n`);
     res.end("data: [DONE]\n\n");
   });
 });

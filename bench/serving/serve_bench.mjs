@@ -6,6 +6,13 @@
 //        [--endpoint completions|chat] [--num-prompts 200] [--max-concurrency 64]
 //        [--request-rate inf] [--input-len 128] [--output-len 128] [--seed 0] [--json FILE]
 //
+// --workload multiturn runs --conversations conversations of --turns turns
+// each, all at once (up to --max-concurrency): every prompt is a shared system
+// prompt of --system-len words, then the conversation so far (earlier user
+// turns of --turn-len words and the server's replies), then a new user turn,
+// as a chat client resends it; it reports TTFT per turn, so prefix caching
+// (or its absence) shows in how later turns compare with the first.
+//
 // Requests stream (SSE) with temperature 0 and max_tokens = --output-len.
 // Output tokens are the server's usage.completion_tokens when it reports them
 // (stream_options.include_usage), else the number of content chunks. With a
@@ -22,7 +29,8 @@ function parseArgs(argv) {
 const args = parseArgs(process.argv.slice(2));
 if (!args["base-url"]) {
   console.error("usage: node serve_bench.mjs --base-url URL [--model NAME] [--endpoint completions|chat] " +
-    "[--num-prompts N] [--max-concurrency N] [--request-rate R|inf] [--input-len N] [--output-len N] [--json FILE]");
+    "[--num-prompts N] [--max-concurrency N] [--request-rate R|inf] [--input-len N] [--output-len N] [--json FILE]\n" +
+    "       [--workload multiturn --conversations N --turns N --system-len N --turn-len N]");
   process.exit(2);
 }
 const base = new URL(args["base-url"].replace(/\/+$/, "") + "/");
@@ -60,8 +68,9 @@ const words = ("the of and to in is was for on that with as by at from his her i
   "just those people how too little state good very make world still own see men work long get here between both " +
   "life being under never day same another know while last might us great old year off come since against go came " +
   "right used take three").split(" ");
-const prompts = Array.from({ length: numPrompts }, () =>
-  Array.from({ length: inputLen }, () => words[Math.floor(rand() * words.length)]).join(" "));
+const randomText = n => Array.from({ length: n }, () => words[Math.floor(rand() * words.length)]).join(" ");
+const workload = args.workload ?? "random";
+const prompts = workload === "random" ? Array.from({ length: numPrompts }, () => randomText(inputLen)) : [];
 
 // One streamed request: timestamps of each content chunk, and the server's token count.
 function stream(prompt) {
@@ -73,7 +82,7 @@ function stream(prompt) {
   return new Promise(resolve => {
     const t0 = performance.now();
     const times = [];
-    let usage = null, buf = "", error = null;
+    let usage = null, buf = "", error = null, text = "";
     const req = http.request(new URL(path, base), { method: "POST", agent, headers }, res => {
       if (res.statusCode !== 200) error = `HTTP ${res.statusCode}`;
       res.setEncoding("utf8");
@@ -91,18 +100,41 @@ function stream(prompt) {
           if (!c) continue;
           const piece = c.text ?? c.delta?.content ?? c.delta?.reasoning_content ?? "";
           if (piece.length > 0) times.push(performance.now());
+          text += c.text ?? c.delta?.content ?? "";
         }
       });
-      res.on("end", () => resolve({ t0, times, usage, error, t1: performance.now() }));
+      res.on("end", () => resolve({ t0, times, usage, error, text, t1: performance.now() }));
     });
-    req.on("error", e => resolve({ t0, times, usage, error: String(e), t1: performance.now() }));
+    req.on("error", e => resolve({ t0, times, usage, error: String(e), text, t1: performance.now() }));
     req.end(JSON.stringify(body));
   });
 }
 
 const results = [];
-let inFlight = 0, next = 0;
 const tStart = performance.now();
+if (workload === "multiturn") {
+  // Conversations in parallel, each one turn after another.
+  const conversations = Number(args.conversations ?? 16), turns = Number(args.turns ?? 6);
+  const system = "System: " + randomText(Number(args["system-len"] ?? 2000)) + "\n";
+  const turnLen = Number(args["turn-len"] ?? 64);
+  const users = Array.from({ length: conversations }, () => Array.from({ length: turns }, () => randomText(turnLen)));
+  let nextConv = 0;
+  const runConversation = async () => {
+    while (nextConv < conversations) {
+      const c = nextConv++;
+      let history = system;
+      for (let t = 0; t < turns; ++t) {
+        const prompt = history + "User: " + users[c][t] + "\nAssistant:";
+        const r = await stream(prompt);
+        r.turn = t;
+        results.push(r);
+        history = prompt + r.text + "\n";
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(maxConcurrency, conversations) }, runConversation));
+} else {
+let inFlight = 0, next = 0;
 await new Promise(done => {
   let arrival = tStart;
   const launch = () => {
@@ -121,6 +153,7 @@ await new Promise(done => {
   };
   launch();
 });
+}
 const duration = (performance.now() - tStart) / 1000;
 agent.destroy();
 
@@ -156,6 +189,18 @@ const report = {
   streamed_chunks_per_s: sum(ok.map(r => r.times.length)) / duration,
   ttft_ms: stats(ttft), tpot_ms: stats(tpot), itl_ms: stats(itl), e2el_ms: stats(e2e),
 };
+if (workload === "multiturn") {
+  report.workload = "multiturn";
+  report.cached_prompt_tokens = sum(ok.map(r => r.usage?.prompt_tokens_details?.cached_tokens ?? 0));
+  report.ttft_by_turn_ms = [];
+  for (let t = 0; ok.some(r => r.turn === t); ++t) {
+    const xs = ok.filter(r => r.turn === t);
+    report.ttft_by_turn_ms.push({ turn: t + 1, prompt_tokens_mean: mean(xs.map(r => r.usage?.prompt_tokens ?? 0)),
+      ...stats(xs.map(r => r.times[0] - r.t0)) });
+  }
+  const first = report.ttft_by_turn_ms[0]?.median, later = report.ttft_by_turn_ms.slice(1).map(x => x.median);
+  report.later_turn_ttft_over_first = Math.max(...later) / first;
+}
 const f = x => (Number.isFinite(x) ? x.toFixed(2) : "n/a");
 console.log(`============ Serving Benchmark Result ============
 Endpoint:                                 ${report.endpoint}
@@ -180,5 +225,12 @@ Mean ITL (ms):                            ${f(report.itl_ms.mean)}
 Median ITL (ms):                          ${f(report.itl_ms.median)}
 P99 ITL (ms):                             ${f(report.itl_ms.p99)}
 ==================================================`);
+if (report.ttft_by_turn_ms) {
+  console.log(`Cached prompt tokens:                     ${report.cached_prompt_tokens} of ${report.total_input_tokens}`);
+  for (const x of report.ttft_by_turn_ms) {
+    console.log(`Turn ${String(x.turn).padEnd(3)} prompt ${f(x.prompt_tokens_mean).padStart(8)} tok   TTFT median ${f(x.median).padStart(9)} ms   p99 ${f(x.p99).padStart(9)} ms`);
+  }
+  console.log(`Slowest later turn / first turn (median TTFT): ${f(report.later_turn_ttft_over_first)}`);
+}
 if (report.first_error) console.log(`first error: ${report.first_error}`);
 if (args.json) writeFileSync(args.json, JSON.stringify(report, null, 2));

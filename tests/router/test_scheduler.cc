@@ -170,6 +170,33 @@ TEST(SchedulerTest, PreemptsTheNewestAndRecomputes) {
   EXPECT_EQ(s.kv().pool(kSlidingGroup).num_free(), 8);
 }
 
+// The sliding pool holds K/V of a whole chunk during a step: with a small pool
+// (the worker sizes it for --max-num-seqs windows) a long prompt is prefilled
+// in chunks that fit, instead of waiting forever for blocks that never free.
+TEST(SchedulerTest, ChunksFitTheSlidingPool) {
+  SchedulerConfig c;
+  c.watermark_blocks = 1;
+  Scheduler s(c, SmallKv(64, 10));  // window 8 = 2 blocks of 4; 10 sliding blocks
+  ASSERT_TRUE(s.AddRequest(Req(1, 60, 2)).ok());  // 15 blocks of prompt
+  std::vector<int64_t> chunks;
+  for (int i = 0; i < 20 && s.num_running() + s.num_waiting() > 0; ++i) {
+    SchedulerOutput o = s.Schedule();
+    ASSERT_EQ(o.scheduled.size(), 1u) << "step " << i;
+    chunks.push_back(o.scheduled[0].num_tokens);
+    std::map<int64_t, int32_t> sampled;
+    if (o.scheduled[0].samples) sampled[1] = 7;
+    s.UpdateFromOutput(o, sampled);
+  }
+  EXPECT_EQ(s.request(1)->status, RequestStatus::kFinishedLength);
+  // 9 blocks (10 - watermark) of 4 tokens, then chunks reusing the released blocks.
+  ASSERT_FALSE(chunks.empty());
+  EXPECT_EQ(chunks[0], 36);
+  int64_t total = 0;
+  for (int64_t n : chunks) total += n;
+  EXPECT_EQ(total, 61);  // 60 prompt tokens and the first sampled one
+  EXPECT_EQ(s.kv().pool(kSlidingGroup).num_free(), 10);
+}
+
 // Many requests, a tight KV pool, random aborts: every request ends, its
 // output is what the position-determined "model" says no matter how often it
 // was preempted, and all blocks come back.
