@@ -201,7 +201,9 @@ int64_t GroupRunner::num_preemptions() const {
 }
 
 void GroupRunner::ApplyFinishes(std::vector<std::function<void()>>* events) {
-  for (const auto& [id, status] : finishes_) {
+  for (const auto& finish : finishes_) {
+    const int64_t id = finish.first;
+    const RequestStatus status = finish.second;
     const Request* r = scheduler_->request(id);
     if (!r || IsFinished(r->status)) continue;
     scheduler_->FinishRequests({id}, status);
