@@ -5,7 +5,7 @@
 namespace moeserve {
 
 KvCache::KvCache(const ModelConfig& config, const KvCacheOptions& options) : options_(options) {
-  row_bytes_ = static_cast<size_t>(config.kv_dim()) * (options.f32 ? 4 : 2);
+  row_bytes_ = static_cast<size_t>(config.kv_dim()) * KvDtypeBytes(options.dtype);
   for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
     const int g = config.is_sliding(l) ? kSlidingGroup : kFullGroup;
     layer_group_.push_back(g);
@@ -18,12 +18,20 @@ KvCache::KvCache(const ModelConfig& config, const KvCacheOptions& options) : opt
   }
 }
 
-size_t KvCache::BytesPerBlock(const ModelConfig& config, int group, int block_size, bool f32) {
+bool ParseKvDtype(const std::string& s, KvDtype* out) {
+  if (s == "bf16") *out = KvDtype::kBf16;
+  else if (s == "f32") *out = KvDtype::kF32;
+  else if (s == "fp8" || s == "fp8_e4m3") *out = KvDtype::kFp8;
+  else return false;
+  return true;
+}
+
+size_t KvCache::BytesPerBlock(const ModelConfig& config, int group, int block_size, KvDtype dtype) {
   int64_t layers = 0;
   for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
     layers += (config.is_sliding(l) ? kSlidingGroup : kFullGroup) == group;
   }
-  return static_cast<size_t>(layers) * 2 * block_size * config.kv_dim() * (f32 ? 4 : 2);
+  return static_cast<size_t>(layers) * 2 * block_size * config.kv_dim() * KvDtypeBytes(dtype);
 }
 
 int KvCache::LayersInGroup(const ModelConfig& config, int group) {
@@ -35,10 +43,10 @@ int KvCache::LayersInGroup(const ModelConfig& config, int group) {
 }
 
 absl::StatusOr<std::array<int64_t, kNumCacheGroups>> PlanKvBlocks(const ModelConfig& c, int64_t budget_bytes,
-                                                                   int block_size, bool f32, int64_t max_num_seqs) {
+                                                                   int block_size, KvDtype dtype, int64_t max_num_seqs) {
   if (block_size < 1 || max_num_seqs < 1) return absl::InvalidArgumentError("block size and sequences must be >= 1");
-  const int64_t full_b = static_cast<int64_t>(KvCache::BytesPerBlock(c, kFullGroup, block_size, f32));
-  const int64_t slide_b = static_cast<int64_t>(KvCache::BytesPerBlock(c, kSlidingGroup, block_size, f32));
+  const int64_t full_b = static_cast<int64_t>(KvCache::BytesPerBlock(c, kFullGroup, block_size, dtype));
+  const int64_t slide_b = static_cast<int64_t>(KvCache::BytesPerBlock(c, kSlidingGroup, block_size, dtype));
   const int64_t slide_blocks = slide_b ? max_num_seqs * ((c.sliding_window + block_size - 1) / block_size + 2) : 0;
   const int64_t left = budget_bytes - slide_blocks * slide_b;
   if (left <= 0 || (full_b && left / full_b < 1)) {
@@ -76,9 +84,9 @@ int64_t ExpertBytes(const ModelConfig& c) {
 
 int64_t ExpertLayerBytes(const ModelConfig& c) { return c.num_local_experts * ExpertBytes(c); }
 
-int64_t KvMinBytes(const ModelConfig& c, int64_t max_model_len, int block_size, bool f32, int64_t max_num_seqs) {
-  const int64_t full_b = static_cast<int64_t>(KvCache::BytesPerBlock(c, kFullGroup, block_size, f32));
-  const int64_t slide_b = static_cast<int64_t>(KvCache::BytesPerBlock(c, kSlidingGroup, block_size, f32));
+int64_t KvMinBytes(const ModelConfig& c, int64_t max_model_len, int block_size, KvDtype dtype, int64_t max_num_seqs) {
+  const int64_t full_b = static_cast<int64_t>(KvCache::BytesPerBlock(c, kFullGroup, block_size, dtype));
+  const int64_t slide_b = static_cast<int64_t>(KvCache::BytesPerBlock(c, kSlidingGroup, block_size, dtype));
   const int64_t slide_blocks = slide_b ? max_num_seqs * ((c.sliding_window + block_size - 1) / block_size + 2) : 0;
   return (max_model_len + block_size - 1) / block_size * full_b + slide_blocks * slide_b;
 }

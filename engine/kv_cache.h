@@ -16,10 +16,12 @@
 
 #include <array>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/config.h"
+#include "engine/kv_dtype.h"
 #include "engine/kv_layout.h"
 
 namespace moeserve {
@@ -30,7 +32,7 @@ constexpr int kNumCacheGroups = 2;
 struct KvCacheOptions {
   int block_size = 16;
   int64_t num_blocks[kNumCacheGroups] = {256, 64};
-  bool f32 = false;  // default bf16
+  KvDtype dtype = KvDtype::kBf16;
 };
 
 class KvCache {
@@ -42,9 +44,9 @@ class KvCache {
   int64_t num_blocks(int group) const { return options_.num_blocks[group]; }
   int group_of_layer(int64_t layer) const { return layer_group_[layer]; }
   int num_layers_in_group(int group) const { return group_layers_[group]; }
-  bool f32() const { return options_.f32; }
+  KvDtype dtype() const { return options_.dtype; }
 
-  // The K (or V) row of one position: [kv_heads * head_dim] elements of bf16 or f32.
+  // The K (or V) row of one position: [kv_heads * head_dim] elements of the KV dtype.
   void* Row(int64_t layer, bool value, int64_t block, int slot) {
     const int g = layer_group_[layer];
     const int64_t rb = static_cast<int64_t>(row_bytes_);
@@ -57,7 +59,7 @@ class KvCache {
   // Layers of the model that use `group`'s pool.
   static int LayersInGroup(const ModelConfig& config, int group);
   // Bytes one block of `group` takes (all layers of the group, K and V).
-  static size_t BytesPerBlock(const ModelConfig& config, int group, int block_size, bool f32);
+  static size_t BytesPerBlock(const ModelConfig& config, int group, int block_size, KvDtype dtype);
   size_t total_bytes() const { return storage_[0].size() + storage_[1].size(); }
 
  private:
@@ -73,7 +75,7 @@ class KvCache {
 // holds more), the full-attention pool the rest. InvalidArgument, naming what
 // is missing, if not even one full-attention block is left.
 absl::StatusOr<std::array<int64_t, kNumCacheGroups>> PlanKvBlocks(const ModelConfig& config, int64_t budget_bytes,
-                                                                   int block_size, bool f32, int64_t max_num_seqs);
+                                                                   int block_size, KvDtype dtype, int64_t max_num_seqs);
 
 // The KV budget on a GPU, as vLLM's --gpu-memory-utilization: this process may
 // use `utilization` of the device's memory; weights and the activation
@@ -108,6 +110,6 @@ int64_t ExpertBytes(const ModelConfig& c);
 absl::StatusOr<HybridPlan> PlanHybrid(const ModelConfig& c, int64_t budget, int64_t other_bytes, int64_t kv_min_bytes,
                                       int n_cpu_moe, int64_t cache_bytes = -1);
 // KV bytes for one sequence of max_model_len tokens plus the sliding pool of max_num_seqs.
-int64_t KvMinBytes(const ModelConfig& c, int64_t max_model_len, int block_size, bool f32, int64_t max_num_seqs);
+int64_t KvMinBytes(const ModelConfig& c, int64_t max_model_len, int block_size, KvDtype dtype, int64_t max_num_seqs);
 
 }  // namespace moeserve

@@ -13,22 +13,32 @@ namespace {
 TEST(KvPlan, Gpt20bBlocks) {
   const ModelConfig c = *PresetConfig("20b");  // 24 layers, half sliding; 8 KV heads of 64
   // One block of one layer: K and V, 16 slots, 8 * 64 bf16 values = 2 * 16 * 512 * 2 bytes = 32 KiB.
-  EXPECT_EQ(KvCache::BytesPerBlock(c, kFullGroup, 16, false), size_t{12} * 32768);
-  EXPECT_EQ(KvCache::BytesPerBlock(c, kSlidingGroup, 16, false), size_t{12} * 32768);
-  EXPECT_EQ(KvCache::BytesPerBlock(c, kFullGroup, 16, true), size_t{12} * 65536);
+  EXPECT_EQ(KvCache::BytesPerBlock(c, kFullGroup, 16, KvDtype::kBf16), size_t{12} * 32768);
+  EXPECT_EQ(KvCache::BytesPerBlock(c, kSlidingGroup, 16, KvDtype::kBf16), size_t{12} * 32768);
+  EXPECT_EQ(KvCache::BytesPerBlock(c, kFullGroup, 16, KvDtype::kF32), size_t{12} * 65536);
+  EXPECT_EQ(KvCache::BytesPerBlock(c, kFullGroup, 16, KvDtype::kFp8), size_t{12} * 16384);
   EXPECT_EQ(KvCache::LayersInGroup(c, kFullGroup), 12);
   EXPECT_EQ(KvCache::LayersInGroup(c, kSlidingGroup), 12);
   // 4 GiB, 64 sequences: the window of 128 tokens is 8 blocks, + 2 = 10 per sequence = 640 sliding
   // blocks (640 * 384 KiB = 240 MiB); the rest, 4096 - 240 = 3856 MiB, is 3856 * 1024 / 384 = 10282 full blocks.
-  auto p = PlanKvBlocks(c, int64_t{4} << 30, 16, false, 64);
+  auto p = PlanKvBlocks(c, int64_t{4} << 30, 16, KvDtype::kBf16, 64);
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ((*p)[kSlidingGroup], 640);
   EXPECT_EQ((*p)[kFullGroup], 10282);
   // Too small: the sliding pool alone does not fit.
-  auto small = PlanKvBlocks(c, int64_t{200} << 20, 16, false, 64);
+  auto small = PlanKvBlocks(c, int64_t{200} << 20, 16, KvDtype::kBf16, 64);
   EXPECT_EQ(small.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(small.status().message().find("sliding-window pool"), std::string::npos);
-  EXPECT_FALSE(PlanKvBlocks(c, int64_t{1} << 30, 0, false, 64).ok());
+  EXPECT_FALSE(PlanKvBlocks(c, int64_t{1} << 30, 0, KvDtype::kBf16, 64).ok());
+  // fp8: blocks of 192 KiB; the sliding pool takes 120 MiB, the rest is (4096 - 120) * 1024 / 192 = 21205
+  // full blocks: twice the tokens of bf16 (and more, as the fixed sliding pool shrinks too).
+  auto f = PlanKvBlocks(c, int64_t{4} << 30, 16, KvDtype::kFp8, 64);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ((*f)[kSlidingGroup], 640);
+  EXPECT_EQ((*f)[kFullGroup], 21205);
+  KvDtype d;
+  EXPECT_TRUE(ParseKvDtype("fp8_e4m3", &d) && d == KvDtype::kFp8);
+  EXPECT_FALSE(ParseKvDtype("fp8_e5m2", &d));
 }
 
 TEST(KvPlan, GpuBudget) {

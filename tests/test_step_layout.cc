@@ -18,14 +18,14 @@ namespace {
 
 TEST(KvLayout, RowsTileEachPoolInTheDocumentedOrder) {
   const ModelConfig c = *PresetConfig("tiny");  // layers alternate sliding / full
-  for (bool f32 : {false, true}) {
+  for (KvDtype dt : {KvDtype::kBf16, KvDtype::kF32, KvDtype::kFp8}) {
     KvCacheOptions o;
     o.block_size = 4;
     o.num_blocks[kFullGroup] = 10;
     o.num_blocks[kSlidingGroup] = 7;
-    o.f32 = f32;
+    o.dtype = dt;
     KvCache kv(c, o);
-    const int64_t row_bytes = c.kv_dim() * (f32 ? 4 : 2);
+    const int64_t row_bytes = c.kv_dim() * (dt == KvDtype::kF32 ? 4 : dt == KvDtype::kBf16 ? 2 : 1);
     for (int g = 0; g < kNumCacheGroups; ++g) {
       std::set<int64_t> seen;
       int layer_in_group = 0;
@@ -48,7 +48,7 @@ TEST(KvLayout, RowsTileEachPoolInTheDocumentedOrder) {
         ++layer_in_group;
       }
       // Every row of the pool, nothing outside it.
-      const int64_t pool = static_cast<int64_t>(KvCache::BytesPerBlock(c, g, o.block_size, f32)) * o.num_blocks[g];
+      const int64_t pool = static_cast<int64_t>(KvCache::BytesPerBlock(c, g, o.block_size, dt)) * o.num_blocks[g];
       EXPECT_EQ(static_cast<int64_t>(seen.size()) * row_bytes, pool);
       EXPECT_LT(*seen.rbegin(), pool);
     }

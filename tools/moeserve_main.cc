@@ -66,7 +66,7 @@ commands:
       --host ADDR            listen address (default 127.0.0.1)
       --kv-cache-memory SIZE --max-model-len N --max-num-seqs N --max-num-batched-tokens N
       --max-num-queued-requests N --api-key KEY --served-model-name NAME --threads N
-      --kv-cache-dtype bf16|f32 --metrics-port N (worker i's metrics on N + i)
+      --kv-cache-dtype bf16|f32|fp8 --metrics-port N (worker i's metrics on N + i)
       --max-connections N --max-body-bytes N --max-header-bytes N --http-idle-timeout S
       --http-header-timeout S --http-body-timeout S (HTTP limits, docs/limits.md)
       --enable-prefix-caching (default) | --no-enable-prefix-caching
@@ -215,7 +215,7 @@ absl::StatusOr<std::unique_ptr<CpuBackend>> OpenModel(const std::string& dir, in
   CpuOptions mo;
   mo.num_threads = threads;
   mo.rope_ggml = rope_ggml;
-  mo.kv.f32 = kv_f32;
+  mo.kv.dtype = kv_f32 ? KvDtype::kF32 : KvDtype::kBf16;
   const int64_t blocks = (max_len + mo.kv.block_size - 1) / mo.kv.block_size;
   mo.kv.num_blocks[kFullGroup] = blocks;
   mo.kv.num_blocks[kSlidingGroup] = blocks;
@@ -599,7 +599,7 @@ absl::Status Logits(FlagReader& f) {
     if (rope_ggml) return absl::InvalidArgumentError("--rope-ggml is a CPU-only comparison switch");
     ASSIGN_OR_RETURN(auto w, LoadModelWeights(dir));
     cuda::CudaOptions co;
-    co.kv_f32 = kv_f32;
+    co.kv_dtype = kv_f32 ? KvDtype::kF32 : KvDtype::kBf16;
     // Enough sliding blocks for the one sequence's whole table.
     co.max_num_seqs = static_cast<int64_t>(ids.size()) / co.block_size + 1;
     co.gpu_memory_utilization = 0.8;

@@ -38,7 +38,7 @@ constexpr char kUsage[] = R"(usage: moeserve-worker --model DIR [flags]
   --gpu-memory-utilization F  CUDA: fraction of the GPU's memory this worker may use; the KV cache gets
                             what weights and workspace leave (default 0.9)
   --block-size N            tokens per KV block (default 16)
-  --kv-cache-dtype T        bf16 (default) or f32
+  --kv-cache-dtype T        bf16 (default), f32, or fp8 (E4M3, scale 1: half of bf16; docs/kv-cache.md)
   --max-num-seqs N          sequences the sliding-window pool is sized for (default 64)
   --max-model-len N         longest sequence (default 8192)
   --threads N               CPU threads (default: all)
@@ -137,12 +137,12 @@ int main(int argc, char** argv) {
   }
   const ModelConfig& c = (*weights)->config;
   // Sliding pool: the window plus a chunk for every sequence; the rest is full-attention.
-  const std::string kv_dtype = get("--kv-cache-dtype", "bf16");
-  if (kv_dtype != "bf16" && kv_dtype != "f32") return Fail("--kv-cache-dtype must be bf16 or f32");
+  KvDtype kv_dtype;
+  if (!ParseKvDtype(get("--kv-cache-dtype", "bf16"), &kv_dtype)) return Fail("--kv-cache-dtype must be bf16, f32 or fp8");
   CpuOptions mo;
   mo.num_threads = static_cast<int>(threads);
   mo.kv.block_size = static_cast<int>(block_size);
-  mo.kv.f32 = kv_dtype == "f32";
+  mo.kv.dtype = kv_dtype;
   const std::string device = get("--device", "auto");
   if (device != "auto" && device != "cpu" && device != "cuda") return Fail("--device must be auto, cpu or cuda");
   double utilization = 0.9;
@@ -155,7 +155,7 @@ int main(int argc, char** argv) {
     cuda::CudaOptions co;
     co.gpu_memory_utilization = utilization;
     co.block_size = mo.kv.block_size;
-    co.kv_f32 = mo.kv.f32;
+    co.kv_dtype = mo.kv.dtype;
     co.max_num_seqs = max_seqs;
     co.max_model_len = max_len;
     co.cpu_threads = static_cast<int>(threads);
@@ -180,7 +180,7 @@ int main(int argc, char** argv) {
   if (device == "cuda") return Fail("this build has no CUDA backend (nvcc was not found when it was built)");
 #endif
   if (!backend) {
-    auto blocks = PlanKvBlocks(c, kv_bytes, mo.kv.block_size, mo.kv.f32, max_seqs);
+    auto blocks = PlanKvBlocks(c, kv_bytes, mo.kv.block_size, mo.kv.dtype, max_seqs);
     if (!blocks.ok()) return Fail(absl::StrCat("--kv-cache-memory: ", blocks.status().message()));
     mo.kv.num_blocks[kFullGroup] = (*blocks)[kFullGroup];
     mo.kv.num_blocks[kSlidingGroup] = (*blocks)[kSlidingGroup];

@@ -184,7 +184,7 @@ grpc::Status WorkerService::Describe(grpc::ServerContext*, const v1::DescribeReq
   for (int g = 0; g < kNumCacheGroups; ++g) {
     v1::CacheGroup* cg = g == kFullGroup ? out->mutable_full() : out->mutable_sliding();
     cg->set_num_blocks(static_cast<int32_t>(kv.num_blocks[g]));
-    cg->set_bytes_per_block(static_cast<int64_t>(KvCache::BytesPerBlock(c, g, kv.block_size, kv.f32)));
+    cg->set_bytes_per_block(static_cast<int64_t>(KvCache::BytesPerBlock(c, g, kv.block_size, kv.dtype)));
     cg->set_num_layers(KvCache::LayersInGroup(c, g));
   }
   const ShardPlan& shard = model_->shard();

@@ -1,6 +1,7 @@
 #include "engine/cpu/cpu_backend.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -8,6 +9,7 @@
 #include "engine/cpu/kernels.h"
 #include "engine/cpu/ops.h"
 #include "engine/forward.h"
+#include "engine/fp8.h"
 #include "absl/strings/str_cat.h"
 
 namespace moeserve {
@@ -157,6 +159,15 @@ void CpuBackend::Rope(Tensor x, int num_heads) {
   for (int r = 0; r < x.rows; ++r) cpu::ApplyRope(x.data + r * x.ld, num_heads, hd, &cos_[r * half], &sin_[r * half]);
 }
 
+namespace {
+// E4M3 -> f32 for every byte.
+const std::array<float, 256> kE4m3Table = [] {
+  std::array<float, 256> t{};
+  for (int i = 0; i < 256; ++i) t[i] = E4m3ToF32(static_cast<uint8_t>(i));
+  return t;
+}();
+}  // namespace
+
 void CpuBackend::KvWrite(int64_t layer, Tensor k, Tensor v) {
   PhaseTimer t(phase_ns_[kAttention]);
   const int g = kv_.group_of_layer(layer);
@@ -168,9 +179,14 @@ void CpuBackend::KvWrite(int64_t layer, Tensor k, Tensor v) {
     void* vd = kv_.Row(layer, true, slot / bs, static_cast<int>(slot % bs));
     const float* kr = k.data + r * k.ld;
     const float* vr = v.data + r * v.ld;
-    if (kv_.f32()) {
+    if (kv_.dtype() == KvDtype::kF32) {
       std::memcpy(kd, kr, kvd * sizeof(float));
       std::memcpy(vd, vr, kvd * sizeof(float));
+    } else if (kv_.dtype() == KvDtype::kFp8) {
+      for (int64_t i = 0; i < kvd; ++i) {
+        static_cast<uint8_t*>(kd)[i] = F32ToE4m3(kr[i]);
+        static_cast<uint8_t*>(vd)[i] = F32ToE4m3(vr[i]);
+      }
     } else {
       for (int64_t i = 0; i < kvd; ++i) {
         static_cast<uint16_t*>(kd)[i] = F32ToBf16(kr[i]);
@@ -191,11 +207,13 @@ absl::Status CpuBackend::Attention(int64_t layer, Tensor q, Tensor out) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const int bs = kv_.block_size();
   const float* sinks = weights_->layers[layer].sinks.data();
-  const size_t elt = kv_.f32() ? 4 : 2;
+  const size_t elt = static_cast<size_t>(KvDtypeBytes(kv_.dtype()));
+  const bool fp8 = kv_.dtype() == KvDtype::kFp8;
   const cpu::Kernels& kern = cpu::ActiveKernels();
   pool_.Run(static_cast<int>(q.rows * kvh), [&](int task) {
     thread_local std::vector<float> scores;
     thread_local std::vector<const void*> k_rows, v_rows;
+    thread_local std::vector<float> k_f32, v_f32;  // fp8 rows widened for the f32 kernel
     const int64_t r = task / kvh;
     const int g = task % kvh;
     const int64_t p = step_->pos[r0_ + r];
@@ -211,7 +229,24 @@ absl::Status CpuBackend::Attention(int64_t layer, Tensor q, Tensor out) {
       k_rows[j - first] = static_cast<const char*>(kv_.Row(layer, false, block, slot)) + g * hd * elt;
       v_rows[j - first] = static_cast<const char*>(kv_.Row(layer, true, block, slot)) + g * hd * elt;
     }
-    kern.attend(q.data + r * q.ld + g * group * hd, group, hd, k_rows.data(), v_rows.data(), n, !kv_.f32(),
+    if (fp8) {
+      k_f32.resize(static_cast<size_t>(n) * hd);
+      v_f32.resize(static_cast<size_t>(n) * hd);
+      for (int64_t j = 0; j < n; ++j) {
+        const uint8_t* kr = static_cast<const uint8_t*>(k_rows[j]);
+        const uint8_t* vr = static_cast<const uint8_t*>(v_rows[j]);
+        float* kw = &k_f32[j * hd];
+        float* vw = &v_f32[j * hd];
+        for (int i = 0; i < hd; ++i) {
+          kw[i] = kE4m3Table[kr[i]];
+          vw[i] = kE4m3Table[vr[i]];
+        }
+        k_rows[j] = kw;
+        v_rows[j] = vw;
+      }
+    }
+    kern.attend(q.data + r * q.ld + g * group * hd, group, hd, k_rows.data(), v_rows.data(), n,
+                kv_.dtype() == KvDtype::kBf16,
                 sinks + g * group, scale, scores.data(), out.data + r * out.ld + g * group * hd);
   });
   return absl::OkStatus();

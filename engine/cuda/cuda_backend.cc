@@ -58,7 +58,7 @@ absl::StatusOr<HybridPlan> CudaBackend::PlanMemory(const ModelConfig& c, const S
   dense += c.num_hidden_layers * per_layer;
   if (shard.sharded()) dense += Align256(shard.world_size * kLogitRows * shard.vocab_stride * 4);
   const int64_t other = dense + static_cast<int64_t>(WorkspaceBytes(c, o));
-  const int64_t kv_min = KvMinBytes(c, o.max_model_len, o.block_size, o.kv_f32, o.max_num_seqs);
+  const int64_t kv_min = KvMinBytes(c, o.max_model_len, o.block_size, o.kv_dtype, o.max_num_seqs);
   return PlanHybrid(c, static_cast<int64_t>(static_cast<double>(device_bytes) * o.gpu_memory_utilization), other,
                     kv_min, o.n_cpu_moe, o.expert_cache_bytes);
 }
@@ -185,7 +185,7 @@ absl::Status CudaBackend::Upload(const CudaOptions& o) {
   int64_t usable = static_cast<int64_t>(static_cast<double>(info_.total_bytes) * o.gpu_memory_utilization) -
                    static_cast<int64_t>(info_.total_bytes - info_.free_bytes);
   if (o.device_memory_limit > 0) usable = std::min(usable, o.device_memory_limit);
-  const int64_t kv_min = KvMinBytes(c, o.max_model_len, o.block_size, o.kv_f32, o.max_num_seqs);
+  const int64_t kv_min = KvMinBytes(c, o.max_model_len, o.block_size, o.kv_dtype, o.max_num_seqs);
   const int64_t other = static_cast<int64_t>(dense_total + workspace);
   ASSIGN_OR_RETURN(HybridPlan plan, PlanHybrid(c, usable, other, kv_min, o.n_cpu_moe, o.expert_cache_bytes));
   plan_ = plan;
@@ -199,7 +199,7 @@ absl::Status CudaBackend::Upload(const CudaOptions& o) {
                                o.gpu_memory_utilization, weight_bytes_ + plan.cache_bytes,
                                static_cast<int64_t>(workspace)));
   budget = std::min(budget, plan.kv_bytes);
-  ASSIGN_OR_RETURN(const auto blocks, PlanKvBlocks(c, budget, o.block_size, o.kv_f32, o.max_num_seqs));
+  ASSIGN_OR_RETURN(const auto blocks, PlanKvBlocks(c, budget, o.block_size, o.kv_dtype, o.max_num_seqs));
   if (plan.n_cpu_moe > 0 && o.progress) {
     std::fprintf(stderr,
                  "moeserve: experts of layers 0-%d (%.2f GB) stay in host memory and run on the CPU; %lld of them "
@@ -208,7 +208,7 @@ absl::Status CudaBackend::Upload(const CudaOptions& o) {
                  info_.name.c_str(), plan.cache_bytes / 1e9, weight_bytes_ / 1e9, budget / 1e9);
   }
   kv_.block_size = o.block_size;
-  kv_.f32 = o.kv_f32;
+  kv_.dtype = o.kv_dtype;
   for (int g = 0; g < kNumCacheGroups; ++g) kv_.num_blocks[g] = blocks[g];
 
   // Weights.
@@ -238,20 +238,20 @@ absl::Status CudaBackend::Upload(const CudaOptions& o) {
   // KV pools: [layer_in_group][block][K|V][slot][kv_heads * head_dim].
   char* kv_base[kNumCacheGroups] = {nullptr, nullptr};
   for (int g = 0; g < kNumCacheGroups; ++g) {
-    const size_t bytes = KvCache::BytesPerBlock(c, g, kv_.block_size, kv_.f32) * kv_.num_blocks[g];
+    const size_t bytes = KvCache::BytesPerBlock(c, g, kv_.block_size, kv_.dtype) * kv_.num_blocks[g];
     if (bytes == 0) continue;
     ASSIGN_OR_RETURN(DeviceBuffer kb, DeviceBuffer::Allocate(bytes));
     kv_base[g] = kb.as<char>();
     buffers_.push_back(std::move(kb));
   }
-  const int64_t row_bytes = kvd * (kv_.f32 ? 4 : 2);
+  const int64_t row_bytes = kvd * KvDtypeBytes(kv_.dtype);
   int in_group[kNumCacheGroups] = {0, 0};
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const int g = c.is_sliding(l) ? kSlidingGroup : kFullGroup;
     layer_group_.push_back(g);
     kv_layers_.push_back({kv_base[g] + in_group[g]++ * KvLayerBytes(kv_.num_blocks[g], kv_.block_size, row_bytes),
                           kv_.block_size, static_cast<int>(c.num_key_value_heads), static_cast<int>(c.head_dim),
-                          !kv_.f32});
+                          kv_.dtype});
   }
 
   // Workspace.

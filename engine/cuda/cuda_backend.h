@@ -58,7 +58,7 @@ struct CudaOptions {
   int device = 0;
   double gpu_memory_utilization = 0.9;
   int block_size = 16;
-  bool kv_f32 = false;
+  KvDtype kv_dtype = KvDtype::kBf16;
   int64_t max_num_seqs = 64;          // the sliding-window pool is sized for this many sequences
   int64_t max_rows_per_chunk = 2048;  // workspace rows (tokens) per forward chunk
   bool progress = true;               // weight upload progress on stderr

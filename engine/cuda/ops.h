@@ -20,6 +20,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "engine/kv_dtype.h"
 
 namespace moeserve::cuda {
 
@@ -68,7 +69,7 @@ struct KvLayer {
   int block_size;
   int kv_heads;
   int head_dim;
-  bool bf16;
+  KvDtype dtype;
 };
 
 // Writes the K and V rows of new tokens: slot[r] = block * block_size + offset (-1: skip).

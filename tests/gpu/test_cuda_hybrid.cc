@@ -27,7 +27,7 @@ const std::string& Checkpoint() {
 cuda::CudaOptions Options() {
   cuda::CudaOptions co;
   co.block_size = 16;
-  co.kv_f32 = true;
+  co.kv_dtype = KvDtype::kF32;
   co.max_num_seqs = 8;
   co.max_model_len = 256;
   co.gpu_memory_utilization = 0.95;
@@ -146,7 +146,7 @@ TEST(CudaHybrid, AutoPicksTheSplitFromTheDeviceBudget) {
   EXPECT_EQ(p.n_cpu_moe, 0);
   const int64_t layer = ExpertLayerBytes(c);
   const int64_t other = p.device_weight_bytes - c.num_hidden_layers * layer;
-  const int64_t kv_min = KvMinBytes(c, co.max_model_len, co.block_size, co.kv_f32, co.max_num_seqs);
+  const int64_t kv_min = KvMinBytes(c, co.max_model_len, co.block_size, co.kv_dtype, co.max_num_seqs);
   const auto ref = Drive(*whole);
   const int64_t layers = c.num_hidden_layers, expert = ExpertBytes(c);
   whole.reset();

@@ -65,9 +65,10 @@ Step Run(Backend& m, const std::vector<std::vector<int32_t>>& seqs, const std::v
   return out;
 }
 
-// kv_f32 false: both backends keep K/V in bf16; their f32 K/V differ in the
-// last bits (summation order), so a value may round to the neighbouring bf16.
-void Compare(const std::string& dir, int max_rows, double tolerance, bool kv_f32 = true) {
+// bf16 (or fp8) K/V: both backends store K/V rounded; their f32 K/V differ in
+// the last bits (summation order), so a value may round to the neighbouring
+// bf16 (or E4M3) value.
+void Compare(const std::string& dir, int max_rows, double tolerance, KvDtype kv_dtype = KvDtype::kF32) {
   auto wc = LoadModelWeights(dir);
   auto wg = LoadModelWeights(dir);
   ASSERT_TRUE(wc.ok() && wg.ok());
@@ -75,12 +76,12 @@ void Compare(const std::string& dir, int max_rows, double tolerance, bool kv_f32
   CpuOptions mo;
   mo.num_threads = 2;
   mo.kv.block_size = 16;
-  mo.kv.f32 = kv_f32;
+  mo.kv.dtype = kv_dtype;
   mo.kv.num_blocks[0] = mo.kv.num_blocks[1] = 3 * 64;
   CpuBackend cpu(std::move(*wc), mo);
   cuda::CudaOptions co;
   co.block_size = 16;
-  co.kv_f32 = kv_f32;
+  co.kv_dtype = kv_dtype;
   co.max_num_seqs = 256;  // enough sliding blocks for the shuffled ids below
   co.max_rows_per_chunk = max_rows;
   co.gpu_memory_utilization = 0.5;
@@ -140,7 +141,14 @@ TEST(CudaBackend, TinyCheckpointMatchesTheCpu) {
 
 TEST(CudaBackend, Bf16KvCacheMatchesTheCpu) {
   if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-  Compare(testing::TinyCheckpoint("cuda_tiny", "mxfp4", "bf16", 1.0), 2048, 1e-5, /*kv_f32=*/false);
+  Compare(testing::TinyCheckpoint("cuda_tiny", "mxfp4", "bf16", 1.0), 2048, 1e-5, KvDtype::kBf16);
+}
+
+// fp8 K/V: the same E4M3 encoding on both backends (engine/fp8.h); a value
+// whose f32 inputs differ in the last bit may land on the neighbouring code (6 %).
+TEST(CudaBackend, Fp8KvCacheMatchesTheCpu) {
+  if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  Compare(testing::TinyCheckpoint("cuda_tiny", "mxfp4", "bf16", 1.0), 2048, 1e-3, KvDtype::kFp8);
 }
 
 TEST(CudaBackend, StepsLargerThanTheWorkspaceRunInChunks) {

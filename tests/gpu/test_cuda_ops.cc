@@ -15,6 +15,7 @@
 #include "engine/cuda/device.h"
 #include "engine/cuda/ops.h"
 #include "engine/dtype.h"
+#include "engine/fp8.h"
 
 namespace moeserve {
 namespace {
@@ -181,25 +182,36 @@ TEST(CudaOps, Rope) {
 }
 
 // Attention over a paged cache laid out as engine/kv_cache.h does, against the
-// CPU kernel: full and sliding window, bf16 and f32, short and long rows.
+// CPU kernel: full and sliding window, bf16, f32 and fp8 (widened to f32 for
+// the CPU kernel, as the CPU backend does), short and long rows.
 TEST(CudaOps, PagedAttention) {
   SKIP_WITHOUT_GPU();
   const int kvh = 8, group = 8, bs = 16, heads = kvh * group;
   for (int hd : {64, 16}) {
-  for (bool bf16 : {true, false}) {
+  for (KvDtype kvt : {KvDtype::kBf16, KvDtype::kF32, KvDtype::kFp8}) {
+    const bool bf16 = kvt == KvDtype::kBf16, fp8 = kvt == KvDtype::kFp8;
     for (int64_t window : {int64_t{0}, int64_t{128}}) {
       const std::vector<int64_t> pos = {0, 5, 200, 1000};
       const int rows = static_cast<int>(pos.size());
       const int64_t blocks_per_seq = 1000 / bs + 1;
       const int64_t num_blocks = blocks_per_seq * rows + 3;
-      const size_t elt = bf16 ? 2 : 4, row_elems = kvh * hd;
+      const size_t elt = KvDtypeBytes(kvt), row_elems = kvh * hd;
       // Random cache contents; each row's sequence gets a shuffled run of blocks.
       std::vector<uint8_t> cache(num_blocks * 2 * bs * row_elems * elt);
       const auto vals = Random(num_blocks * 2 * bs * row_elems, 8);
       for (size_t i = 0; i < vals.size(); ++i) {
         if (bf16) reinterpret_cast<uint16_t*>(cache.data())[i] = F32ToBf16(vals[i]);
+        else if (fp8) cache[i] = F32ToE4m3(vals[i]);
         else reinterpret_cast<float*>(cache.data())[i] = vals[i];
       }
+      // The CPU kernel reads f32 (or bf16) rows: fp8 rows are widened first.
+      std::vector<float> widened;
+      if (fp8) {
+        widened.resize(cache.size());
+        for (size_t i = 0; i < cache.size(); ++i) widened[i] = E4m3ToF32(cache[i]);
+      }
+      const uint8_t* ref_base = fp8 ? reinterpret_cast<const uint8_t*>(widened.data()) : cache.data();
+      const size_t ref_elt = fp8 ? 4 : elt;
       std::vector<int32_t> tables;
       std::vector<int64_t> offsets;
       std::mt19937 rng(9);
@@ -220,8 +232,8 @@ TEST(CudaOps, PagedAttention) {
           std::vector<const void*> kr(n), vr(n);
           for (int64_t j = first; j <= pos[r]; ++j) {
             const int64_t block = tables[offsets[r] + j / bs], slot = j % bs;
-            kr[j - first] = cache.data() + (((block * 2 + 0) * bs + slot) * row_elems + g * hd) * elt;
-            vr[j - first] = cache.data() + (((block * 2 + 1) * bs + slot) * row_elems + g * hd) * elt;
+            kr[j - first] = ref_base + (((block * 2 + 0) * bs + slot) * row_elems + g * hd) * ref_elt;
+            vr[j - first] = ref_base + (((block * 2 + 1) * bs + slot) * row_elems + g * hd) * ref_elt;
           }
           std::vector<float> scratch(n * group + 16);
           cpu::AttendGeneric(q.data() + (r * heads + g * group) * hd, group, hd, kr.data(), vr.data(), n, bf16,
@@ -233,17 +245,17 @@ TEST(CudaOps, PagedAttention) {
       auto dp = Upload(pos), doff = Upload(offsets);
       auto dt = Upload(tables);
       Guarded<float> out(rows * heads * hd);
-      cuda::KvLayer kv{dc.get(), bs, kvh, hd, bf16};
+      cuda::KvLayer kv{dc.get(), bs, kvh, hd, kvt};
       ASSERT_TRUE(cuda::PagedAttention(kv, dq.as<float>(), heads * hd, rows, heads, dp.as<int64_t>(),
                                        dt.as<int32_t>(), doff.as<int64_t>(), window, ds.as<float>(), scale,
                                        out.get(), heads * hd, nullptr)
                       .ok());
       ASSERT_TRUE(cuda::Check("attention").ok());
-      EXPECT_LT(Nmse(out.Read(), want), 1e-10) << "head_dim " << hd << " bf16 " << bf16 << " window " << window;
+      EXPECT_LT(Nmse(out.Read(), want), 1e-10) << "head_dim " << hd << " dtype " << KvDtypeBytes(kvt) << " window " << window;
     }
   }
   }
-  cuda::KvLayer odd{nullptr, 16, 8, 512, true};
+  cuda::KvLayer odd{nullptr, 16, 8, 512, KvDtype::kBf16};
   EXPECT_FALSE(cuda::PagedAttention(odd, nullptr, 0, 1, 64, nullptr, nullptr, nullptr, 0, nullptr, 1, nullptr, 0,
                                     nullptr)
                    .ok());
@@ -253,8 +265,8 @@ TEST(CudaOps, KvWriteThenRead) {
   SKIP_WITHOUT_GPU();
   const int kvh = 8, hd = 64, bs = 16, rows = 5;
   const int64_t num_blocks = 4;
-  for (bool bf16 : {true, false}) {
-    const size_t elt = bf16 ? 2 : 4, row_elems = kvh * hd;
+  for (KvDtype dt : {KvDtype::kBf16, KvDtype::kF32, KvDtype::kFp8}) {
+    const size_t elt = KvDtypeBytes(dt), row_elems = kvh * hd;
     const size_t bytes = num_blocks * 2 * bs * row_elems * elt;
     Guarded<uint8_t> cache(bytes);
     cudaMemset(cache.get(), 0, bytes);
@@ -262,7 +274,7 @@ TEST(CudaOps, KvWriteThenRead) {
     const std::vector<int64_t> slot = {0, 17, 63, -1, 35};
     auto dk = Upload(k), dv = Upload(v);
     auto ds = Upload(slot);
-    cuda::KvWrite({cache.get(), bs, kvh, hd, bf16}, dk.as<float>(), row_elems, dv.as<float>(), row_elems,
+    cuda::KvWrite({cache.get(), bs, kvh, hd, dt}, dk.as<float>(), row_elems, dv.as<float>(), row_elems,
                   ds.as<int64_t>(), rows, nullptr);
     ASSERT_TRUE(cuda::Check("kv write").ok());
     const auto got = cache.Read();
@@ -273,9 +285,13 @@ TEST(CudaOps, KvWriteThenRead) {
         const uint8_t* row = got.data() + ((block * 2 + which) * bs + off) * row_elems * elt;
         for (size_t i = 0; i < row_elems; ++i) {
           const float want = (which ? v : k)[r * row_elems + i];
-          const float have = bf16 ? Bf16ToF32(reinterpret_cast<const uint16_t*>(row)[i])
-                                  : reinterpret_cast<const float*>(row)[i];
-          ASSERT_EQ(have, bf16 ? Bf16ToF32(F32ToBf16(want)) : want);
+          if (dt == KvDtype::kFp8) {
+            ASSERT_EQ(row[i], F32ToE4m3(want));
+          } else if (dt == KvDtype::kBf16) {
+            ASSERT_EQ(Bf16ToF32(reinterpret_cast<const uint16_t*>(row)[i]), Bf16ToF32(F32ToBf16(want)));
+          } else {
+            ASSERT_EQ(reinterpret_cast<const float*>(row)[i], want);
+          }
         }
       }
     }

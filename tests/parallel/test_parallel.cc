@@ -51,7 +51,7 @@ std::unique_ptr<CpuBackend> Open(const std::string& dir, const ShardPlan* plan_o
   }
   CpuOptions o;
   o.num_threads = 1;
-  o.kv.f32 = true;
+  o.kv.dtype = KvDtype::kF32;
   o.kv.block_size = 4;
   o.kv.num_blocks[0] = o.kv.num_blocks[1] = 64;
   return std::make_unique<CpuBackend>(std::move(*w), o);
