@@ -18,3 +18,11 @@ stop_all() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   pids=()
 }
+# gguf_of MODEL_DIR ROOT: sets `gguf` to the model's GGUF beside its directory,
+# writing it (moeserve to-gguf, native) when missing or older than config.json.
+gguf_of() {
+  gguf="${1%/}.gguf"
+  if [ ! -f "$gguf" ] || [ "$gguf" -ot "$1/config.json" ]; then
+    "$2/build/tools/moeserve" to-gguf --model "$1" --out "$gguf" --mode native
+  fi
+}

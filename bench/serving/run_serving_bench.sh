@@ -25,10 +25,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
 done
-gguf="${model%/}.gguf"
-if [ ! -f "$gguf" ] || [ "$gguf" -ot "$model/config.json" ]; then
-  "$root/build/tools/moeserve" to-gguf --model "$model" --out "$gguf" --mode native
-fi
+gguf_of "$model" "$root"
 out=$(mktemp -d)
 trap 'stop_all; rm -rf "$out"' EXIT
 load=(--num-prompts "$num" --max-concurrency "$conc" --input-len "$in" --output-len "$outl")
