@@ -47,7 +47,12 @@ absl::StatusOr<std::array<int64_t, kNumCacheGroups>> PlanKvBlocks(const ModelCon
   if (block_size < 1 || max_num_seqs < 1) return absl::InvalidArgumentError("block size and sequences must be >= 1");
   const int64_t full_b = static_cast<int64_t>(KvCache::BytesPerBlock(c, kFullGroup, block_size, dtype));
   const int64_t slide_b = static_cast<int64_t>(KvCache::BytesPerBlock(c, kSlidingGroup, block_size, dtype));
-  const int64_t slide_blocks = slide_b ? max_num_seqs * ((c.sliding_window + block_size - 1) / block_size + 2) : 0;
+  // What max_num_seqs running sequences can hold at once, or an eighth of the
+  // budget if that is more: the spare blocks keep the last windows of cached
+  // prefixes, which a prefix-cache hit needs (router/kv_cache_manager.h), from
+  // being evicted by every long prefill chunk.
+  const int64_t need = max_num_seqs * ((c.sliding_window + block_size - 1) / block_size + 2);
+  const int64_t slide_blocks = slide_b ? std::max(need, budget_bytes / 8 / slide_b) : 0;
   const int64_t left = budget_bytes - slide_blocks * slide_b;
   if (left <= 0 || (full_b && left / full_b < 1)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -87,8 +92,11 @@ int64_t ExpertLayerBytes(const ModelConfig& c) { return c.num_local_experts * Ex
 int64_t KvMinBytes(const ModelConfig& c, int64_t max_model_len, int block_size, KvDtype dtype, int64_t max_num_seqs) {
   const int64_t full_b = static_cast<int64_t>(KvCache::BytesPerBlock(c, kFullGroup, block_size, dtype));
   const int64_t slide_b = static_cast<int64_t>(KvCache::BytesPerBlock(c, kSlidingGroup, block_size, dtype));
-  const int64_t slide_blocks = slide_b ? max_num_seqs * ((c.sliding_window + block_size - 1) / block_size + 2) : 0;
-  return (max_model_len + block_size - 1) / block_size * full_b + slide_blocks * slide_b;
+  const int64_t need = slide_b ? max_num_seqs * ((c.sliding_window + block_size - 1) / block_size + 2) : 0;
+  const int64_t full = (max_model_len + block_size - 1) / block_size * full_b;
+  // PlanKvBlocks gives the sliding pool at least an eighth of the budget: then
+  // 7/8 of it must hold the full-attention blocks.
+  return std::max(full + need * slide_b, (full + full_b) * 8 / 7 + 1);
 }
 
 absl::StatusOr<HybridPlan> PlanHybrid(const ModelConfig& c, int64_t budget, int64_t other_bytes, int64_t kv_min_bytes,

@@ -72,7 +72,8 @@ class KvCache {
 
 // KV blocks per cache group for a memory budget: the sliding pool gets the
 // window plus two blocks for each of max_num_seqs sequences (a sequence never
-// holds more), the full-attention pool the rest. InvalidArgument, naming what
+// holds more) or an eighth of the budget if that is more (room for the cached
+// windows prefix caching needs), the full-attention pool the rest. InvalidArgument, naming what
 // is missing, if not even one full-attention block is left.
 absl::StatusOr<std::array<int64_t, kNumCacheGroups>> PlanKvBlocks(const ModelConfig& config, int64_t budget_bytes,
                                                                    int block_size, KvDtype dtype, int64_t max_num_seqs);
@@ -109,7 +110,9 @@ int64_t ExpertBytes(const ModelConfig& c);
 // cache (at most all host experts; `cache_bytes` >= 0 caps it), the rest the KV.
 absl::StatusOr<HybridPlan> PlanHybrid(const ModelConfig& c, int64_t budget, int64_t other_bytes, int64_t kv_min_bytes,
                                       int n_cpu_moe, int64_t cache_bytes = -1);
-// KV bytes for one sequence of max_model_len tokens plus the sliding pool of max_num_seqs.
+// KV bytes for one sequence of max_model_len tokens plus the sliding pool of
+// max_num_seqs (at least 8/7 of the full-attention bytes: PlanKvBlocks gives
+// the sliding pool an eighth of any budget).
 int64_t KvMinBytes(const ModelConfig& c, int64_t max_model_len, int block_size, KvDtype dtype, int64_t max_num_seqs);
 
 }  // namespace moeserve

@@ -20,22 +20,28 @@ TEST(KvPlan, Gpt20bBlocks) {
   EXPECT_EQ(KvCache::LayersInGroup(c, kFullGroup), 12);
   EXPECT_EQ(KvCache::LayersInGroup(c, kSlidingGroup), 12);
   // 4 GiB, 64 sequences: the window of 128 tokens is 8 blocks, + 2 = 10 per sequence = 640 sliding
-  // blocks (640 * 384 KiB = 240 MiB); the rest, 4096 - 240 = 3856 MiB, is 3856 * 1024 / 384 = 10282 full blocks.
+  // blocks (240 MiB), less than an eighth of the budget: 512 MiB / 384 KiB = 1365 sliding blocks;
+  // the rest, 4194304 - 1365 * 384 = 3670144 KiB, is 9557 full blocks.
   auto p = PlanKvBlocks(c, int64_t{4} << 30, 16, KvDtype::kBf16, 64);
   ASSERT_TRUE(p.ok()) << p.status();
-  EXPECT_EQ((*p)[kSlidingGroup], 640);
-  EXPECT_EQ((*p)[kFullGroup], 10282);
+  EXPECT_EQ((*p)[kSlidingGroup], 1365);
+  EXPECT_EQ((*p)[kFullGroup], 9557);
+  // 1 GiB, 256 sequences: 2560 blocks (960 MiB) are needed, more than the eighth.
+  auto many = PlanKvBlocks(c, int64_t{1} << 30, 16, KvDtype::kBf16, 256);
+  ASSERT_TRUE(many.ok()) << many.status();
+  EXPECT_EQ((*many)[kSlidingGroup], 2560);
+  EXPECT_EQ((*many)[kFullGroup], 170);
   // Too small: the sliding pool alone does not fit.
   auto small = PlanKvBlocks(c, int64_t{200} << 20, 16, KvDtype::kBf16, 64);
   EXPECT_EQ(small.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(small.status().message().find("sliding-window pool"), std::string::npos);
   EXPECT_FALSE(PlanKvBlocks(c, int64_t{1} << 30, 0, KvDtype::kBf16, 64).ok());
-  // fp8: blocks of 192 KiB; the sliding pool takes 120 MiB, the rest is (4096 - 120) * 1024 / 192 = 21205
-  // full blocks: twice the tokens of bf16 (and more, as the fixed sliding pool shrinks too).
+  // fp8: blocks of 192 KiB; an eighth is 2730 sliding blocks, the rest (4194304 - 2730 * 192) / 192 = 19115
+  // full blocks: twice the tokens of bf16.
   auto f = PlanKvBlocks(c, int64_t{4} << 30, 16, KvDtype::kFp8, 64);
   ASSERT_TRUE(f.ok()) << f.status();
-  EXPECT_EQ((*f)[kSlidingGroup], 640);
-  EXPECT_EQ((*f)[kFullGroup], 21205);
+  EXPECT_EQ((*f)[kSlidingGroup], 2730);
+  EXPECT_EQ((*f)[kFullGroup], 19115);
   KvDtype d;
   EXPECT_TRUE(ParseKvDtype("fp8_e4m3", &d) && d == KvDtype::kFp8);
   EXPECT_FALSE(ParseKvDtype("fp8_e5m2", &d));

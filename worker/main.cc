@@ -39,7 +39,8 @@ constexpr char kUsage[] = R"(usage: moeserve-worker --model DIR [flags]
                             what weights and workspace leave (default 0.9)
   --block-size N            tokens per KV block (default 16)
   --kv-cache-dtype T        bf16 (default), f32, or fp8 (E4M3, scale 1: half of bf16; docs/kv-cache.md)
-  --max-num-seqs N          sequences the sliding-window pool is sized for (default 64)
+  --max-num-seqs N          sequences the sliding-window pool is sized for, at least (default 64; the pool
+                            takes an eighth of the KV budget if that is more, for prefix caching)
   --max-model-len N         longest sequence (default 8192)
   --threads N               CPU threads (default: all)
   --served-model-name NAME  model name reported to the router (default: the directory name)
@@ -136,7 +137,8 @@ int main(int argc, char** argv) {
     if (absl::Status st = ShardWeights(**weights, *plan); !st.ok()) return Fail(std::string(st.message()));
   }
   const ModelConfig& c = (*weights)->config;
-  // Sliding pool: the window plus a chunk for every sequence; the rest is full-attention.
+  // Sliding pool: the window plus two blocks for every sequence, or an eighth of the budget; the rest is
+  // full-attention (PlanKvBlocks).
   KvDtype kv_dtype;
   if (!ParseKvDtype(get("--kv-cache-dtype", "bf16"), &kv_dtype)) return Fail("--kv-cache-dtype must be bf16, f32 or fp8");
   CpuOptions mo;
