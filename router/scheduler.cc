@@ -51,6 +51,8 @@ void Scheduler::Preempt(Request* r, SchedulerOutput* out) {
 void Scheduler::UpdateBlockHashes(Request* r) const {
   if (!kv_.config().enable_prefix_caching) return;
   const int64_t bs = kv_.config().block_size;
+  // Called for every scheduled sequence each step; a new full block comes once in block_size tokens.
+  if ((static_cast<int64_t>(r->block_hashes.size()) + 1) * bs > r->num_tokens()) return;
   std::vector<int32_t> block(bs);
   for (int64_t b = static_cast<int64_t>(r->block_hashes.size()); (b + 1) * bs <= r->num_tokens(); ++b) {
     for (int64_t i = 0; i < bs; ++i) block[i] = r->token_at(b * bs + i);
