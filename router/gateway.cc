@@ -12,7 +12,11 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "base/status.h"
 #include "nlohmann/json.hpp"
+#include "router/ollama_api.h"
+#include "router/openai_api.h"
+#include "router/responses_api.h"
 
 namespace moeserve::router {
 namespace {
@@ -30,42 +34,48 @@ struct Gateway::Impl {
   ApiContext* api;
   std::atomic<int64_t> connections{0};  // open sessions
   net::io_context ioc;
-  std::unique_ptr<tcp::acceptor> acceptor;
+  std::unique_ptr<tcp::acceptor> acceptor, ollama_acceptor;
   std::vector<std::thread> threads;
+  std::unique_ptr<ResponseStore> responses;
+  int ollama_port = -1;
 
-  void Accept();
+  void Accept(tcp::acceptor* a, bool ollama);
+  absl::StatusOr<std::unique_ptr<tcp::acceptor>> Listen(const net::ip::address& addr, int port);
 };
 
 namespace {
 
 // One HTTP connection. For a generation it is also the completion's sink:
 // the completion runs on this connection's strand.
-class Session : public std::enable_shared_from_this<Session>, public CompletionSink {
+class Session : public std::enable_shared_from_this<Session>, public GenerationSink {
  public:
-  Session(tcp::socket socket, Gateway::Impl* gw) : stream_(std::move(socket)), gw_(gw) {
+  Session(tcp::socket socket, Gateway::Impl* gw, bool ollama_port)
+      : stream_(std::move(socket)), gw_(gw), ollama_port_(ollama_port) {
     over_limit_ = ++gw_->connections > gw_->opts.max_connections;
   }
   ~Session() override { --gw_->connections; }
   void Start() { Read(); }
 
-  // CompletionSink
+  // GenerationSink: the generation runs on this connection's strand.
   void Post(std::function<void()> fn) override { net::post(stream_.get_executor(), std::move(fn)); }
-  void OnChunk(const json& chunk) override {
-    StartStream();
-    Write(absl::StrCat("data: ", chunk.dump(-1, ' ', false, json::error_handler_t::replace), "\n\n"));
+  void OnStart(const Generation& g) override {
+    if (!enc_->streaming()) return;
+    StartStream(enc_->stream_content_type());
+    if (std::string head = enc_->Head(g); !head.empty()) Write(std::move(head));
   }
-  void OnDone(const json& response) override {
-    auto keep = std::move(gen_);  // breaks the session <-> completion cycle
-    if (response.is_null()) return Write("data: [DONE]\n\n", /*last=*/true);
-    Reply(http::status::ok, response.dump(-1, ' ', false, json::error_handler_t::replace), req_.keep_alive());
+  void OnEvent(const Generation& g, const GenerationEvent& e) override {
+    if (!enc_->streaming()) return;
+    if (std::string bytes = enc_->Event(g, e); !bytes.empty()) Write(std::move(bytes));
   }
-  void OnError(const ApiError& e) override {
+  void OnDone(const Generation& g) override {
+    auto keep = std::move(gen_);  // breaks the session <-> generation cycle
+    if (enc_->streaming()) return Write(enc_->End(g), /*last=*/true);
+    Reply(http::status::ok, enc_->Body(g), req_.keep_alive());
+  }
+  void OnError(const Generation& g, const ApiError& e) override {
     auto keep = std::move(gen_);
-    if (headers_sent_) {
-      Write(absl::StrCat("data: ", ErrorJson(e).dump(), "\n\n"));
-      return Write("data: [DONE]\n\n", /*last=*/true);
-    }
-    ReplyError(e);
+    if (headers_sent_) return Write(enc_->StreamError(g, e), /*last=*/true);
+    Reply(static_cast<http::status>(e.status), enc_->ErrorBody(e), req_.keep_alive(), e.retry_after);
   }
 
  private:
@@ -206,8 +216,12 @@ class Session : public std::enable_shared_from_this<Session>, public CompletionS
     if (gw_->api->metrics) gw_->api->metrics->HttpResponse(code);
   }
 
+  // An error in the shape of the API the request addressed (Ollama's under /api/, OpenAI's elsewhere).
   void ReplyError(const ApiError& e) {
-    Reply(static_cast<http::status>(e.status), ErrorJson(e).dump(), req_.keep_alive(), e.retry_after);
+    const std::string_view target(req_.target().data(), req_.target().size());
+    const bool ollama = target.rfind("/api/", 0) == 0;
+    Reply(static_cast<http::status>(e.status), ollama ? OllamaErrorJson(e).dump() : ErrorJson(e).dump(),
+          req_.keep_alive(), e.retry_after);
   }
 
   void Close() {
@@ -259,24 +273,85 @@ class Session : public std::enable_shared_from_this<Session>, public CompletionS
     }
     if (path == "/v1/chat/completions" || path == "/v1/completions") {
       if (req_.method() != http::verb::post) return ReplyError({405, "use POST"});
-      return Generate(path == "/v1/chat/completions");
+      json body;
+      if (!ParseBody(&body)) return;
+      const bool chat = path == "/v1/chat/completions";
+      GenerationSpec spec;
+      OpenAiOptions o;
+      if (auto err = DecodeOpenAi(api, chat, body, &spec, &o)) return ReplyError(*err);
+      return StartGeneration(std::move(spec), NextResponseId(chat ? "chatcmpl-" : "cmpl-"),
+                             MakeOpenAiEncoder(api, chat, o));
     }
+    if (path == "/v1/responses") {
+      if (req_.method() != http::verb::post) return ReplyError({405, "use POST"});
+      json body;
+      if (!ParseBody(&body)) return;
+      GenerationSpec spec;
+      ResponsesRequest r;
+      if (auto err = DecodeResponses(api, body, gw_->responses.get(), &spec, &r)) return ReplyError(*err);
+      std::string id = r.id;
+      return StartGeneration(std::move(spec), std::move(id), MakeResponsesEncoder(api, std::move(r), gw_->responses.get()));
+    }
+    if (path.rfind("/v1/responses/", 0) == 0) {
+      const std::string id = path.substr(std::string_view("/v1/responses/").size());
+      if (req_.method() == http::verb::get) {
+        auto e = gw_->responses->Get(id);
+        if (!e) return ReplyError({404, absl::StrCat("Response with id '", id, "' not found."), "invalid_request_error", "", "not_found"});
+        return Reply(http::status::ok, Dump(e->response), req_.keep_alive());
+      }
+      if (req_.method() == http::verb::delete_) {
+        if (!gw_->responses->Delete(id)) {
+          return ReplyError({404, absl::StrCat("Response with id '", id, "' not found."), "invalid_request_error", "", "not_found"});
+        }
+        return Reply(http::status::ok, json{{"id", id}, {"object", "response"}, {"deleted", true}}.dump(),
+                     req_.keep_alive());
+      }
+      return ReplyError({405, "use GET or DELETE"});
+    }
+    if (path == "/api/chat" || path == "/api/generate") {
+      if (req_.method() != http::verb::post) return ReplyError({405, "use POST"});
+      json body;
+      if (!ParseBody(&body)) return;
+      GenerationSpec spec;
+      OllamaOptions o;
+      if (auto err = DecodeOllama(api, path == "/api/chat", body, &spec, &o)) return ReplyError(*err);
+      if (o.load_only) return Reply(http::status::ok, OllamaLoadReply(api, o), req_.keep_alive());
+      return StartGeneration(std::move(spec), NextResponseId("ollama-"), MakeOllamaEncoder(api, o));
+    }
+    if (path.rfind("/api/", 0) == 0) {
+      const std::string method(req_.method_string());
+      if (auto r = OllamaInfoRoute(api, method, path, req_.body())) {
+        return Reply(static_cast<http::status>(r->status), std::move(r->body), req_.keep_alive());
+      }
+    }
+    if (path == "/" && ollama_port_) return Reply(http::status::ok, "Ollama is running", req_.keep_alive(), 0, "text/plain");
     ReplyError({404, absl::StrCat("no route ", path), "invalid_request_error", "", "not_found"});
   }
 
-  void Generate(bool chat) {
+  // Reads the request body as a JSON object, or answers 400 and returns false.
+  bool ParseBody(json* out) {
     if (const int depth = JsonDepth(req_.body(), kMaxJsonDepth + 1); depth > kMaxJsonDepth) {
-      return ReplyError({400, absl::StrCat("the JSON body nests deeper than ", kMaxJsonDepth, " levels")});
+      ReplyError({400, absl::StrCat("the JSON body nests deeper than ", kMaxJsonDepth, " levels")});
+      return false;
     }
-    json body = json::parse(req_.body(), nullptr, false);
-    if (body.is_discarded() || !body.is_object()) return ReplyError({400, "the body is not a JSON object"});
-    std::shared_ptr<Completion> c;
-    if (auto err = Completion::Start(gw_->api, chat, body, shared_from_this(), &c)) return ReplyError(*err);
-    if (!c->finished()) {
-      gen_ = c;
+    *out = json::parse(req_.body(), nullptr, false);
+    if (out->is_discarded() || !out->is_object()) {
+      ReplyError({400, "the body is not a JSON object"});
+      return false;
+    }
+    return true;
+  }
+
+  void StartGeneration(GenerationSpec spec, std::string id, std::unique_ptr<HttpEncoder> encoder) {
+    enc_ = std::move(encoder);
+    std::shared_ptr<Generation> g;
+    if (auto err = Generation::Start(gw_->api, std::move(spec), std::move(id), shared_from_this(), &g)) {
+      return ReplyError(*err);
+    }
+    if (!g->finished()) {
+      gen_ = g;
       WatchClient();
     }
-    if (c->stream()) StartStream();
   }
 
   // While a generation runs no read is outstanding (the next request may only
@@ -295,12 +370,12 @@ class Session : public std::enable_shared_from_this<Session>, public CompletionS
     });
   }
 
-  void StartStream() {
+  void StartStream(const char* content_type) {
     if (headers_sent_) return;
     headers_sent_ = true;
     CountResponse(200);
-    Write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nServer: moeserve\r\n"
-          "Connection: close\r\n\r\n");
+    Write(absl::StrCat("HTTP/1.1 200 OK\r\nContent-Type: ", content_type,
+                       "\r\nCache-Control: no-cache\r\nServer: moeserve\r\nConnection: close\r\n\r\n"));
   }
 
   // Queues raw bytes on the socket (SSE); `last` closes the connection after.
@@ -337,7 +412,9 @@ class Session : public std::enable_shared_from_this<Session>, public CompletionS
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   http::request<http::string_body> req_;
-  std::shared_ptr<Completion> gen_;
+  bool ollama_port_ = false;  // accepted on --ollama-port: "/" answers as Ollama does
+  std::unique_ptr<HttpEncoder> enc_;  // of the generation running (or last run) on this connection
+  std::shared_ptr<Generation> gen_;
   std::deque<std::shared_ptr<std::string>> queue_;
   bool writing_ = false, close_after_ = false, headers_sent_ = false;
   bool over_limit_ = false;                       // beyond max_connections: every request gets 503
@@ -350,24 +427,37 @@ class Session : public std::enable_shared_from_this<Session>, public CompletionS
 
 }  // namespace
 
-void Gateway::Impl::Accept() {
-  acceptor->async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
-    if (ec == net::error::operation_aborted || !acceptor->is_open()) return;  // stopping
+void Gateway::Impl::Accept(tcp::acceptor* a, bool ollama) {
+  a->async_accept(net::make_strand(ioc), [this, a, ollama](beast::error_code ec, tcp::socket socket) {
+    if (ec == net::error::operation_aborted || !a->is_open()) return;  // stopping
     if (ec) {
       // Out of file descriptors or a transient network error: keep serving
       // the open connections and try again shortly.
       auto timer = std::make_shared<net::steady_timer>(ioc, std::chrono::milliseconds(50));
-      timer->async_wait([this, timer](beast::error_code) { Accept(); });
+      timer->async_wait([this, a, ollama, timer](beast::error_code) { Accept(a, ollama); });
       return;
     }
-    std::make_shared<Session>(std::move(socket), this)->Start();
-    Accept();
+    std::make_shared<Session>(std::move(socket), this, ollama)->Start();
+    Accept(a, ollama);
   });
+}
+
+absl::StatusOr<std::unique_ptr<tcp::acceptor>> Gateway::Impl::Listen(const net::ip::address& addr, int port) {
+  beast::error_code ec;
+  auto a = std::make_unique<tcp::acceptor>(ioc);
+  tcp::endpoint ep(addr, static_cast<uint16_t>(port));
+  a->open(ep.protocol(), ec);
+  if (!ec) a->set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) a->bind(ep, ec);
+  if (!ec) a->listen(net::socket_base::max_listen_connections, ec);
+  if (ec) return absl::UnavailableError(absl::StrCat("cannot listen on ", opts.host, ":", port, ": ", ec.message()));
+  return a;
 }
 
 Gateway::Gateway(GatewayOptions options, ApiContext* api) : impl_(std::make_unique<Impl>()) {
   impl_->opts = std::move(options);
   impl_->api = api;
+  impl_->responses = std::make_unique<ResponseStore>(impl_->opts.responses_store_size, impl_->opts.responses_ttl);
 }
 
 Gateway::~Gateway() { Stop(); }
@@ -376,17 +466,18 @@ absl::StatusOr<int> Gateway::Start() {
   beast::error_code ec;
   auto addr = net::ip::make_address(impl_->opts.host, ec);
   if (ec) return absl::InvalidArgumentError(absl::StrCat("bad --host ", impl_->opts.host));
-  impl_->acceptor = std::make_unique<tcp::acceptor>(impl_->ioc);
-  tcp::endpoint ep(addr, static_cast<uint16_t>(impl_->opts.port));
-  impl_->acceptor->open(ep.protocol(), ec);
-  if (!ec) impl_->acceptor->set_option(net::socket_base::reuse_address(true), ec);
-  if (!ec) impl_->acceptor->bind(ep, ec);
-  if (!ec) impl_->acceptor->listen(net::socket_base::max_listen_connections, ec);
-  if (ec) return absl::UnavailableError(absl::StrCat("cannot listen on ", impl_->opts.host, ":", impl_->opts.port, ": ", ec.message()));
-  impl_->Accept();
+  ASSIGN_OR_RETURN(impl_->acceptor, impl_->Listen(addr, impl_->opts.port));
+  if (impl_->opts.ollama_port >= 0) {
+    ASSIGN_OR_RETURN(impl_->ollama_acceptor, impl_->Listen(addr, impl_->opts.ollama_port));
+    impl_->ollama_port = impl_->ollama_acceptor->local_endpoint().port();
+    impl_->Accept(impl_->ollama_acceptor.get(), /*ollama=*/true);
+  }
+  impl_->Accept(impl_->acceptor.get(), /*ollama=*/false);
   for (int i = 0; i < std::max(1, impl_->opts.io_threads); ++i) impl_->threads.emplace_back([this] { impl_->ioc.run(); });
   return impl_->acceptor->local_endpoint().port();
 }
+
+int Gateway::ollama_port() const { return impl_->ollama_port; }
 
 void Gateway::Stop() {
   if (!impl_) return;

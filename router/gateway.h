@@ -1,11 +1,16 @@
-// The OpenAI-compatible HTTP gateway (DESIGN §3), on Boost.Beast.
+// The HTTP gateway (DESIGN §3), on Boost.Beast: the router's HTTP APIs over
+// the generation core (router/generation.h), each with its codec.
 //
-//   GET  /health /ready /v1/models
-//   POST /v1/chat/completions   (stream or not; harmony rendering and parsing)
-//   POST /v1/completions        (text or token-id prompts)
+//   GET  /health /ready /metrics /v1/models
+//   POST /v1/chat/completions   OpenAI (router/openai_api.h)
+//   POST /v1/completions        OpenAI, text or token-id prompts
+//   POST /v1/responses          OpenAI Responses; GET, DELETE /v1/responses/{id}
+//                               (router/responses_api.h)
+//   POST /api/chat /api/generate, GET /api/tags /api/ps /api/version,
+//   POST /api/show ...          Ollama (router/ollama_api.h), also on ollama_port
 //
-// Every error is OpenAI-shaped JSON with a precise status. Streams are SSE
-// ending in "data: [DONE]"; a client that goes away has its request aborted.
+// Errors are in each API's own shape with a precise status. Streams are SSE
+// (NDJSON for Ollama); a client that goes away has its request aborted.
 //
 // Limits (docs/limits.md): a body over max_body_bytes gets 413, a header over
 // max_header_bytes 431, a request whose header (body) is not complete within
@@ -15,7 +20,7 @@
 // without a response, as HTTP allows.
 // Thread-safety: the server runs its own I/O threads; generation callbacks
 // arrive on the group loop threads and are posted to each connection's strand,
-// where its Completion (router/api.h) runs.
+// where its Generation runs.
 #pragma once
 
 #include <chrono>
@@ -24,7 +29,7 @@
 #include <string>
 
 #include "absl/status/status.h"
-#include "router/api.h"
+#include "router/generation.h"
 
 namespace moeserve::router {
 
@@ -39,6 +44,13 @@ struct GatewayOptions {
   std::chrono::milliseconds header_timeout{30000};  // from a request's first byte to its header's end
   std::chrono::milliseconds body_timeout{60000};    // from the header's end to the body's end
   int io_threads = 2;
+  // The Ollama API is served on `port`; also on this one when >= 0 (0: pick
+  // a free port), where "/" answers "Ollama is running" as Ollama does.
+  int ollama_port = -1;
+  // /v1/responses: stored responses (previous_response_id, GET) kept at most
+  // this many, each at most this long.
+  size_t responses_store_size = 1024;
+  std::chrono::seconds responses_ttl{3600};
 };
 
 class Gateway {
@@ -47,6 +59,8 @@ class Gateway {
   ~Gateway();
   // Binds and starts serving; returns the port.
   absl::StatusOr<int> Start();
+  // The bound Ollama port, or -1.
+  int ollama_port() const;
   void Stop();
   // Blocks until Stop().
   void Wait();

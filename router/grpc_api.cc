@@ -5,162 +5,170 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "router/openai_api.h"
 
 namespace moeserve::router {
 namespace {
 
 namespace pb = moeserve::v1;
-using json = ordered_json;
 
 grpc::Status ToGrpc(const ApiError& e) {
-  grpc::StatusCode code = grpc::StatusCode::INTERNAL;
-  switch (e.status) {
-    case 400: case 413: code = grpc::StatusCode::INVALID_ARGUMENT; break;
-    case 401: code = grpc::StatusCode::UNAUTHENTICATED; break;
-    case 404: code = grpc::StatusCode::NOT_FOUND; break;
-    case 429: code = grpc::StatusCode::RESOURCE_EXHAUSTED; break;
-    case 503: code = grpc::StatusCode::UNAVAILABLE; break;
-    default: break;
-  }
-  return grpc::Status(code, e.param.empty() ? e.message : absl::StrCat(e.message, " (param: ", e.param, ")"));
+  return grpc::Status(static_cast<grpc::StatusCode>(StatusCodeOf(e)),
+                      e.param.empty() ? e.message : absl::StrCat(e.message, " (param: ", e.param, ")"));
 }
 
-// The OpenAI body the HTTP API would receive for this request.
-absl::StatusOr<json> ToOpenAi(const pb::GenerateRequest& r, bool stream, bool* chat) {
-  json body = json::object();
-  if (!r.model().empty()) body["model"] = r.model();
-  *chat = r.has_chat();
+// The request as a generation spec; nothing is translated through JSON.
+std::optional<ApiError> ToSpec(const ApiContext& ctx, const pb::GenerateRequest& r, GenerationSpec* spec) {
+  spec->model = r.model();
   switch (r.input_case()) {
-    case pb::GenerateRequest::kText: body["prompt"] = r.text(); break;
-    case pb::GenerateRequest::kTokenIds: body["prompt"] = r.token_ids().ids(); break;
+    case pb::GenerateRequest::kText:
+      spec->chat = false;
+      spec->prompt = ctx.tokenizer->EncodeWithSpecials(r.text());
+      break;
+    case pb::GenerateRequest::kTokenIds:
+      spec->chat = false;
+      spec->prompt.assign(r.token_ids().ids().begin(), r.token_ids().ids().end());
+      break;
     case pb::GenerateRequest::kChat: {
-      json messages = json::array();
+      spec->chat = true;
       for (const pb::ChatMessage& m : r.chat().messages()) {
-        json j = {{"role", m.role()}, {"content", m.content()}};
-        if (!m.reasoning_content().empty()) j["reasoning_content"] = m.reasoning_content();
-        if (!m.tool_call_id().empty()) j["tool_call_id"] = m.tool_call_id();
-        if (!m.name().empty()) j["name"] = m.name();
-        if (m.tool_calls_size() > 0) {
-          j["tool_calls"] = json::array();
-          for (const pb::ToolCall& c : m.tool_calls()) {
-            j["tool_calls"].push_back({{"id", c.id()}, {"type", "function"},
-                                       {"function", {{"name", c.name()}, {"arguments", c.arguments()}}}});
-          }
-        }
-        messages.push_back(std::move(j));
+        text::ChatTurn t{m.role(), m.content(), m.reasoning_content(), {}, m.tool_call_id(), m.name()};
+        for (const pb::ToolCall& c : m.tool_calls()) t.tool_calls.push_back({c.id(), c.name(), c.arguments()});
+        spec->messages.push_back(std::move(t));
       }
-      body["messages"] = std::move(messages);
-      if (r.chat().tools_size() > 0) {
-        json tools = json::array();
-        for (const pb::Tool& t : r.chat().tools()) {
-          json fn = {{"name", t.name()}};
-          if (!t.description().empty()) fn["description"] = t.description();
-          if (!t.parameters_json().empty()) {
-            json p = json::parse(t.parameters_json(), nullptr, false);
-            if (p.is_discarded()) {
-              return absl::InvalidArgumentError(absl::StrCat("tool ", t.name(), ": parameters_json is not JSON"));
-            }
-            fn["parameters"] = std::move(p);
+      for (const pb::Tool& t : r.chat().tools()) {
+        text::ToolDescription d;
+        d.name = t.name();
+        d.description = t.description();
+        if (!t.parameters_json().empty()) {
+          ordered_json p = ordered_json::parse(t.parameters_json(), nullptr, false);
+          if (p.is_discarded() || !p.is_object()) {
+            return BadRequest(absl::StrCat("tool ", t.name(), ": parameters_json is not a JSON object"), "tools");
           }
-          tools.push_back({{"type", "function"}, {"function", std::move(fn)}});
+          d.parameters = std::move(p);
         }
-        body["tools"] = std::move(tools);
+        spec->tools.push_back(std::move(d));
       }
-      if (!r.chat().reasoning_effort().empty()) body["reasoning_effort"] = r.chat().reasoning_effort();
+      if (!r.chat().reasoning_effort().empty()) spec->reasoning_effort = r.chat().reasoning_effort();
       break;
     }
-    default: return absl::InvalidArgumentError("one of text, token_ids or chat is required");
+    default: return BadRequest("one of text, token_ids or chat is required", "input");
   }
-  if (r.has_max_tokens()) body["max_tokens"] = r.max_tokens();
-  if (r.has_temperature()) body["temperature"] = r.temperature();
-  if (r.has_top_p()) body["top_p"] = r.top_p();
-  if (r.has_top_k()) body["top_k"] = r.top_k();
-  if (r.has_min_p()) body["min_p"] = r.min_p();
-  if (r.has_presence_penalty()) body["presence_penalty"] = r.presence_penalty();
-  if (r.has_frequency_penalty()) body["frequency_penalty"] = r.frequency_penalty();
-  if (r.has_seed()) body["seed"] = r.seed();
-  if (r.stop_size() > 0) body["stop"] = r.stop();
-  if (r.stop_token_ids_size() > 0) body["stop_token_ids"] = r.stop_token_ids();
-  if (*chat) {
-    if (r.logprobs()) body["logprobs"] = true;
-    if (r.top_logprobs() != 0) body["top_logprobs"] = r.top_logprobs();
-  } else if (r.logprobs() || r.top_logprobs() != 0) {
-    body["logprobs"] = r.top_logprobs();
+  if (r.has_max_tokens()) spec->max_tokens = r.max_tokens();
+  worker::v1::SamplingParams& sp = spec->sampling;
+  sp.set_temperature(r.has_temperature() ? r.temperature() : 1.0f);
+  sp.set_top_p(r.has_top_p() ? r.top_p() : 1.0f);
+  if (r.has_top_k()) sp.set_top_k(r.top_k() < 0 ? 0 : r.top_k());
+  if (r.has_min_p()) sp.set_min_p(r.min_p());
+  if (r.has_presence_penalty()) sp.set_presence_penalty(r.presence_penalty());
+  if (r.has_frequency_penalty()) sp.set_frequency_penalty(r.frequency_penalty());
+  if (r.has_seed()) {
+    sp.set_has_seed(true);
+    sp.set_seed(static_cast<uint64_t>(r.seed()));
   }
-  if (r.n() != 0) body["n"] = r.n();
-  body["stream"] = stream;
-  if (stream) body["stream_options"] = {{"include_usage", true}};
-  body["return_token_ids"] = true;
-  return body;
+  spec->stops.assign(r.stop().begin(), r.stop().end());
+  spec->stop_token_ids.assign(r.stop_token_ids().begin(), r.stop_token_ids().end());
+  if (spec->chat && r.top_logprobs() > 0 && !r.logprobs()) {
+    return BadRequest("'top_logprobs' needs 'logprobs': true", "top_logprobs");
+  }
+  sp.set_logprobs(r.logprobs() || (!spec->chat && r.top_logprobs() != 0));
+  sp.set_top_logprobs(r.top_logprobs());
+  spec->n = r.n() == 0 ? 1 : r.n();
+  return std::nullopt;
 }
 
-pb::FinishReason ToFinish(const json& f) {
-  if (!f.is_string()) return pb::FINISH_REASON_UNSPECIFIED;
-  const std::string s = f.get<std::string>();
+pb::FinishReason ToFinish(const std::string& s) {
   if (s == "length") return pb::FINISH_REASON_LENGTH;
   if (s == "tool_calls") return pb::FINISH_REASON_TOOL_CALLS;
   return pb::FINISH_REASON_STOP;
 }
 
-// A chunk or a whole response (OpenAI JSON) as a GenerateResponse.
-pb::GenerateResponse ToProto(const json& j) {
+void SetLogprob(const text::Tokenizer& tok, const TokenLogprob& lp, pb::SampledLogprob* s) {
+  auto text = [&](int32_t t) {
+    const std::string* p = tok.TokenBytes(t);
+    return text::SanitizeUtf8(p ? *p : std::string());
+  };
+  s->set_token(lp.token);
+  s->set_text(text(lp.token));
+  s->set_logprob(lp.logprob);
+  for (const auto& [t, l] : lp.top) {
+    pb::TokenLogprob* tl = s->add_top();
+    tl->set_token(t);
+    tl->set_text(text(t));
+    tl->set_logprob(l);
+  }
+}
+
+void SetUsage(const GenerationUsage& u, pb::Usage* p) {
+  p->set_prompt_tokens(u.prompt_tokens);
+  p->set_completion_tokens(u.completion_tokens);
+  p->set_total_tokens(u.prompt_tokens + u.completion_tokens);
+  p->set_cached_prompt_tokens(u.cached_tokens);
+}
+
+// One streamed event as a GenerateResponse.
+pb::GenerateResponse EventProto(const ApiContext& ctx, const Generation& g, const GenerationEvent& e) {
+  using K = GenerationEvent::Kind;
   pb::GenerateResponse res;
-  res.set_id(j.value("id", ""));
-  for (const json& c : j.value("choices", json::array())) {
-    pb::Choice* p = res.add_choices();
-    p->set_index(c.value("index", 0));
-    const json& d = c.contains("delta") ? c["delta"] : (c.contains("message") ? c["message"] : c);
-    if (d.contains("content") && d["content"].is_string()) p->set_text(d["content"].get<std::string>());
-    if (c.contains("text") && c["text"].is_string()) p->set_text(c["text"].get<std::string>());
-    if (d.contains("reasoning") && d["reasoning"].is_string()) p->set_reasoning(d["reasoning"].get<std::string>());
-    if (d.contains("tool_calls")) {
-      int k = 0;
-      for (const json& t : d["tool_calls"]) {
-        pb::ToolCallDelta* tc = p->add_tool_calls();
-        tc->set_index(t.value("index", k++));
-        tc->set_id(t.value("id", ""));
-        if (t.contains("function")) {
-          tc->set_name(t["function"].value("name", ""));
-          tc->set_arguments(t["function"].value("arguments", ""));
-        }
-      }
+  res.set_id(g.id());
+  pb::Choice* c = res.add_choices();
+  c->set_index(e.choice);
+  c->mutable_token_ids()->Add(e.token_ids.begin(), e.token_ids.end());
+  switch (e.kind) {
+    case K::kContent: c->set_text(e.text); break;
+    case K::kReasoning: c->set_reasoning(e.text); break;
+    case K::kToolCallBegin: {
+      pb::ToolCallDelta* t = c->add_tool_calls();
+      t->set_index(e.tool_index);
+      t->set_id(e.call_id);
+      t->set_name(e.tool_name);
+      break;
     }
-    if (c.contains("token_ids")) {
-      for (const json& t : c["token_ids"]) p->add_token_ids(t.get<int32_t>());
+    case K::kToolCallArguments: {
+      pb::ToolCallDelta* t = c->add_tool_calls();
+      t->set_index(e.tool_index);
+      t->set_arguments(e.text);
+      break;
     }
-    if (c.contains("logprobs") && c["logprobs"].is_object() && c["logprobs"].contains("content")) {
-      for (const json& e : c["logprobs"]["content"]) {
-        pb::SampledLogprob* s = p->add_logprobs();
-        s->set_token(e.value("id", -1));
-        s->set_text(e.value("token", ""));
-        s->set_logprob(e.value("logprob", 0.0f));
-        for (const json& t : e.value("top_logprobs", json::array())) {
-          pb::TokenLogprob* tl = s->add_top();
-          tl->set_token(t.value("id", -1));
-          tl->set_text(t.value("token", ""));
-          tl->set_logprob(t.value("logprob", 0.0f));
-        }
-      }
-    }
-    p->set_finish_reason(ToFinish(c.contains("finish_reason") ? c["finish_reason"] : json()));
+    case K::kFinish: c->set_finish_reason(ToFinish(e.text)); break;
   }
-  if (j.contains("usage") && j["usage"].is_object()) {
-    res.mutable_usage()->set_prompt_tokens(j["usage"].value("prompt_tokens", 0));
-    res.mutable_usage()->set_completion_tokens(j["usage"].value("completion_tokens", 0));
-    res.mutable_usage()->set_total_tokens(j["usage"].value("total_tokens", 0));
-    if (j["usage"].contains("prompt_tokens_details")) {
-      res.mutable_usage()->set_cached_prompt_tokens(j["usage"]["prompt_tokens_details"].value("cached_tokens", 0));
-    }
-  }
-  if (j.contains("prompt_token_ids")) {
-    for (const json& t : j["prompt_token_ids"]) res.add_prompt_token_ids(t.get<int32_t>());
-  }
+  if (e.logprob) SetLogprob(*ctx.tokenizer, *e.logprob, c->add_logprobs());
   return res;
 }
 
-// The sink of one call: a queue the handler thread drains.
-class CallSink : public CompletionSink {
+// The whole response (unary).
+pb::GenerateResponse ResultProto(const ApiContext& ctx, const Generation& g) {
+  pb::GenerateResponse res;
+  res.set_id(g.id());
+  for (const ChoiceResult& r : g.results()) {
+    pb::Choice* c = res.add_choices();
+    c->set_index(r.index);
+    c->set_text(r.content);
+    c->set_reasoning(r.reasoning);
+    int k = 0;
+    for (const ToolCallResult& t : r.calls) {
+      pb::ToolCallDelta* tc = c->add_tool_calls();
+      tc->set_index(k++);
+      tc->set_id(t.id);
+      tc->set_name(t.name);
+      tc->set_arguments(t.arguments);
+    }
+    c->mutable_token_ids()->Add(r.tokens.begin(), r.tokens.end());
+    if (g.spec().sampling.logprobs()) {
+      for (const TokenLogprob& lp : r.logprobs) SetLogprob(*ctx.tokenizer, lp, c->add_logprobs());
+    }
+    c->set_finish_reason(ToFinish(r.finish_reason));
+  }
+  SetUsage(g.usage(), res.mutable_usage());
+  res.mutable_prompt_token_ids()->Add(g.prompt().begin(), g.prompt().end());
+  return res;
+}
+
+// The sink of one call: a queue the handler thread drains; outputs are
+// protos ready to write.
+class CallSink : public GenerationSink {
  public:
+  CallSink(const ApiContext& ctx, bool stream) : ctx_(ctx), stream_(stream) {}
   void Post(std::function<void()> fn) override {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -169,12 +177,22 @@ class CallSink : public CompletionSink {
     }
     cv_.notify_one();
   }
-  void OnChunk(const json& chunk) override { outputs_.push_back(chunk); }
-  void OnDone(const json& response) override {
-    if (!response.is_null()) outputs_.push_back(response);
+  void OnStart(const Generation&) override {}
+  void OnEvent(const Generation& g, const GenerationEvent& e) override {
+    if (stream_) outputs_.push_back(EventProto(ctx_, g, e));
+  }
+  void OnDone(const Generation& g) override {
+    if (stream_) {
+      pb::GenerateResponse last;
+      last.set_id(g.id());
+      SetUsage(g.usage(), last.mutable_usage());
+      outputs_.push_back(std::move(last));
+    } else {
+      outputs_.push_back(ResultProto(ctx_, g));
+    }
     done_ = true;
   }
-  void OnError(const ApiError& e) override {
+  void OnError(const Generation&, const ApiError& e) override {
     error_ = e;
     done_ = true;
   }
@@ -195,11 +213,13 @@ class CallSink : public CompletionSink {
     tasks_.clear();
   }
 
-  std::vector<json> outputs_;  // handler thread only
+  std::vector<pb::GenerateResponse> outputs_;  // handler thread only
   bool done_ = false;
   std::optional<ApiError> error_;
 
  private:
+  const ApiContext& ctx_;
+  bool stream_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> tasks_;
@@ -239,20 +259,20 @@ grpc::Status GrpcApi::Authorize(grpc::ServerContext* ctx) const {
 }
 
 grpc::Status GrpcApi::Run(grpc::ServerContext* ctx, const pb::GenerateRequest& req, bool stream,
-                          const std::function<bool(const json&)>& on_output) {
+                          const std::function<bool(const pb::GenerateResponse&)>& on_output) {
   if (grpc::Status st = Authorize(ctx); !st.ok()) return st;
-  bool chat = false;
-  auto body = ToOpenAi(req, stream, &chat);
-  if (!body.ok()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string(body.status().message()));
-  auto sink = std::make_shared<CallSink>();
-  std::shared_ptr<Completion> c;
-  CompletionOptions opts;
-  opts.token_id_logprobs = true;
-  if (auto err = Completion::Start(api_, chat, *body, sink, &c, opts)) return ToGrpc(*err);
+  GenerationSpec spec;
+  if (auto err = ToSpec(*api_, req, &spec)) return ToGrpc(*err);
+  auto sink = std::make_shared<CallSink>(*api_, stream);
+  std::shared_ptr<Generation> g;
+  if (auto err = Generation::Start(api_, std::move(spec), NextResponseId(req.has_chat() ? "chatcmpl-" : "cmpl-"), sink,
+                                   &g)) {
+    return ToGrpc(*err);
+  }
   while (true) {
-    for (const json& o : sink->outputs_) {
+    for (const pb::GenerateResponse& o : sink->outputs_) {
       if (!on_output(o)) {  // the client went away
-        c->Abort();
+        g->Abort();
         sink->Close();
         return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
       }
@@ -260,7 +280,7 @@ grpc::Status GrpcApi::Run(grpc::ServerContext* ctx, const pb::GenerateRequest& r
     sink->outputs_.clear();
     if (sink->done_) break;
     if (ctx->IsCancelled()) {
-      c->Abort();
+      g->Abort();
       sink->Close();
       return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the call");
     }
@@ -273,13 +293,13 @@ grpc::Status GrpcApi::Run(grpc::ServerContext* ctx, const pb::GenerateRequest& r
 
 grpc::Status GrpcApi::Generate(grpc::ServerContext* ctx, const pb::GenerateRequest* req,
                                grpc::ServerWriter<pb::GenerateResponse>* writer) {
-  return Run(ctx, *req, true, [&](const json& chunk) { return writer->Write(ToProto(chunk)); });
+  return Run(ctx, *req, true, [&](const pb::GenerateResponse& r) { return writer->Write(r); });
 }
 
 grpc::Status GrpcApi::GenerateUnary(grpc::ServerContext* ctx, const pb::GenerateRequest* req,
                                     pb::GenerateResponse* res) {
-  return Run(ctx, *req, false, [&](const json& response) {
-    *res = ToProto(response);
+  return Run(ctx, *req, false, [&](const pb::GenerateResponse& r) {
+    *res = r;
     return true;
   });
 }

@@ -1,9 +1,11 @@
 // The public gRPC API (proto/moeserve/v1/moeserve.proto) on the router.
 //
-// Each call is turned into the OpenAI body the HTTP gateway would receive and
-// run through the same Completion (router/api.h): same validation, same
-// errors (mapped to gRPC codes), same generation. A synchronous gRPC server:
-// a Generate call's handler thread is the executor its completion runs on.
+// A thin codec over the generation core (router/generation.h): a request maps
+// onto a GenerationSpec and the typed events onto GenerateResponse messages,
+// with no JSON in between; validation, errors (their gRPC codes from the one
+// table in router/errors.h) and generation are the HTTP APIs'. A synchronous
+// gRPC server: a Generate call's handler thread is the executor its
+// generation runs on.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -13,7 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "moeserve/v1/moeserve.grpc.pb.h"
-#include "router/api.h"
+#include "router/generation.h"
 
 namespace moeserve::router {
 
@@ -40,9 +42,9 @@ class GrpcApi final : public moeserve::v1::Moeserve::Service {
 
  private:
   grpc::Status Authorize(grpc::ServerContext* ctx) const;
-  // Runs one generation to its end; `on_chunk` gets each chunk (streaming) or the response.
+  // Runs one generation to its end; `on_output` gets each streamed piece, or the whole response.
   grpc::Status Run(grpc::ServerContext* ctx, const moeserve::v1::GenerateRequest& req, bool stream,
-                   const std::function<bool(const ordered_json&)>& on_output);
+                   const std::function<bool(const moeserve::v1::GenerateResponse&)>& on_output);
 
   ApiContext* api_;
   std::string api_key_;

@@ -39,6 +39,10 @@ constexpr char kUsage[] = R"(usage: moeserve-router --worker HOST:PORT[,HOST:POR
   --enable-prefix-caching        reuse the K/V of prompt prefixes seen before (the default)
   --no-enable-prefix-caching     compute every prompt whole
   --grpc-port N                  also serve the public gRPC API (moeserve.v1) on this port (0 picks one)
+  --ollama-port N                also serve the Ollama API on this port (11434 is Ollama's; 0 picks one); it is
+                                 always served under /api/ on --port too
+  --responses-store-size N       /v1/responses kept for previous_response_id and GET (default 1024; 0 keeps none)
+  --responses-ttl S              how long a stored response is kept, in seconds (default 3600)
   --health-check-interval-ms N   how often workers are checked (default 1000)
 HTTP limits (docs/limits.md):
   --max-connections N            open connections; beyond them requests get 503 (default 4096)
@@ -69,7 +73,7 @@ int main(int argc, char** argv) {
                                  "--max-num-queued-requests", "--grpc-port", "--health-check-interval-ms",
                                  "--tensor-parallel-size", "--max-connections", "--max-body-bytes",
                                  "--max-header-bytes", "--http-idle-timeout", "--http-header-timeout",
-                                 "--http-body-timeout"}, &help,
+                                 "--http-body-timeout", "--ollama-port", "--responses-store-size", "--responses-ttl"}, &help,
                                 {"--enable-prefix-caching", "--no-enable-prefix-caching"});
   if (help) {
     std::fputs(kUsage, stdout);
@@ -150,8 +154,11 @@ int main(int argc, char** argv) {
     int64_t lo, hi;
     int64_t* out;
   };
-  int64_t idle_s = 60, header_s = 30, body_s = 60;
-  for (const Limit& l : {Limit{"--max-connections", 1, 1 << 20, &go.max_connections},
+  int64_t idle_s = 60, header_s = 30, body_s = 60, ollama_port = -1, store_size = 1024, store_ttl = 3600;
+  for (const Limit& l : {Limit{"--ollama-port", 0, 65535, &ollama_port},
+                         Limit{"--responses-store-size", 0, 1 << 24, &store_size},
+                         Limit{"--responses-ttl", 1, 86400 * 365, &store_ttl},
+                         Limit{"--max-connections", 1, 1 << 20, &go.max_connections},
                          Limit{"--max-body-bytes", 1024, int64_t{1} << 32, &go.max_body_bytes},
                          Limit{"--max-header-bytes", 1024, 1 << 24, &go.max_header_bytes},
                          Limit{"--http-idle-timeout", 1, 86400, &idle_s}, Limit{"--http-header-timeout", 1, 86400, &header_s},
@@ -163,6 +170,9 @@ int main(int argc, char** argv) {
   go.idle_timeout = std::chrono::seconds(idle_s);
   go.header_timeout = std::chrono::seconds(header_s);
   go.body_timeout = std::chrono::seconds(body_s);
+  go.ollama_port = static_cast<int>(ollama_port);
+  go.responses_store_size = static_cast<size_t>(store_size);
+  go.responses_ttl = std::chrono::seconds(store_ttl);
   router::Gateway gw(go, &api);
   auto bound = gw.Start();
   if (!bound.ok()) return Fail(std::string(bound.status().message()));
@@ -173,6 +183,7 @@ int main(int argc, char** argv) {
     if (!gp.ok()) return Fail(std::string(gp.status().message()));
     std::printf("grpc listening on %s:%d\n", go.host.c_str(), *gp);
   }
+  if (gw.ollama_port() >= 0) std::printf("ollama listening on %s:%d\n", go.host.c_str(), gw.ollama_port());
   std::printf("listening on %s:%d\n", go.host.c_str(), *bound);
   std::fflush(stdout);
   gw.Wait();

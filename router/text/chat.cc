@@ -68,36 +68,84 @@ absl::StatusOr<std::vector<int32_t>> CompletionPromptTokens(const Tokenizer& tok
   return absl::InvalidArgumentError("prompt must be a string or an array of token ids");
 }
 
-absl::StatusOr<std::vector<Message>> ChatToHarmony(const json& messages, const json& tools,
-                                                   const ChatRenderOptions& options) {
+absl::StatusOr<std::vector<ToolDescription>> ToolsFromOpenAi(const json& tools) {
+  std::vector<ToolDescription> out;
+  if (tools.is_null()) return out;
+  if (!tools.is_array()) return absl::InvalidArgumentError("tools must be an array");
+  for (size_t i = 0; i < tools.size(); ++i) {
+    const json& t = tools[i];
+    if (!t.is_object() || StringField(t, "type", "function") != "function" || !t.contains("function") ||
+        !t["function"].is_object() || !t["function"].contains("name") || !t["function"]["name"].is_string()) {
+      return absl::InvalidArgumentError(absl::StrCat("tools[", i, "]: expected {\"type\": \"function\", \"function\": {\"name\": ...}}"));
+    }
+    const json& f = t["function"];
+    ToolDescription d;
+    d.name = f["name"].get<std::string>();
+    if (f.contains("description") && f["description"].is_string()) d.description = f["description"].get<std::string>();
+    if (f.contains("parameters") && !f["parameters"].is_null()) {
+      if (!f["parameters"].is_object()) return absl::InvalidArgumentError(absl::StrCat("tools[", i, "]: parameters must be an object"));
+      d.parameters = f["parameters"];
+    }
+    out.push_back(std::move(d));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<ChatTurn>> ChatTurnsFromOpenAi(const json& messages) {
   if (!messages.is_array() || messages.empty()) return absl::InvalidArgumentError("messages must be a non-empty array");
+  std::vector<ChatTurn> out;
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const json& m = messages[i];
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) return Bad(i, "missing role");
+    ChatTurn turn;
+    turn.role = m["role"].get<std::string>();
+    ASSIGN_OR_RETURN(turn.content, ContentText(m, i));
+    for (const char* k : {"reasoning_content", "reasoning"}) {
+      if (m.contains(k) && m[k].is_string()) {
+        turn.reasoning = m[k].get<std::string>();
+        break;
+      }
+    }
+    if (turn.role == "assistant" && m.contains("tool_calls") && !m["tool_calls"].is_null()) {
+      if (!m["tool_calls"].is_array()) return Bad(i, "tool_calls must be an array");
+      for (const json& c : m["tool_calls"]) {
+        if (!c.is_object() || !c.contains("function") || !c["function"].is_object() ||
+            !c["function"].contains("name") || !c["function"]["name"].is_string()) {
+          return Bad(i, "a tool call needs function.name");
+        }
+        ChatToolCall call;
+        call.name = c["function"]["name"].get<std::string>();
+        call.arguments = "{}";
+        if (c["function"].contains("arguments")) {
+          const json& a = c["function"]["arguments"];
+          call.arguments = a.is_string() ? a.get<std::string>() : a.dump();
+        }
+        if (c.contains("id") && c["id"].is_string()) call.id = c["id"].get<std::string>();
+        turn.tool_calls.push_back(std::move(call));
+      }
+    }
+    if (m.contains("tool_call_id") && m["tool_call_id"].is_string()) turn.tool_call_id = m["tool_call_id"].get<std::string>();
+    if (m.contains("name") && m["name"].is_string()) turn.name = m["name"].get<std::string>();
+    out.push_back(std::move(turn));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<Message>> ChatToHarmony(const std::vector<ChatTurn>& messages,
+                                                   const std::vector<ToolDescription>& tools,
+                                                   const ChatRenderOptions& options) {
+  if (messages.empty()) return absl::InvalidArgumentError("messages must be a non-empty array");
   if (options.reasoning_effort != "low" && options.reasoning_effort != "medium" && options.reasoning_effort != "high") {
     return absl::InvalidArgumentError("reasoning_effort must be low, medium or high");
   }
-  // Tools.
   ToolNamespace functions;
   functions.name = "functions";
-  if (!tools.is_null()) {
-    if (!tools.is_array()) return absl::InvalidArgumentError("tools must be an array");
-    for (size_t i = 0; i < tools.size(); ++i) {
-      const json& t = tools[i];
-      if (!t.is_object() || StringField(t, "type", "function") != "function" || !t.contains("function") ||
-          !t["function"].is_object() || !t["function"].contains("name") || !t["function"]["name"].is_string()) {
-        return absl::InvalidArgumentError(absl::StrCat("tools[", i, "]: expected {\"type\": \"function\", \"function\": {\"name\": ...}}"));
-      }
-      const json& f = t["function"];
-      ToolDescription d;
-      d.name = f["name"].get<std::string>();
-      if (d.name.empty() || d.name.find_first_of(" \t\n<>") != std::string::npos) {
-        return absl::InvalidArgumentError(absl::StrCat("tools[", i, "]: invalid function name"));
-      }
-      if (f.contains("description") && f["description"].is_string()) d.description = f["description"].get<std::string>();
-      if (f.contains("parameters") && !f["parameters"].is_null()) {
-        if (!f["parameters"].is_object()) return absl::InvalidArgumentError(absl::StrCat("tools[", i, "]: parameters must be an object"));
-        d.parameters = f["parameters"];
-      }
-      functions.tools.push_back(std::move(d));
+  for (size_t i = 0; i < tools.size(); ++i) {
+    const std::string& name = tools[i].name;
+    if (name.empty() || name.find_first_of(" \t\n<>") != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("tools[", i, "]: invalid function name"));
     }
+    functions.tools.push_back(tools[i]);
   }
   std::vector<Message> out;
   Message sys;
@@ -114,10 +162,9 @@ absl::StatusOr<std::vector<Message>> ChatToHarmony(const json& messages, const j
   std::vector<Message> rest;
   absl::flat_hash_map<std::string, std::string> call_names;  // tool_call_id -> function name
   for (size_t i = 0; i < messages.size(); ++i) {
-    const json& m = messages[i];
-    if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) return Bad(i, "missing role");
-    const std::string role = m["role"].get<std::string>();
-    ASSIGN_OR_RETURN(std::string text, ContentText(m, i));
+    const ChatTurn& m = messages[i];
+    const std::string& role = m.role;
+    const std::string& text = m.content;
     if (role == "system" || role == "developer") {
       instructions.push_back(text);
     } else if (role == "user") {
@@ -126,42 +173,23 @@ absl::StatusOr<std::vector<Message>> ChatToHarmony(const json& messages, const j
       u.text = text;
       rest.push_back(std::move(u));
     } else if (role == "assistant") {
-      std::string reasoning;
-      for (const char* k : {"reasoning_content", "reasoning"}) {
-        if (m.contains(k) && m[k].is_string()) {
-          reasoning = m[k].get<std::string>();
-          break;
-        }
-      }
-      if (!reasoning.empty()) {
+      if (!m.reasoning.empty()) {
         Message a;
         a.role = "assistant";
         a.channel = "analysis";
-        a.text = reasoning;
+        a.text = m.reasoning;
         rest.push_back(std::move(a));
       }
-      if (m.contains("tool_calls") && !m["tool_calls"].is_null()) {
-        if (!m["tool_calls"].is_array()) return Bad(i, "tool_calls must be an array");
-        for (const json& c : m["tool_calls"]) {
-          if (!c.is_object() || !c.contains("function") || !c["function"].is_object() ||
-              !c["function"].contains("name") || !c["function"]["name"].is_string()) {
-            return Bad(i, "a tool call needs function.name");
-          }
-          const std::string name = c["function"]["name"].get<std::string>();
-          std::string args = "{}";
-          if (c["function"].contains("arguments")) {
-            const json& a = c["function"]["arguments"];
-            args = a.is_string() ? a.get<std::string>() : a.dump();
-          }
-          if (c.contains("id") && c["id"].is_string()) call_names[c["id"].get<std::string>()] = name;
-          Message call;
-          call.role = "assistant";
-          call.channel = "commentary";
-          call.recipient = "functions." + name;
-          call.content_type = "<|constrain|>json";
-          call.text = args;
-          rest.push_back(std::move(call));
-        }
+      for (const ChatToolCall& c : m.tool_calls) {
+        if (c.name.empty()) return Bad(i, "a tool call needs function.name");
+        if (!c.id.empty()) call_names[c.id] = c.name;
+        Message call;
+        call.role = "assistant";
+        call.channel = "commentary";
+        call.recipient = "functions." + c.name;
+        call.content_type = "<|constrain|>json";
+        call.text = c.arguments.empty() ? "{}" : c.arguments;
+        rest.push_back(std::move(call));
       }
       if (!text.empty()) {
         Message f;
@@ -172,11 +200,11 @@ absl::StatusOr<std::vector<Message>> ChatToHarmony(const json& messages, const j
       }
     } else if (role == "tool") {
       std::string name;
-      if (m.contains("tool_call_id") && m["tool_call_id"].is_string()) {
-        auto it = call_names.find(m["tool_call_id"].get<std::string>());
+      if (!m.tool_call_id.empty()) {
+        auto it = call_names.find(m.tool_call_id);
         if (it != call_names.end()) name = it->second;
       }
-      if (name.empty() && m.contains("name") && m["name"].is_string()) name = m["name"].get<std::string>();
+      if (name.empty()) name = m.name;
       if (name.empty()) return Bad(i, "a tool message needs a tool_call_id of an earlier tool call, or a name");
       Message t;
       t.role = "tool";
@@ -202,12 +230,27 @@ absl::StatusOr<std::vector<Message>> ChatToHarmony(const json& messages, const j
   return out;
 }
 
-absl::StatusOr<std::vector<int32_t>> RenderChatRequest(const Tokenizer& tok, const json& messages, const json& tools,
-                                                       const ChatRenderOptions& options) {
+absl::StatusOr<std::vector<Message>> ChatToHarmony(const json& messages, const json& tools,
+                                                   const ChatRenderOptions& options) {
+  ASSIGN_OR_RETURN(std::vector<ToolDescription> t, ToolsFromOpenAi(tools));
+  ASSIGN_OR_RETURN(std::vector<ChatTurn> m, ChatTurnsFromOpenAi(messages));
+  return ChatToHarmony(m, t, options);
+}
+
+absl::StatusOr<std::vector<int32_t>> RenderChat(const Tokenizer& tok, const std::vector<ChatTurn>& messages,
+                                                const std::vector<ToolDescription>& tools,
+                                                const ChatRenderOptions& options) {
   ASSIGN_OR_RETURN(std::vector<Message> conv, ChatToHarmony(messages, tools, options));
   RenderConfig cfg;
   cfg.auto_drop_analysis = true;
   return RenderForCompletion(tok, conv, "assistant", cfg);
+}
+
+absl::StatusOr<std::vector<int32_t>> RenderChatRequest(const Tokenizer& tok, const json& messages, const json& tools,
+                                                       const ChatRenderOptions& options) {
+  ASSIGN_OR_RETURN(std::vector<ToolDescription> t, ToolsFromOpenAi(tools));
+  ASSIGN_OR_RETURN(std::vector<ChatTurn> m, ChatTurnsFromOpenAi(messages));
+  return RenderChat(tok, m, t, options);
 }
 
 }  // namespace moeserve::text

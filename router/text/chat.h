@@ -38,6 +38,33 @@ struct ChatRenderOptions {
   std::string knowledge_cutoff = "2024-06";
 };
 
+// A conversation turn as every chat API has it (OpenAI chat messages,
+// Responses input items, Ollama messages map onto it).
+struct ChatToolCall {
+  std::string id;         // the call's id; tool turns refer to it
+  std::string name;       // the function
+  std::string arguments;  // JSON text
+};
+struct ChatTurn {
+  std::string role;  // system | developer | user | assistant | tool
+  std::string content;
+  std::string reasoning;                 // assistant: its analysis text
+  std::vector<ChatToolCall> tool_calls;  // assistant: the calls it made
+  std::string tool_call_id;              // tool: the call this result answers
+  std::string name;                      // tool: the function (when there is no tool_call_id)
+};
+
+// OpenAI chat `messages` and `tools` decoded (`tools` may be null); errors name the index.
+absl::StatusOr<std::vector<ChatTurn>> ChatTurnsFromOpenAi(const nlohmann::ordered_json& messages);
+absl::StatusOr<std::vector<ToolDescription>> ToolsFromOpenAi(const nlohmann::ordered_json& tools);
+
+absl::StatusOr<std::vector<Message>> ChatToHarmony(const std::vector<ChatTurn>& messages,
+                                                   const std::vector<ToolDescription>& tools,
+                                                   const ChatRenderOptions& options);
+absl::StatusOr<std::vector<int32_t>> RenderChat(const Tokenizer& tok, const std::vector<ChatTurn>& messages,
+                                                const std::vector<ToolDescription>& tools,
+                                                const ChatRenderOptions& options);
+
 // `messages` and `tools` as in the OpenAI chat completions request (`tools` may be null).
 absl::StatusOr<std::vector<Message>> ChatToHarmony(const nlohmann::ordered_json& messages,
                                                    const nlohmann::ordered_json& tools,

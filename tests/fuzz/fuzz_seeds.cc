@@ -75,7 +75,7 @@ int main(int argc, char** argv) {
   n = 0;
   for (const std::string& c : chats) Write(out / "fuzz_chat_render", n++, c);
 
-  // OpenAI requests: a selector byte (even: chat, odd: completions), then the body.
+  // Requests: a selector byte (0 chat, 1 completions, 2 responses, 3 Ollama chat, 4 Ollama generate), then the body.
   const std::vector<std::string> requests = {
       R"({"model":"gpt-oss-20b","messages":[{"role":"user","content":"Hi"}],"temperature":0.7,"top_p":0.9,"max_tokens":64,"stream":true,"stream_options":{"include_usage":true}})",
       R"({"messages":[{"role":"user","content":"Hi"}],"n":3,"seed":42,"logprobs":true,"top_logprobs":5,"stop":["
@@ -88,6 +88,20 @@ int main(int argc, char** argv) {
   for (const std::string& r : {std::string(R"({"prompt":"Once upon a time","max_tokens":16,"logprobs":2,"echo":false})"),
                                std::string(R"({"prompt":[1,2,3,4],"stop":"x","n":2,"seed":1})")}) {
     Write(out / "fuzz_openai_request", n++, "\x01" + r);
+  }
+  for (const std::string& r :
+       {std::string(R"({"model":"gpt-oss-20b","input":"Hi","instructions":"Be brief.","max_output_tokens":32,"reasoning":{"effort":"low"},"metadata":{"k":"v"},"stream":true})"),
+        std::string(R"({"input":[{"role":"user","content":[{"type":"input_text","text":"Weather?"}]},{"type":"function_call","call_id":"c1","name":"get_weather","arguments":"{\"city\":\"Paris\"}"},{"type":"function_call_output","call_id":"c1","output":"sunny"},{"type":"reasoning","id":"rs_1","summary":[],"content":[{"type":"reasoning_text","text":"think"}]}],"tools":[{"type":"function","name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}},"strict":true}],"tool_choice":"required","top_logprobs":2,"include":["message.output_text.logprobs"]})")}) {
+    Write(out / "fuzz_openai_request", n++, "\x02" + r);
+  }
+  for (const std::string& r :
+       {std::string(R"({"model":"gpt-oss-20b","messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":"","thinking":"hm","tool_calls":[{"function":{"name":"f","arguments":{"a":1}}}]},{"role":"tool","content":"ok","tool_name":"f"}],"tools":[{"type":"function","function":{"name":"f"}}],"think":"high","options":{"temperature":0.5,"top_k":20,"num_predict":16,"stop":["x"],"repeat_penalty":1.1,"num_ctx":4096,"seed":3},"keep_alive":"5m","stream":false})")}) {
+    Write(out / "fuzz_openai_request", n++, "\x03" + r);
+  }
+  for (const std::string& r :
+       {std::string(R"({"model":"gpt-oss-20b:latest","prompt":"Why is the sky blue?","system":"Be brief.","think":false,"options":{"num_predict":8}})"),
+        std::string(R"({"model":"gpt-oss-20b","prompt":"<|start|>user<|message|>Hi<|end|>","raw":true,"stream":false})")}) {
+    Write(out / "fuzz_openai_request", n++, "\x04" + r);
   }
 
   // Worker steps: a prefill, a decode diff, bad block ids, bad sampling.
