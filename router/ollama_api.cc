@@ -43,7 +43,7 @@ std::optional<ApiError> DecodeOptions(const ApiContext& ctx, const json& o, Gene
   if (!o.is_object()) return BadRequest("'options' must be an object", "options");
   static const char* const kNoEffect[] = {"num_ctx", "num_keep", "num_batch", "num_gpu", "main_gpu", "use_mmap",
                                           "use_mlock", "num_thread", "numa", "low_vram", "vocab_only", "f16_kv",
-                                          "penalize_newline", "repeat_last_n"};
+                                          "penalize_newline", "repeat_last_n", "logits_all", "embedding_only"};
   worker::v1::SamplingParams& sp = spec->sampling;
   for (const auto& [key, v] : o.items()) {
     auto num = [&](double lo, double hi, double* out) -> std::optional<ApiError> {
@@ -130,6 +130,7 @@ std::optional<ApiError> DecodeMessages(const json& messages, std::vector<text::C
     if (!tool_name) return BadRequest(absl::StrCat(at, ": 'tool_name' must be a string"), "messages");
     t.name = *tool_name;
     if (t.name.empty()) t.name = text::StringField(m, "name", "").value_or("");
+    t.tool_call_id = text::StringField(m, "tool_call_id", "").value_or("");
     if (m.contains("tool_calls") && !m["tool_calls"].is_null()) {
       if (!m["tool_calls"].is_array()) return BadRequest(absl::StrCat(at, ": 'tool_calls' must be an array"), "messages");
       for (const json& c : m["tool_calls"]) {

@@ -13,7 +13,8 @@ const children = [];
 process.on("exit", () => { for (const c of children) c.kill("SIGKILL"); });
 
 // Starts `bin` and resolves with { addr, grpc, proc } once it prints
-// "listening on HOST:PORT" (grpc: its "grpc listening on" address, if any).
+// "listening on HOST:PORT" (grpc, ollama: its "grpc listening on" / "ollama
+// listening on" addresses, if any).
 export function startProc(bin, flags) {
   return new Promise((resolve, reject) => {
     const p = spawn(bin, flags, { stdio: ["ignore", "pipe", "inherit"] });
@@ -22,7 +23,10 @@ export function startProc(bin, flags) {
     p.stdout.on("data", d => {
       out += d;
       const m = out.match(/(?:^|\n)listening on (\S+)/);
-      if (m) resolve({ addr: m[1], grpc: out.match(/grpc listening on (\S+)/)?.[1], proc: p });
+      if (m) {
+        resolve({ addr: m[1], grpc: out.match(/grpc listening on (\S+)/)?.[1],
+                  ollama: out.match(/ollama listening on (\S+)/)?.[1], proc: p });
+      }
     });
     p.on("exit", code => reject(new Error(`${bin} exited with ${code}`)));
   });
