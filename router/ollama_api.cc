@@ -45,7 +45,9 @@ std::optional<ApiError> DecodeOptions(const ApiContext& ctx, const json& o, Gene
                                           "use_mlock", "num_thread", "numa", "low_vram", "vocab_only", "f16_kv",
                                           "penalize_newline", "repeat_last_n", "logits_all", "embedding_only"};
   worker::v1::SamplingParams& sp = spec->sampling;
-  for (const auto& [key, v] : o.items()) {
+  for (const auto& item : o.items()) {
+    const std::string& key = item.key();
+    const json& v = item.value();
     auto num = [&](double lo, double hi, double* out) -> std::optional<ApiError> {
       if (!v.is_number() || v.get<double>() < lo || v.get<double>() > hi) {
         return BadRequest(absl::StrCat("option '", key, "' must be a number in [", lo, ", ", hi, "]"), key);

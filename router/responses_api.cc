@@ -124,7 +124,8 @@ std::optional<ApiError> Decode(const ApiContext& ctx, const json& body, Response
       "temperature", "top_p", "metadata", "stream", "store", "previous_response_id", "parallel_tool_calls", "user",
       "truncation", "include", "top_logprobs", "service_tier", "background", "stream_options", "prompt_cache_key",
       "safety_identifier", "seed"};
-  for (const auto& [key, v] : body.items()) {
+  for (const auto& item : body.items()) {
+    const std::string& key = item.key();
     if (std::find_if(std::begin(kKnown), std::end(kKnown), [&](const char* k) { return key == k; }) ==
         std::end(kKnown)) {
       return Bad(absl::StrCat("Unknown parameter: '", key, "'."), key);
@@ -337,7 +338,8 @@ class ResponsesEncoder : public HttpEncoder {
   std::string Head(const Generation& g) override {
     created_ = g.created();
     const json r = Response("in_progress", json::array(), nullptr);
-    return Sse("response.created", {{"response", r}}) + Sse("response.in_progress", {{"response", r}});
+    std::string out = Sse("response.created", {{"response", r}});  // in order: each takes the next sequence number
+    return out + Sse("response.in_progress", {{"response", r}});
   }
 
   std::string Event(const Generation&, const GenerationEvent& e) override {
