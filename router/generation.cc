@@ -153,7 +153,7 @@ std::optional<ApiError> Generation::Prepare(const ApiContext& ctx, const Generat
 std::optional<ApiError> Generation::Start(ApiContext* ctx, GenerationSpec spec, std::string id,
                                           std::shared_ptr<GenerationSink> sink, std::shared_ptr<Generation>* out) {
   Prepared prep;
-  if (auto err = Prepare(*ctx, spec, ctx->pool->max_model_len(), &prep)) return err;
+  if (auto err = Prepare(*ctx, spec, ctx->backend->max_model_len(), &prep)) return err;
   auto g = std::make_shared<Generation>(ctx, std::move(spec), std::move(id), std::move(sink));
   g->prompt_ = prep.request.prompt;
   g->prefill_ = std::move(prep.prefill);
@@ -181,11 +181,11 @@ std::optional<ApiError> Generation::Start(ApiContext* ctx, GenerationSpec spec, 
     cb.on_finish = [g, cp](RequestStatus st, const std::string& why) {
       g->sink_->Post([g, cp, st, why] { g->OnFinish(*cp, st, why); });
     };
-    auto rid = ctx->pool->Submit(std::move(r), std::move(cb));
+    auto rid = ctx->backend->Submit(std::move(r), std::move(cb));
     if (!rid.ok()) {
       g->failed_ = true;  // callbacks of the choices already submitted are ignored
       for (auto& other : g->choices_) {
-        if (other->id >= 0) ctx->pool->Abort(other->id);
+        if (other->id >= 0) ctx->backend->Abort(other->id);
       }
       return FromStatus(rid.status());
     }
@@ -207,7 +207,7 @@ void Generation::Abort() {
   if (done_) return;
   done_ = true;
   for (auto& ch : choices_) {
-    if (!ch->finished && ch->id >= 0) ctx_->pool->Abort(ch->id);
+    if (!ch->finished && ch->id >= 0) ctx_->backend->Abort(ch->id);
   }
 }
 
@@ -238,7 +238,7 @@ void Generation::EmitContent(Choice& c, const std::string& raw) {
   }
   if (c.stop->stopped() && !c.stopped_by_string) {
     c.stopped_by_string = true;
-    ctx_->pool->Finish(c.id, RequestStatus::kFinishedStopped);  // on_finish follows
+    ctx_->backend->Finish(c.id, RequestStatus::kFinishedStopped);  // on_finish follows
   }
 }
 
@@ -348,7 +348,7 @@ void Generation::OnFinish(Choice& c, RequestStatus st, const std::string& why) {
     // A choice that cannot finish fails the request: the others are aborted.
     failed_ = done_ = true;
     for (auto& other : choices_) {
-      if (!other->finished) ctx_->pool->Abort(other->id);
+      if (!other->finished) ctx_->backend->Abort(other->id);
     }
     end_ = std::chrono::steady_clock::now();
     sink_->OnError(*this, ApiError{500, why.empty() ? "the request was aborted" : why, "server_error"});

@@ -52,7 +52,8 @@ struct RequestLimits {
 
 // What every request of one router shares.
 struct ApiContext {
-  WorkerPool* pool = nullptr;
+  GenerationBackend* backend = nullptr;  // runs the generations (the pool)
+  WorkerPool* pool = nullptr;            // its groups' state, for /ready, /metrics, model facts (may be null)
   const text::Tokenizer* tokenizer = nullptr;
   RouterMetrics* metrics = nullptr;
   std::string served_model_name = "gpt-oss";

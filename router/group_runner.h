@@ -43,6 +43,19 @@ struct GenerationRequest {
   int64_t cache_key = 0;  // prefix-cache namespace (the LoRA adapter); 0: the base model
 };
 
+// What the API front (router/generation.h) needs of whatever runs
+// generations: the worker pool, or a scripted stand-in in its unit tests.
+class GenerationBackend {
+ public:
+  virtual ~GenerationBackend() = default;
+  // Queues a request; callbacks run on a loop thread. ResourceExhausted when the queue is full.
+  virtual absl::StatusOr<int64_t> Submit(GenerationRequest request, GenerationCallbacks callbacks) = 0;
+  // Ends a request at its next step (aborted, or stopped by a stop string).
+  virtual void Finish(int64_t id, RequestStatus status) = 0;
+  void Abort(int64_t id) { Finish(id, RequestStatus::kFinishedAborted); }
+  virtual int64_t max_model_len() const = 0;
+};
+
 // A request that lost its worker: what it needs to continue elsewhere.
 struct OrphanedRequest {
   int64_t id;

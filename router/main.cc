@@ -133,6 +133,7 @@ int main(int argc, char** argv) {
 
   router::ApiContext api;
   api.pool = &pool;
+  api.backend = &pool;
   api.tokenizer = tok->get();
   api.metrics = &metrics;
   metrics.SetQueueLimit(sc.max_num_queued_requests);

@@ -45,7 +45,7 @@ struct GroupStatus {
   int64_t num_failures = 0;     // times the group was marked down
 };
 
-class WorkerPool {
+class WorkerPool : public GenerationBackend {
  public:
   // One address per group (each group one worker process).
   WorkerPool(std::vector<std::string> group_addresses, WorkerPoolOptions options);
@@ -58,15 +58,14 @@ class WorkerPool {
   absl::Status Start();
   void Stop();
 
-  absl::StatusOr<int64_t> Submit(GenerationRequest request, GenerationCallbacks callbacks);
+  absl::StatusOr<int64_t> Submit(GenerationRequest request, GenerationCallbacks callbacks) override;
   // Ends a request at its group's next step: the client went away (abort) or
   // a stop string matched (stopped; on_finish reports kFinishedStopped).
-  void Finish(int64_t id, RequestStatus status);
-  void Abort(int64_t id) { Finish(id, RequestStatus::kFinishedAborted); }
+  void Finish(int64_t id, RequestStatus status) override;
 
   // The model as the first worker described it (all groups must agree).
   const worker::v1::DescribeResponse& description() const { return description_; }
-  int64_t max_model_len() const { return max_model_len_; }
+  int64_t max_model_len() const override { return max_model_len_; }
   bool ready() const;  // at least one group is up
   std::vector<GroupStatus> Status() const;
 
