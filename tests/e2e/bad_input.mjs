@@ -1,5 +1,6 @@
 // A matrix of malformed and hostile requests against a real router + worker:
-// each gets the right 4xx with an OpenAI error body, and the server keeps
+// each gets the right 4xx with its API's error body (OpenAI's; Ollama's on /api/),
+// including /v1/responses and the Ollama routes, and the server keeps
 // serving (checked after the matrix, and during a slow client). Then the
 // connection limits of docs/limits.md over raw sockets: header size, malformed
 // HTTP, header and body timeouts (408), idle keep-alive connections, and the
@@ -23,6 +24,10 @@ const H = { "content-type": "application/json", authorization: "Bearer k" };
 const chat = (body) => ({ path: "/v1/chat/completions", body: JSON.stringify({ model, ...body }) });
 const user = [{ role: "user", content: "hi" }];
 const comp = (body) => ({ path: "/v1/completions", body: JSON.stringify({ model, ...body }) });
+const resp = (body) => ({ path: "/v1/responses", body: JSON.stringify({ model, ...body }) });
+// Ollama's routes answer in Ollama's shape: {"error": "..."}.
+const ochat = (body) => ({ path: "/api/chat", ollama: true, body: JSON.stringify({ model, stream: false, ...body }) });
+const ogen = (body) => ({ path: "/api/generate", ollama: true, body: JSON.stringify({ model, stream: false, ...body }) });
 
 const cases = [
   ["broken JSON", 400, { path: "/v1/chat/completions", body: "{" }],
@@ -95,6 +100,62 @@ const cases = [
   ["GET on a POST route", 405, { path: "/v1/chat/completions", method: "GET" }],
   ["unknown route", 404, { path: "/v2/everything", body: "{}" }],
   ["oversize body", 413, { path: "/v1/chat/completions", body: JSON.stringify({ messages: [{ role: "user", content: "x".repeat(9 << 20) }] }) }],
+  ["responses: broken JSON", 400, { path: "/v1/responses", body: "{" }],
+  ["responses: input missing", 400, resp({})],
+  ["responses: input a number", 400, resp({ input: 5 })],
+  ["responses: unknown item type", 400, resp({ input: [{ type: "computer_call" }] })],
+  ["responses: function_call without call_id", 400, resp({ input: [{ type: "function_call", name: "f", arguments: "{}" }] })],
+  ["responses: output for an unknown call", 400, resp({ input: [{ type: "function_call_output", call_id: "x", output: "y" }] })],
+  ["responses: unknown parameter", 400, resp({ input: "x", frobnicate: true })],
+  ["responses: a hosted tool", 400, resp({ input: "x", tools: [{ type: "web_search" }] })],
+  ["responses: tool parameters not an object", 400, resp({ input: "x", tools: [{ type: "function", name: "f", parameters: 3 }] })],
+  ["responses: text.format json_schema (not yet)", 400, resp({ input: "x", text: { format: { type: "json_schema", name: "s", schema: {} } } })],
+  ["responses: unknown previous_response_id", 400, resp({ input: "x", previous_response_id: "resp_nope" })],
+  ["responses: max_output_tokens 0", 400, resp({ input: "x", max_output_tokens: 0 })],
+  ["responses: temperature 3", 400, resp({ input: "x", temperature: 3 })],
+  ["responses: 17 metadata pairs", 400, resp({ input: "x", metadata: Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`k${i}`, "v"])) })],
+  ["responses: metadata value a number", 400, resp({ input: "x", metadata: { a: 1 } })],
+  ["responses: reasoning effort unknown", 400, resp({ input: "x", reasoning: { effort: "max" } })],
+  ["responses: an image part", 400, resp({ input: [{ role: "user", content: [{ type: "input_image", image_url: "x" }] }] })],
+  ["responses: background", 400, resp({ input: "x", background: true })],
+  ["responses: truncation auto", 400, resp({ input: "x", truncation: "auto" })],
+  ["responses: include unknown", 400, resp({ input: "x", include: ["file_search_call.results"] })],
+  ["responses: tool_choice unknown", 400, resp({ input: "x", tool_choice: "sometimes" })],
+  ["responses: unknown model", 404, resp({ input: "x", model: "gpt-5" })],
+  ["responses: GET an unknown id", 404, { path: "/v1/responses/resp_nope", method: "GET" }],
+  ["responses: DELETE an unknown id", 404, { path: "/v1/responses/resp_nope", method: "DELETE" }],
+  ["responses: PUT", 405, { path: "/v1/responses/resp_nope", method: "PUT", body: "{}" }],
+  ["ollama: broken JSON", 400, { path: "/api/chat", ollama: true, body: "{" }],
+  ["ollama: model missing", 400, { path: "/api/chat", ollama: true, body: JSON.stringify({ messages: user }) }],
+  ["ollama: unknown model", 404, ochat({ model: "llama3", messages: user })],
+  ["ollama: messages not an array", 400, ochat({ messages: "hi" })],
+  ["ollama: role a number", 400, ochat({ messages: [{ role: 5, content: "x" }] })],
+  ["ollama: unknown role", 400, ochat({ messages: [{ role: "wizard", content: "x" }] })],
+  ["ollama: images", 400, ochat({ messages: [{ role: "user", content: "x", images: ["aGk="] }] })],
+  ["ollama: options not an object", 400, ochat({ messages: user, options: 3 })],
+  ["ollama: an unsupported sampler", 400, ochat({ messages: user, options: { mirostat: 2 } })],
+  ["ollama: num_predict 0", 400, ochat({ messages: user, options: { num_predict: 0 } })],
+  ["ollama: temperature a string", 400, ochat({ messages: user, options: { temperature: "hot" } })],
+  ["ollama: stop not strings", 400, ochat({ messages: user, options: { stop: [1] } })],
+  ["ollama: think unknown", 400, ochat({ messages: user, think: "max" })],
+  ["ollama: format xml", 400, ochat({ messages: user, format: "xml" })],
+  ["ollama: format json (structured output not yet)", 400, ochat({ messages: user, format: "json" })],
+  ["ollama: stream not a boolean", 400, ochat({ messages: user, stream: "yes" })],
+  ["ollama: keep_alive an object", 400, ochat({ messages: user, keep_alive: {} })],
+  ["ollama: tool calls not an array", 400, ochat({ messages: [...user, { role: "assistant", content: "", tool_calls: 3 }] })],
+  ["ollama: 129 tools", 400, ochat({ messages: user, tools: Array.from({ length: 129 }, (_, i) => ({ type: "function", function: { name: `f${i}` } })) })],
+  ["ollama: generate with a suffix", 400, ogen({ prompt: "def f(", suffix: "x" })],
+  ["ollama: generate with images", 400, ogen({ prompt: "x", images: ["aGk="] })],
+  ["ollama: generate prompt a number", 400, ogen({ prompt: 5 })],
+  ["ollama: generate with a template", 400, ogen({ prompt: "x", template: "{{ .Prompt }}" })],
+  ["ollama: embeddings", 400, { path: "/api/embed", ollama: true, body: JSON.stringify({ model, input: "x" }) }],
+  ["ollama: pull", 501, { path: "/api/pull", ollama: true, body: JSON.stringify({ model: "llama3" }) }],
+  ["ollama: delete", 501, { path: "/api/delete", ollama: true, method: "DELETE", body: JSON.stringify({ model }) }],
+  ["ollama: show an unknown model", 404, { path: "/api/show", ollama: true, body: JSON.stringify({ model: "llama3" }) }],
+  ["ollama: GET /api/chat", 405, { path: "/api/chat", ollama: true, method: "GET" }],
+  ["ollama: POST /api/tags", 405, { path: "/api/tags", ollama: true, body: "{}" }],
+  ["ollama: unknown route", 404, { path: "/api/everything", ollama: true, body: "{}" }],
+  ["ollama: a prompt longer than --max-model-len", 400, ogen({ prompt: "word ".repeat(3000) })],
   ["wrong API key", 401, { path: "/v1/models", method: "GET", headers: { authorization: "Bearer nope" } }],
   ["missing API key", 401, { path: "/v1/models", method: "GET", headers: { authorization: "" } }],
 ];
@@ -107,8 +168,13 @@ for (const [name, want, c] of cases) {
     const text = await res.text();
     assert.equal(res.status, want, `${name}: got ${res.status} ${text.slice(0, 200)}`);
     const j = JSON.parse(text);
-    assert.equal(typeof j.error?.message, "string", `${name}: no OpenAI error body`);
-    assert.ok("type" in j.error && "param" in j.error && "code" in j.error, `${name}: error fields`);
+    if (c.ollama) {
+      assert.equal(typeof j.error, "string", `${name}: no Ollama error body`);
+      assert.ok(j.error.length > 0, `${name}: empty error`);
+    } else {
+      assert.equal(typeof j.error?.message, "string", `${name}: no OpenAI error body`);
+      assert.ok("type" in j.error && "param" in j.error && "code" in j.error, `${name}: error fields`);
+    }
     passed++;
   } catch (e) {
     failures++;
