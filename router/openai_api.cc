@@ -98,6 +98,15 @@ std::optional<ApiError> Decode(const ApiContext& ctx, bool chat, const json& bod
     return err;
   }
   if (max_tokens > 0) spec->max_tokens = max_tokens;
+  if (body.contains("response_format") && !body["response_format"].is_null()) {
+    const json& rf = body["response_format"];
+    const auto type = text::StringField(rf, "type");
+    if (!type || (*type != "text" && *type != "json_object" && *type != "json_schema")) {
+      return BadRequest("'response_format.type' must be text, json_object or json_schema", "response_format");
+    }
+    if (*type == "json_object") spec->response_format.type = ResponseFormat::Type::kJsonObject;
+    if (*type == "json_schema") spec->response_format.type = ResponseFormat::Type::kJsonSchema;
+  }
   spec->n = static_cast<int>(n);
   if (body.contains("stop") && !body["stop"].is_null()) {
     const json& st = body["stop"];

@@ -62,7 +62,9 @@ commands:
                              counts in FILE (a worker's /metrics text)
       --device auto|cpu|cuda --gpu-memory-utilization F   passed to the workers
       --grpc-port N          also serve the public gRPC API (moeserve.v1)
-      --port N               HTTP port of the OpenAI API (default 8000)
+      --port N               HTTP port of the OpenAI, Responses and Ollama APIs (default 8000)
+      --ollama-port N        also serve the Ollama API on this port (11434 is Ollama's own)
+      --responses-store-size N --responses-ttl S   stored /v1/responses (default 1024, 3600 s)
       --host ADDR            listen address (default 127.0.0.1)
       --kv-cache-memory SIZE --max-model-len N --max-num-seqs N --max-num-batched-tokens N
       --max-num-queued-requests N --api-key KEY --served-model-name NAME --threads N
@@ -394,7 +396,8 @@ absl::Status Serve(FlagReader& f) {
   const int metrics_port = f.Has("--metrics-port") ? f.Num<int>("--metrics-port", 0) : -1;
   for (const char* k : {"--max-model-len", "--max-num-seqs", "--max-num-batched-tokens", "--max-num-queued-requests",
                         "--api-key", "--served-model-name", "--grpc-port", "--max-connections", "--max-body-bytes",
-                        "--max-header-bytes", "--http-idle-timeout", "--http-header-timeout", "--http-body-timeout"}) {
+                        "--max-header-bytes", "--http-idle-timeout", "--http-header-timeout", "--http-body-timeout",
+                        "--ollama-port", "--responses-store-size", "--responses-ttl"}) {
     if (f.Has(k)) router_args.insert(router_args.end(), {k, f.Str(k, "")});
   }
   for (const char* k : {"--enable-prefix-caching", "--no-enable-prefix-caching"}) {

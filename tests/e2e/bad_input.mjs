@@ -100,6 +100,8 @@ const cases = [
   ["GET on a POST route", 405, { path: "/v1/chat/completions", method: "GET" }],
   ["unknown route", 404, { path: "/v2/everything", body: "{}" }],
   ["oversize body", 413, { path: "/v1/chat/completions", body: JSON.stringify({ messages: [{ role: "user", content: "x".repeat(9 << 20) }] }) }],
+  ["response_format json_schema (structured output not yet)", 400, chat({ messages: user, response_format: { type: "json_schema", json_schema: { name: "x", schema: {} } } })],
+  ["response_format unknown type", 400, chat({ messages: user, response_format: { type: "yaml" } })],
   ["responses: broken JSON", 400, { path: "/v1/responses", body: "{" }],
   ["responses: input missing", 400, resp({})],
   ["responses: input a number", 400, resp({ input: 5 })],
