@@ -20,7 +20,7 @@ class HttpEncoder {
   virtual const char* stream_content_type() const { return "text/event-stream"; }
   // Streaming: the bytes for the head (every choice submitted), each event,
   // the end, and a failure after the head.
-  virtual std::string Head(const Generation& g) { return ""; }
+  virtual std::string Head(const Generation&) { return ""; }
   virtual std::string Event(const Generation& g, const GenerationEvent& e) = 0;
   virtual std::string End(const Generation& g) = 0;
   virtual std::string StreamError(const Generation& g, const ApiError& e) = 0;

@@ -246,7 +246,7 @@ std::optional<ApiError> Decode(const ApiContext& ctx, bool chat, const json& bod
 
 class OllamaEncoder : public HttpEncoder {
  public:
-  OllamaEncoder(const ApiContext& ctx, const OllamaOptions& o) : ctx_(ctx), opts_(o) {}
+  explicit OllamaEncoder(const OllamaOptions& o) : opts_(o) {}
 
   bool streaming() const override { return opts_.stream; }
   const char* stream_content_type() const override { return "application/x-ndjson"; }
@@ -291,10 +291,10 @@ class OllamaEncoder : public HttpEncoder {
  private:
   static std::string Line(const json& j) { return Dump(j) + "\n"; }
 
-  json Head() const { return {{"model", opts_.model}, {"created_at", NowRfc3339()}}; }
+  json Stamp() const { return {{"model", opts_.model}, {"created_at", NowRfc3339()}}; }
 
   json Piece(const std::string& content, const std::string& thinking) const {
-    json j = Head();
+    json j = Stamp();
     if (opts_.chat) {
       json msg = {{"role", "assistant"}, {"content", content}};
       if (!thinking.empty()) msg["thinking"] = thinking;
@@ -318,7 +318,7 @@ class OllamaEncoder : public HttpEncoder {
   // A streamed call goes out whole once its arguments are complete, as Ollama sends it.
   std::string FlushCall() {
     if (!call_) return "";
-    json j = Head();
+    json j = Stamp();
     j["message"] = {{"role", "assistant"}, {"content", ""}, {"tool_calls", json::array({CallJson(*call_)})}};
     j["done"] = false;
     call_.reset();
@@ -328,7 +328,7 @@ class OllamaEncoder : public HttpEncoder {
   json Final(const Generation& g, json message) const {
     const GenerationUsage u = g.usage();
     const ChoiceResult* c = g.results().empty() ? nullptr : &g.results()[0];
-    json j = Head();
+    json j = Stamp();
     if (opts_.chat) {
       j["message"] = message.is_null() ? json{{"role", "assistant"}, {"content", ""}} : std::move(message);
     } else {
@@ -347,7 +347,6 @@ class OllamaEncoder : public HttpEncoder {
     return j;
   }
 
-  const ApiContext& ctx_;
   OllamaOptions opts_;
   std::optional<ToolCallResult> call_;
 };
@@ -372,8 +371,8 @@ std::optional<ApiError> DecodeOllama(const ApiContext& ctx, bool chat, const ord
   }
 }
 
-std::unique_ptr<HttpEncoder> MakeOllamaEncoder(const ApiContext& ctx, const OllamaOptions& options) {
-  return std::make_unique<OllamaEncoder>(ctx, options);
+std::unique_ptr<HttpEncoder> MakeOllamaEncoder(const ApiContext&, const OllamaOptions& options) {
+  return std::make_unique<OllamaEncoder>(options);
 }
 
 std::string OllamaLoadReply(const ApiContext&, const OllamaOptions& o) {
