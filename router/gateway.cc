@@ -166,7 +166,13 @@ class Session : public std::enable_shared_from_this<Session>, public GenerationS
     res->set(http::field::content_type, "application/json");
     res->set(http::field::server, "moeserve");
     res->keep_alive(false);
-    res->body() = ErrorJson(e).dump();
+    // The request line may be known (a body over the limit): answer in its API's shape.
+    bool ollama = false;
+    if (parser_) {  // the request line is known once the header began
+      const auto t = parser_->get().target();
+      ollama = std::string_view(t.data(), t.size()).rfind("/api/", 0) == 0;
+    }
+    res->body() = ollama ? OllamaErrorJson(e).dump() : ErrorJson(e).dump();
     res->prepare_payload();
     stream_.expires_after(std::chrono::seconds(10));
     http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code ec, size_t) {

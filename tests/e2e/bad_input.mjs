@@ -156,6 +156,7 @@ const cases = [
   ["ollama: show an unknown model", 404, { path: "/api/show", ollama: true, body: JSON.stringify({ model: "llama3" }) }],
   ["ollama: GET /api/chat", 405, { path: "/api/chat", ollama: true, method: "GET" }],
   ["ollama: POST /api/tags", 405, { path: "/api/tags", ollama: true, body: "{}" }],
+  ["ollama: oversize body", 413, { path: "/api/chat", ollama: true, body: JSON.stringify({ model, messages: [{ role: "user", content: "x".repeat(9 << 20) }] }) }],
   ["ollama: unknown route", 404, { path: "/api/everything", ollama: true, body: "{}" }],
   ["ollama: a prompt longer than --max-model-len", 400, ogen({ prompt: "word ".repeat(3000) })],
   ["wrong API key", 401, { path: "/v1/models", method: "GET", headers: { authorization: "Bearer nope" } }],
