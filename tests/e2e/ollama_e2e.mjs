@@ -8,38 +8,22 @@
 //     (reasoning, then a call to get_weather) whose token ids come from
 //     tiktoken: thinking and tool calls as Ollama's clients read them.
 //   node ollama_e2e.mjs --worker BIN --router BIN --model DIR --fake-worker BIN
-import { check, finish, parseArgs, start, startProc } from "./procs.mjs";
-import { join, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
+import { check, finish, parseArgs } from "./procs.mjs";
+import { kReasoning, nodeModules as nm, startRouters } from "./scripted.mjs";
+import { join } from "node:path";
 import assert from "node:assert/strict";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const nm = join(here, "../node/node_modules");
 const { Ollama } = await import(join(nm, "ollama/dist/index.mjs"));
 const { default: OpenAI } = await import(join(nm, "openai/index.mjs"));
 const { ChatOllama } = await import(join(nm, "@langchain/ollama/dist/index.js"));
 const { tool } = await import(join(nm, "@langchain/core/dist/tools/index.js"));
-const tiktoken = (await import(join(nm, "tiktoken/tiktoken.cjs"))).default;
 const args = parseArgs(process.argv.slice(2));
 
 const model = args.model.replace(/\/+$/, "").split("/").pop();
-const workerAddr = await start(args.worker, ["--model", args.model, "--port", "0", "--kv-cache-memory", "64MiB",
-  "--max-num-seqs", "16", "--max-model-len", "2048", "--kv-cache-dtype", "f32"]);
-const router = await startProc(args.router, ["--worker", workerAddr, "--model", args.model, "--port", "0",
-  "--ollama-port", "0", "--no-enable-prefix-caching"]);
+const { demo: router, scripted } = await startRouters(args, { demoFlags: ["--ollama-port", "0"],
+  callArgs: '{"city": "Paris", "days": 2}' });
 const ollama = new Ollama({ host: `http://${router.addr}` });
 const openai = new OpenAI({ baseURL: `http://${router.addr}/v1`, apiKey: "unused", maxRetries: 0 });
-
-// The scripted reply: harmony specials by id (the spec's), ordinary text by tiktoken's o200k_base.
-const enc = tiktoken.get_encoding("o200k_base");
-const T = s => Array.from(enc.encode(s));
-const [CHANNEL, MESSAGE, END, START, CONSTRAIN, CALL] = [200005, 200008, 200007, 200006, 200003, 200012];
-const script = [CHANNEL, ...T("analysis"), MESSAGE, ...T("Need the weather."), END, START, ...T("assistant"),
-  CHANNEL, ...T("commentary to=functions.get_weather "), CONSTRAIN, ...T("json"), MESSAGE,
-  ...T('{"city": "Paris", "days": 2}'), CALL];
-const fake = await start(args["fake-worker"], ["--port", "0", "--script", script.join(",")]);
-const scripted = await startProc(args.router, ["--worker", fake, "--model", args.model, "--port", "0",
-  "--no-enable-prefix-caching"]);
 const scriptedOllama = new Ollama({ host: `http://${scripted.addr}` });
 const weatherTool = { type: "function", function: { name: "get_weather", description: "Current weather",
   parameters: { type: "object", properties: { city: { type: "string" }, days: { type: "integer" } },
@@ -156,7 +140,7 @@ await check("generate: prompt and system, raw, load, streaming", async () => {
 await check("thinking and tool calls as the ollama client reads them (scripted reply)", async () => {
   const messages = [{ role: "user", content: "Weather in Paris?" }];
   const r = await scriptedOllama.chat({ model, messages, tools: [weatherTool], stream: false });
-  assert.equal(r.message.thinking, "Need the weather.");
+  assert.equal(r.message.thinking, kReasoning);
   assert.equal(r.message.content, "");
   assert.equal(r.message.tool_calls.length, 1);
   assert.equal(r.message.tool_calls[0].function.name, "get_weather");
@@ -166,7 +150,7 @@ await check("thinking and tool calls as the ollama client reads them (scripted r
     thinking += p.message.thinking ?? "";
     calls = calls.concat(p.message.tool_calls ?? []);
   }
-  assert.equal(thinking, "Need the weather.");
+  assert.equal(thinking, kReasoning);
   assert.deepEqual(calls.map(c => [c.function.name, c.function.arguments]), [["get_weather", { city: "Paris", days: 2 }]]);
   // The round trip: the call and its result go back; the prompt grows by them.
   const back = await scriptedOllama.chat({ model, stream: false, tools: [weatherTool], messages: [...messages,
@@ -188,7 +172,7 @@ await check("LangChain ChatOllama: invoke, stream, tools bound, reasoning", asyn
   const agent = new ChatOllama({ baseUrl: `http://${scripted.addr}`, model, think: true }).bindTools([getWeather]);
   const call = await agent.invoke("Weather in Paris?");
   assert.deepEqual(call.tool_calls.map(t => [t.name, t.args]), [["get_weather", { city: "Paris", days: 2 }]]);
-  assert.equal(call.additional_kwargs.reasoning_content, "Need the weather.");
+  assert.equal(call.additional_kwargs.reasoning_content, kReasoning);
 });
 
 await check("errors in Ollama's shape: unknown model, bad options, images, suffix, format, management routes", async () => {

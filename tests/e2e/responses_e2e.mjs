@@ -8,35 +8,20 @@
 //     reasoning items, function calls and the round trip through
 //     previous_response_id, which must keep the call and its output.
 //   node responses_e2e.mjs --worker BIN --router BIN --model DIR --fake-worker BIN
-import { check, finish, parseArgs, start, startProc } from "./procs.mjs";
-import { join, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
+import { check, finish, parseArgs } from "./procs.mjs";
+import { kReasoning, nodeModules as nm, startRouters } from "./scripted.mjs";
+import { join } from "node:path";
 import assert from "node:assert/strict";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const nm = join(here, "../node/node_modules");
 const { default: OpenAI } = await import(join(nm, "openai/index.mjs"));
 const { ChatOpenAI } = await import(join(nm, "@langchain/openai/dist/index.js"));
 const { tool } = await import(join(nm, "@langchain/core/dist/tools/index.js"));
-const tiktoken = (await import(join(nm, "tiktoken/tiktoken.cjs"))).default;
 const args = parseArgs(process.argv.slice(2));
 
 const model = args.model.replace(/\/+$/, "").split("/").pop();
-const workerAddr = await start(args.worker, ["--model", args.model, "--port", "0", "--kv-cache-memory", "64MiB",
-  "--max-num-seqs", "16", "--max-model-len", "2048", "--kv-cache-dtype", "f32"]);
-const router = await startProc(args.router, ["--worker", workerAddr, "--model", args.model, "--port", "0",
-  "--api-key", "sk-test", "--no-enable-prefix-caching"]);
+const { demo: router, scripted } = await startRouters(args, { demoFlags: ["--api-key", "sk-test"],
+  scriptedFlags: ["--responses-store-size", "64"], callArgs: '{"city": "Paris"}' });
 const client = new OpenAI({ baseURL: `http://${router.addr}/v1`, apiKey: "sk-test", maxRetries: 0 });
-
-const enc = tiktoken.get_encoding("o200k_base");
-const T = s => Array.from(enc.encode(s));
-const [CHANNEL, MESSAGE, END, START, CONSTRAIN, CALL] = [200005, 200008, 200007, 200006, 200003, 200012];
-const script = [CHANNEL, ...T("analysis"), MESSAGE, ...T("Need the weather."), END, START, ...T("assistant"),
-  CHANNEL, ...T("commentary to=functions.get_weather "), CONSTRAIN, ...T("json"), MESSAGE,
-  ...T('{"city": "Paris"}'), CALL];
-const fake = await start(args["fake-worker"], ["--port", "0", "--script", script.join(",")]);
-const scripted = await startProc(args.router, ["--worker", fake, "--model", args.model, "--port", "0",
-  "--no-enable-prefix-caching", "--responses-store-size", "64"]);
 const sclient = new OpenAI({ baseURL: `http://${scripted.addr}/v1`, apiKey: "unused", maxRetries: 0 });
 const weather = { type: "function", name: "get_weather", description: "Current weather",
   parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] }, strict: true };
@@ -135,7 +120,7 @@ await check("previous_response_id continues the conversation: the same prompt as
 await check("function calling round trip (scripted reply): reasoning item, function_call, its output kept", async () => {
   const r = await sclient.responses.create({ model, input: "Weather in Paris?", tools: [weather] });
   assert.deepEqual(r.output.map(i => i.type), ["reasoning", "function_call"]);
-  assert.equal(reasoningText(r), "Need the weather.");
+  assert.equal(reasoningText(r), kReasoning);
   const call = r.output[1];
   assert.equal(call.name, "get_weather");
   assert.deepEqual(JSON.parse(call.arguments), { city: "Paris" });
