@@ -32,6 +32,11 @@ absl::Status SamplingParams::Validate() const {
   if (!(presence_penalty >= -2.0f && presence_penalty <= 2.0f)) return absl::InvalidArgumentError("presence_penalty must be in [-2, 2]");
   if (!(frequency_penalty >= -2.0f && frequency_penalty <= 2.0f)) return absl::InvalidArgumentError("frequency_penalty must be in [-2, 2]");
   if (logprobs > 20) return absl::InvalidArgumentError("logprobs must be at most 20");
+  for (const auto& [t, b] : logit_bias) {
+    if (t < 0 || !(b >= -100.0f && b <= 100.0f)) {
+      return absl::InvalidArgumentError("logit_bias: token ids must be non-negative and biases in [-100, 100]");
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -90,6 +95,9 @@ SampleResult Sampler::Sample(const float* raw, int64_t vocab) {
       if (t < 0 || t >= vocab) continue;
       logits[t] -= p.presence_penalty + p.frequency_penalty * static_cast<float>(n);
     }
+  }
+  for (const auto& [t, b] : p.logit_bias) {
+    if (t >= 0 && t < vocab) logits[t] += b;
   }
 
   int32_t chosen;

@@ -1,7 +1,8 @@
 // Token sampling from logits: greedy, temperature, top-k, top-p, min-p,
-// repetition / presence / frequency penalties, a per-request seed, logprobs.
+// repetition / presence / frequency penalties, logit bias, a per-request
+// seed, logprobs.
 //
-// The pipeline follows vLLM's order: penalties -> temperature -> top-k ->
+// The pipeline follows vLLM's order: penalties -> logit bias -> temperature -> top-k ->
 // top-p -> min-p -> draw. Logprobs are of the raw model distribution
 // (log-softmax of the logits before any of the above), as vLLM and OpenAI
 // report them. Given the same seed and inputs the draws are identical on every
@@ -13,6 +14,7 @@
 
 #include <cstdint>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "base/status.h"
@@ -31,6 +33,9 @@ struct SamplingParams {
   bool has_seed = false;  // without a seed the sampler seeds itself from the clock
   int logprobs = -1;      // -1: none; 0: only the sampled token; N: plus top N
   std::vector<int32_t> stop_token_ids;
+  // Added to the logits after the penalties (OpenAI's logit_bias): -100 bans
+  // a token, +100 all but forces it.
+  std::vector<std::pair<int32_t, float>> logit_bias;
 
   absl::Status Validate() const;
 };

@@ -143,6 +143,17 @@ std::optional<ApiError> Generation::Prepare(const ApiContext& ctx, const Generat
   if (!(sp.repetition_penalty() >= 0 && sp.repetition_penalty() <= 10)) {
     return BadRequest("'repetition_penalty' must be in [0, 10]", "repetition_penalty");
   }
+  if (sp.logit_bias_size() > kMaxLogitBias) {
+    return BadRequest(absl::StrCat("'logit_bias' holds ", sp.logit_bias_size(), " entries; the limit is ", kMaxLogitBias),
+                      "logit_bias");
+  }
+  for (const auto& [t, b] : sp.logit_bias()) {
+    if (t < 0 || t >= tok.vocab_size()) {
+      return BadRequest(absl::StrCat("'logit_bias' names token ", t, ", outside the vocabulary of ", tok.vocab_size()),
+                        "logit_bias");
+    }
+    if (!(b >= -100 && b <= 100)) return BadRequest("'logit_bias' values must be in [-100, 100]", "logit_bias");
+  }
   if (spec.max_tokens && *spec.max_tokens < 1) return BadRequest("'max_tokens' must be at least 1", "max_tokens");
   gr.max_tokens = spec.max_tokens.value_or(
       std::max<int64_t>(1, max_model_len - static_cast<int64_t>(gr.prompt.size())));

@@ -49,6 +49,8 @@ struct RequestLimits {
   int max_stop = 16;          // stop strings
   int max_top_logprobs = 20;  // OpenAI's limit
 };
+// Entries of a logit_bias map (docs/limits.md).
+inline constexpr int kMaxLogitBias = 1024;
 
 // What every request of one router shares.
 struct ApiContext {

@@ -62,6 +62,8 @@ std::optional<ApiError> ToSpec(const ApiContext& ctx, const pb::GenerateRequest&
   if (r.has_min_p()) sp.set_min_p(r.min_p());
   if (r.has_presence_penalty()) sp.set_presence_penalty(r.presence_penalty());
   if (r.has_frequency_penalty()) sp.set_frequency_penalty(r.frequency_penalty());
+  if (r.has_repetition_penalty()) sp.set_repetition_penalty(r.repetition_penalty());
+  *sp.mutable_logit_bias() = r.logit_bias();
   if (r.has_seed()) {
     sp.set_has_seed(true);
     sp.set_seed(static_cast<uint64_t>(r.seed()));

@@ -2,6 +2,7 @@
 
 #include <atomic>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace moeserve::router {
@@ -27,10 +28,52 @@ bool Num(const json& j, const char* key, T lo, T hi, T* out, ApiError* err) {
 
 std::atomic<int64_t> g_next_response{1};
 
+// The request fields, each honoured, accepted without effect (docs/api.md), or
+// refused unless it has its default value; anything else is an unknown
+// parameter (400, as OpenAI answers).
+constexpr const char* kHonoured[] = {
+    "model", "messages", "prompt", "tools", "tool_choice", "reasoning_effort", "temperature", "top_p", "top_k",
+    "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "seed", "n", "max_tokens",
+    "max_completion_tokens", "stop", "stop_token_ids", "logprobs", "top_logprobs", "stream", "stream_options",
+    "return_token_ids", "logit_bias", "response_format", "echo", "best_of", "suffix"};
+// No effect on what is generated: bookkeeping for OpenAI's platform, or
+// choices harmony makes itself (one tool call per message).
+constexpr const char* kNoEffect[] = {"user", "metadata", "store", "service_tier", "parallel_tool_calls",
+                                     "prompt_cache_key", "prompt_cache_retention", "safety_identifier"};
+
+std::optional<ApiError> CheckFields(const json& body) {
+  for (const auto& item : body.items()) {
+    const std::string& k = item.key();
+    const json& v = item.value();
+    auto in = [&](const auto& list) {
+      return std::find_if(std::begin(list), std::end(list), [&](const char* x) { return k == x; }) != std::end(list);
+    };
+    if (in(kHonoured) || in(kNoEffect)) continue;
+    // vLLM's extras, at their defaults (what they would change is not supported).
+    if ((k == "skip_special_tokens" && v == true) || (k == "include_stop_str_in_output" && v == false) ||
+        (k == "ignore_eos" && v == false) || (k == "min_tokens" && v == 0) ||
+        (k == "add_generation_prompt" && v == true) || (k == "spaces_between_special_tokens" && v == true)) {
+      continue;
+    }
+    if (k == "modalities" && v == json::array({"text"})) continue;
+    if (k == "verbosity" && v == "medium") continue;
+    static const char* const kUnsupported[] = {"prediction", "audio", "modalities", "web_search_options",
+                                               "functions", "function_call", "verbosity", "skip_special_tokens",
+                                               "include_stop_str_in_output", "ignore_eos", "min_tokens",
+                                               "add_generation_prompt", "spaces_between_special_tokens"};
+    if (in(kUnsupported)) {
+      return BadRequest(absl::StrCat("'", k, "' is not supported with this value (docs/api.md)"), k);
+    }
+    return BadRequest(absl::StrCat("Unrecognized request argument supplied: ", k), k);
+  }
+  return std::nullopt;
+}
+
 std::optional<ApiError> Decode(const ApiContext& ctx, bool chat, const json& body, GenerationSpec* spec,
                                OpenAiOptions* options) {
   ApiError err;
   if (!body.is_object()) return BadRequest("the body is not a JSON object", "");
+  if (auto e = CheckFields(body)) return e;
   if (body.contains("model") && !body["model"].is_null()) {
     if (!body["model"].is_string()) return BadRequest("'model' must be a string", "model");
     spec->model = body["model"].get<std::string>();
@@ -81,7 +124,7 @@ std::optional<ApiError> Decode(const ApiContext& ctx, bool chat, const json& bod
     if (ids->empty()) return BadRequest("the prompt is empty", "prompt");
     spec->prompt = std::move(*ids);
   }
-  float temperature = 1.0f, top_p = 1.0f, min_p = 0.0f, presence = 0.0f, frequency = 0.0f;
+  float temperature = 1.0f, top_p = 1.0f, min_p = 0.0f, presence = 0.0f, frequency = 0.0f, repetition = 1.0f;
   int64_t top_k = 0, seed = 0, n = 1, top_logprobs = 0, max_tokens = 0;
   if (body.contains("top_p") && body["top_p"].is_number() && body["top_p"].get<double>() <= 0.0) {
     return BadRequest("'top_p' must be in (0, 1]", "top_p");
@@ -89,6 +132,7 @@ std::optional<ApiError> Decode(const ApiContext& ctx, bool chat, const json& bod
   if (!Num(body, "temperature", 0.0f, 2.0f, &temperature, &err) || !Num(body, "top_p", 0.0f, 1.0f, &top_p, &err) ||
       !Num(body, "min_p", 0.0f, 1.0f, &min_p, &err) || !Num(body, "presence_penalty", -2.0f, 2.0f, &presence, &err) ||
       !Num(body, "frequency_penalty", -2.0f, 2.0f, &frequency, &err) ||
+      !Num(body, "repetition_penalty", 0.01f, 10.0f, &repetition, &err) ||
       !Num<int64_t>(body, "top_k", -1, 1 << 20, &top_k, &err) ||
       !Num<int64_t>(body, "seed", INT64_MIN, INT64_MAX, &seed, &err) ||
       !Num<int64_t>(body, "n", 1, lim.max_n, &n, &err) ||
@@ -98,6 +142,45 @@ std::optional<ApiError> Decode(const ApiContext& ctx, bool chat, const json& bod
     return err;
   }
   if (max_tokens > 0) spec->max_tokens = max_tokens;
+  // logit_bias: {"token id": bias in [-100, 100]}.
+  if (body.contains("logit_bias") && !body["logit_bias"].is_null()) {
+    const json& lb = body["logit_bias"];
+    if (!lb.is_object()) return BadRequest("'logit_bias' must be an object of token ids to biases", "logit_bias");
+    if (static_cast<int64_t>(lb.size()) > kMaxLogitBias) {
+      return BadRequest(absl::StrCat("'logit_bias' holds ", lb.size(), " entries; the limit is ", kMaxLogitBias),
+                        "logit_bias");
+    }
+    for (const auto& item : lb.items()) {
+      int64_t id = -1;
+      if (!absl::SimpleAtoi(item.key(), &id) || id < 0 || id >= tok.vocab_size()) {
+        return BadRequest(absl::StrCat("'logit_bias' key '", item.key(), "' is not a token id of the vocabulary"),
+                          "logit_bias");
+      }
+      if (!item.value().is_number() || !(item.value().get<double>() >= -100 && item.value().get<double>() <= 100)) {
+        return BadRequest(absl::StrCat("'logit_bias' value for token ", id, " must be a number in [-100, 100]"),
+                          "logit_bias");
+      }
+      (*spec->sampling.mutable_logit_bias())[static_cast<int32_t>(id)] = item.value().get<float>();
+    }
+  }
+  // Completions: echo (the prompt text first), best_of (only as n), suffix (no infill format).
+  if (!chat) {
+    if (body.contains("echo") && !body["echo"].is_null()) {
+      if (!body["echo"].is_boolean()) return BadRequest("'echo' must be a boolean", "echo");
+      options->echo = body["echo"].get<bool>();
+    }
+    if (body.contains("best_of") && !body["best_of"].is_null() && body["best_of"] != 1 && body["best_of"] != n) {
+      return BadRequest("'best_of' other than 1 or n is not supported: every choice is returned", "best_of");
+    }
+    if (body.contains("suffix") && !body["suffix"].is_null() && body["suffix"] != "") {
+      return BadRequest("'suffix' is not supported: gpt-oss has no fill-in-the-middle format", "suffix");
+    }
+  } else {
+    for (const char* k : {"echo", "best_of", "suffix", "prompt"}) {
+      if (body.contains(k)) return BadRequest(absl::StrCat("'", k, "' is a completions field, not a chat one"), k);
+    }
+  }
+  if (chat && body.contains("messages") && body.contains("prompt")) return BadRequest("'prompt' is not a chat field", "prompt");
   if (body.contains("response_format") && !body["response_format"].is_null()) {
     const json& rf = body["response_format"];
     const auto type = text::StringField(rf, "type");
@@ -163,6 +246,20 @@ std::optional<ApiError> Decode(const ApiContext& ctx, bool chat, const json& bod
     options->include_usage = so.contains("include_usage") && so["include_usage"].get<bool>();
   }
   options->stream = body.contains("stream") && body["stream"].is_boolean() && body["stream"].get<bool>();
+  if (!options->stream && body.contains("stream_options") && !body["stream_options"].is_null()) {
+    return BadRequest("'stream_options' is only allowed when 'stream' is true", "stream_options");
+  }
+  if (options->echo && want_logprobs) {
+    return BadRequest("'echo' with 'logprobs' needs the prompt's logprobs, which are not supported yet", "echo");
+  }
+  if (options->echo) {
+    if (body["prompt"].is_string()) {
+      options->echo_text = body["prompt"].get<std::string>();
+    } else {
+      auto text = tok.Decode(spec->prompt);
+      options->echo_text = text.ok() ? text::SanitizeUtf8(*text) : std::string();
+    }
+  }
   options->return_token_ids = body.contains("return_token_ids") && body["return_token_ids"].is_boolean() &&
                               body["return_token_ids"].get<bool>();
   worker::v1::SamplingParams& sp = spec->sampling;
@@ -174,6 +271,7 @@ std::optional<ApiError> Decode(const ApiContext& ctx, bool chat, const json& bod
   sp.set_min_p(min_p);
   sp.set_presence_penalty(presence);
   sp.set_frequency_penalty(frequency);
+  sp.set_repetition_penalty(repetition);
   if (body.contains("seed") && !body["seed"].is_null()) {
     sp.set_has_seed(true);
     sp.set_seed(static_cast<uint64_t>(seed));
@@ -188,7 +286,13 @@ class OpenAiEncoder : public HttpEncoder {
   bool streaming() const override { return opts_.stream; }
 
   std::string Head(const Generation& g) override {
-    if (!chat_) return "";
+    if (!chat_) {
+      std::string out;
+      if (opts_.echo) {
+        for (int i = 0; i < g.spec().n; ++i) out += Chunk(g, i, json{{"content", opts_.echo_text}}, nullptr, nullptr, {});
+      }
+      return out;
+    }
     std::string out;
     for (int i = 0; i < g.spec().n; ++i) {
       out += Chunk(g, i, json{{"role", "assistant"}, {"content", ""}}, nullptr, nullptr, {});
@@ -261,7 +365,7 @@ class OpenAiEncoder : public HttpEncoder {
                   {"logprobs", g.spec().sampling.logprobs() ? json{{"content", entries}} : json(nullptr)},
                   {"finish_reason", c.finish_reason}};
       } else {
-        choice = {{"index", c.index}, {"text", c.content},
+        choice = {{"index", c.index}, {"text", opts_.echo ? opts_.echo_text + c.content : c.content},
                   {"logprobs", g.spec().sampling.logprobs() ? Legacy(c.index, entries) : json(nullptr)},
                   {"finish_reason", c.finish_reason}};
       }

@@ -17,6 +17,8 @@ struct OpenAiOptions {
   bool stream = false;
   bool include_usage = false;     // stream_options.include_usage
   bool return_token_ids = false;  // vLLM's extension
+  bool echo = false;              // completions: the prompt text comes first
+  std::string echo_text;
 };
 
 // Decodes a /v1/chat/completions (`chat`) or /v1/completions body. Every JSON

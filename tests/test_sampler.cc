@@ -68,6 +68,37 @@ void ExpectDistribution(const std::map<int, int>& h, const std::vector<double>& 
   }
 }
 
+// OpenAI's logit_bias: added to the logits before the draw; the logprobs stay
+// those of the model.
+TEST(SamplerTest, LogitBiasShiftsTheDistribution) {
+  SamplingParams p;
+  p.temperature = 0;
+  p.logit_bias = {{1, -100.0f}};  // bans the argmax: the next best (5) wins
+  Sampler banned(p, {});
+  EXPECT_EQ(banned.Sample(kLogits.data(), kLogits.size()).token, 5);
+  p.logit_bias = {{7, 100.0f}};  // the worst token, forced
+  p.logprobs = 0;
+  Sampler forced(p, {});
+  const SampleResult r = forced.Sample(kLogits.data(), kLogits.size());
+  EXPECT_EQ(r.token, 7);
+  const std::vector<double> raw = Softmax({kLogits.begin(), kLogits.end()});
+  EXPECT_NEAR(r.logprob, std::log(raw[7]), 1e-5);
+  // Sampled: the distribution of the biased logits.
+  p = SamplingParams();
+  p.temperature = 0.8f;
+  p.logit_bias = {{0, 2.0f}, {3, -1.5f}};
+  std::vector<double> biased(kLogits.begin(), kLogits.end());
+  biased[0] += 2.0;
+  biased[3] -= 1.5;
+  const int n = 20000;
+  ExpectDistribution(Histogram(p, n), Softmax(biased, 0.8), n);
+  SamplingParams bad;
+  bad.logit_bias = {{3, 101.0f}};
+  EXPECT_FALSE(bad.Validate().ok());
+  bad.logit_bias = {{-1, 1.0f}};
+  EXPECT_FALSE(bad.Validate().ok());
+}
+
 TEST(SamplerTest, TemperatureFollowsSoftmax) {
   SamplingParams p;
   p.temperature = 0.7f;

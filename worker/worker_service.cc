@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <unordered_set>
 #include <cstdio>
@@ -30,6 +31,8 @@ SamplingParams FromProto(const v1::SamplingParams& p) {
   s.has_seed = p.has_seed();
   s.seed = p.seed();
   s.logprobs = p.logprobs() ? p.top_logprobs() : -1;
+  for (const auto& [t, b] : p.logit_bias()) s.logit_bias.emplace_back(t, b);
+  std::sort(s.logit_bias.begin(), s.logit_bias.end());  // protobuf maps have no order
   return s;
 }
 

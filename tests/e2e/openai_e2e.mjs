@@ -294,4 +294,43 @@ await check("/metrics exposes the documented series", async () => {
   assert.ok(total > 0 && total % 4 === 0, `layer-0 selections ${total} (4 experts per token)`);
 });
 
+await check("logit_bias forces and bans tokens (ids from tiktoken)", async () => {
+  const tiktoken = (await import(join(here, "../node/node_modules/tiktoken/tiktoken.cjs"))).default;
+  const enc = tiktoken.get_encoding("o200k_base");
+  const [the] = enc.encode(" the");
+  const forced = await client.completions.create({ model, prompt: "Once upon a time", max_tokens: 5, temperature: 0,
+    logit_bias: { [the]: 100 }, return_token_ids: true });
+  assert.deepEqual(forced.choices[0].token_ids, [the, the, the, the, the]);
+  assert.equal(forced.choices[0].text, new TextDecoder().decode(enc.decode(new Uint32Array(Array(5).fill(the)))));
+  const plain = await client.completions.create({ model, prompt: "Once upon a time", max_tokens: 1, temperature: 0,
+    return_token_ids: true });
+  const first = plain.choices[0].token_ids[0];
+  const banned = await client.completions.create({ model, prompt: "Once upon a time", max_tokens: 1, temperature: 0,
+    logit_bias: { [first]: -100 }, return_token_ids: true });
+  assert.notEqual(banned.choices[0].token_ids[0], first);
+  const chat = await client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 4,
+    temperature: 0, logit_bias: { [the]: 100 }, return_token_ids: true });
+  assert.deepEqual(chat.choices[0].token_ids, [the, the, the, the]);
+});
+await check("completions echo: the prompt text first, streamed or not", async () => {
+  const prompt = "Once upon a time";
+  const r = await client.completions.create({ model, prompt, max_tokens: 6, temperature: 0, echo: true });
+  const plain = await client.completions.create({ model, prompt, max_tokens: 6, temperature: 0 });
+  assert.equal(r.choices[0].text, prompt + plain.choices[0].text);
+  let text = "";
+  for await (const c of await client.completions.create({ model, prompt, max_tokens: 6, temperature: 0, echo: true,
+    stream: true })) {
+    text += c.choices[0]?.text ?? "";
+  }
+  assert.equal(text, r.choices[0].text);
+});
+await check("vLLM's extras at their defaults are accepted, and repetition_penalty", async () => {
+  const r = await client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 4,
+    skip_special_tokens: true, include_stop_str_in_output: false, ignore_eos: false, min_tokens: 0, user: "u1",
+    metadata: { a: "b" }, store: false, parallel_tool_calls: true });
+  assert.equal(r.object, "chat.completion");
+  const rep = await client.completions.create({ model, prompt: "Once upon a time", max_tokens: 5, repetition_penalty: 1.3 });
+  assert.equal(rep.usage.completion_tokens, 5);
+});
+
 finish();

@@ -342,6 +342,31 @@ TEST_F(GenerationTest, OllamaLinesCarryWholeToolCallsAndAFinalObject) {
   EXPECT_EQ(lines.back()["eval_count"], static_cast<int64_t>(generation_->results()[0].tokens.size()));
 }
 
+TEST_F(GenerationTest, OpenAiDecoderHonoursOrRefusesEveryField) {
+  GenerationSpec spec;
+  OpenAiOptions o;
+  json body = {{"prompt", "Hi"}, {"logit_bias", {{"290", 100}, {"13", -100}}}, {"echo", true},
+               {"repetition_penalty", 1.2}, {"user", "u"}, {"skip_special_tokens", true}};
+  ASSERT_FALSE(DecodeOpenAi(ctx_, false, body, &spec, &o).has_value());
+  EXPECT_EQ(spec.sampling.logit_bias().at(290), 100.0f);
+  EXPECT_EQ(spec.sampling.logit_bias().at(13), -100.0f);
+  EXPECT_FLOAT_EQ(spec.sampling.repetition_penalty(), 1.2f);
+  EXPECT_TRUE(o.echo);
+  EXPECT_EQ(o.echo_text, "Hi");
+  for (const auto& [field, value] : std::vector<std::pair<std::string, json>>{
+           {"frobnicate", 1}, {"ignore_eos", true}, {"logit_bias", {{"x", 1}}}, {"logit_bias", {{"5", 200}}},
+           {"stream_options", {{"include_usage", true}}}, {"suffix", "x"}, {"best_of", 4}}) {
+    GenerationSpec s;
+    OpenAiOptions opts;
+    json b = {{"prompt", "Hi"}};
+    b[field] = value;
+    auto err = DecodeOpenAi(ctx_, false, b, &s, &opts);
+    ASSERT_TRUE(err.has_value()) << field;
+    EXPECT_EQ(err->status, 400) << field;
+    EXPECT_EQ(err->param, field) << field;
+  }
+}
+
 TEST(ErrorTable, StatusesMapBothWays) {
   EXPECT_EQ(FromStatus(absl::InvalidArgumentError("x")).status, 400);
   EXPECT_EQ(FromStatus(absl::NotFoundError("x")).status, 404);
