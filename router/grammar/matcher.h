@@ -1,0 +1,151 @@
+// Token masks from grammars: which vocabulary tokens may come next.
+//
+// A parse state is a set of configurations (NFA node, return stack); stacks
+// are hash-consed frames, and states are interned with memoized transitions,
+// so stepping a byte is a table lookup after the first time (a lazily built
+// DFA over the grammar's pushdown states).
+//
+// The mask follows xgrammar's split. For every grammar node, once, the
+// vocabulary (sorted by bytes, walked with shared prefixes) is run from that
+// node with an empty stack below it: a token that stays inside the node's
+// rule is accepted whatever the stack (context-independent), one that cannot
+// is rejected, and one that may only finish by returning from the rule is
+// uncertain and checked at run time against the real stack. Grammars keep
+// calls for recursion only, so uncertain tokens are few. Each matcher keeps
+// the masks of its last few states (inside a long string the state repeats).
+//
+// Thread-safety: a CompiledGrammar may be shared (its lazy tables are
+// guarded); a GrammarMatcher is per sequence.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "router/grammar/grammar.h"
+
+namespace moeserve::text {
+class Tokenizer;
+}
+
+namespace moeserve::grammar {
+
+// The vocabulary as the mask sees it: bytes of ordinary tokens (sorted, with
+// common-prefix lengths) and which ids are special tokens.
+class TokenTable {
+ public:
+  // Special tokens are those the tokenizer marks special (ids >= num_ordinary).
+  static std::shared_ptr<const TokenTable> FromTokenizer(const text::Tokenizer& tok);
+  // `bytes[id]`: an ordinary token's bytes; ids with `special[id]` are special tokens.
+  TokenTable(std::vector<std::string> bytes, std::vector<bool> special);
+
+  int32_t vocab_size() const { return static_cast<int32_t>(bytes_.size()); }
+  int32_t mask_words() const { return (vocab_size() + 63) / 64; }
+  const std::string& bytes(int32_t id) const { return bytes_[id]; }
+  bool is_special(int32_t id) const { return special_[id]; }
+  const std::vector<int32_t>& sorted() const { return sorted_; }  // ordinary ids, by bytes
+  const std::vector<uint16_t>& lcp() const { return lcp_; }        // with the previous sorted token
+
+ private:
+  std::vector<std::string> bytes_;
+  std::vector<bool> special_;
+  std::vector<int32_t> sorted_;
+  std::vector<uint16_t> lcp_;
+};
+
+// A bitset over the vocabulary: bit t set = token t allowed.
+using TokenMask = std::vector<uint64_t>;
+inline bool MaskHas(const TokenMask& m, int32_t t) { return (m[t >> 6] >> (t & 63)) & 1; }
+inline void MaskSet(TokenMask* m, int32_t t) { (*m)[t >> 6] |= uint64_t{1} << (t & 63); }
+
+// Runs configuration sets of one grammar over symbols (bytes 0..255, special
+// tokens 256 + id), interning states and memoizing transitions.
+class GrammarRunner {
+ public:
+  static constexpr int32_t kDead = -1;
+  explicit GrammarRunner(const Grammar& g);
+  // The state at the start of the root rule.
+  int32_t Root();
+  // The state of one configuration: `node` on an empty stack.
+  int32_t AtNode(int32_t node);
+  int32_t Next(int32_t state, int32_t symbol);
+  int32_t NextBytes(int32_t state, const std::string& bytes, size_t from = 0);
+  // Some configuration is at the end of the bottom rule: the input may end here.
+  bool can_end(int32_t state) const { return states_[state].can_end; }
+  // (node, frame) pairs; frame 0 is the empty stack.
+  const std::vector<uint64_t>& configs(int32_t state) const { return states_[state].configs; }
+  static int32_t node_of(uint64_t c) { return static_cast<int32_t>(c >> 32); }
+  static int32_t frame_of(uint64_t c) { return static_cast<int32_t>(c & 0xffffffffu); }
+  size_t num_states() const { return states_.size(); }
+  size_t num_frames() const { return frames_.size(); }
+
+ private:
+  struct State {
+    std::vector<uint64_t> configs;
+    bool can_end = false;
+  };
+  int32_t Push(int32_t ret, int32_t parent);
+  void Closure(int32_t node, int32_t frame, std::vector<uint64_t>* out);
+  int32_t Intern(std::vector<uint64_t> configs);
+
+  const Grammar& g_;
+  std::vector<std::pair<int32_t, int32_t>> frames_;  // (return node, parent frame)
+  absl::flat_hash_map<uint64_t, int32_t> frame_index_;
+  std::vector<State> states_;
+  absl::flat_hash_map<std::vector<uint64_t>, int32_t> state_index_;
+  std::vector<int32_t> byte_next_;                   // [state * 256 + byte], -2: not computed
+  absl::flat_hash_map<uint64_t, int32_t> special_next_;
+  absl::flat_hash_map<uint64_t, bool> seen_;          // scratch for Closure
+};
+
+// A grammar bound to a vocabulary, with the per-node token tables computed
+// on first use.
+class CompiledGrammar {
+ public:
+  CompiledGrammar(Grammar g, std::shared_ptr<const TokenTable> tokens);
+  const Grammar& grammar() const { return g_; }
+  const TokenTable& tokens() const { return *tokens_; }
+
+  struct NodeTokens {
+    std::vector<int32_t> accepted_ids;   // when few
+    TokenMask accepted_mask;             // otherwise (empty when accepted_ids is used)
+    std::vector<int32_t> uncertain;
+    std::vector<int32_t> specials;       // special tokens on the node's own edges
+  };
+  const NodeTokens& ForNode(int32_t node) const;
+  // Nodes whose tables exist (for tests and metrics).
+  size_t num_tables() const;
+
+ private:
+  std::unique_ptr<NodeTokens> Compute(int32_t node) const;
+  Grammar g_;
+  std::shared_ptr<const TokenTable> tokens_;
+  mutable absl::Mutex mu_;
+  mutable absl::flat_hash_map<int32_t, std::unique_ptr<NodeTokens>> tables_ ABSL_GUARDED_BY(mu_);
+};
+
+// One sequence's position in a grammar.
+class GrammarMatcher {
+ public:
+  explicit GrammarMatcher(std::shared_ptr<const CompiledGrammar> grammar);
+  // Advances by one token; false (and no change) if the grammar forbids it.
+  bool Accept(int32_t token);
+  // The tokens allowed next, as a bitset over the vocabulary.
+  const TokenMask& Mask();
+  // The grammar may end here / nothing more may follow.
+  bool can_end() const { return runner_.can_end(state_); }
+  bool dead() const { return state_ == GrammarRunner::kDead; }
+  const CompiledGrammar& compiled() const { return *grammar_; }
+
+ private:
+  std::shared_ptr<const CompiledGrammar> grammar_;
+  GrammarRunner runner_;
+  int32_t state_;
+  // Masks of recent states, most recent first.
+  std::vector<std::pair<int32_t, TokenMask>> recent_;
+};
+
+}  // namespace moeserve::grammar
