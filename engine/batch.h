@@ -26,7 +26,16 @@ struct SequenceInput {
   int64_t start_pos = 0;
   std::span<const int32_t> block_tables[kNumCacheGroups];
   bool all_logits = false;
+  // Structured output: the tokens allowed for the sequence's last row, as bits
+  // over the vocabulary (bit t of word t / 32); the others' logits become -inf.
+  // Empty: no constraint.
+  std::span<const uint32_t> token_mask;
 };
+
+// Words of a token mask over `vocab` tokens.
+inline int64_t TokenMaskWords(int64_t vocab) { return (vocab + 31) / 32; }
+// Sets the logits of tokens outside `mask` to -inf (host memory).
+void ApplyTokenMask(float* logits, int64_t vocab, const uint32_t* mask);
 
 struct ForwardOutput {
   int64_t vocab_size = 0;
@@ -40,7 +49,8 @@ struct ForwardOutput {
 };
 
 // Checks a batch against the model and the KV pools: token ids, positions,
-// block tables long enough and inside the pools. InvalidArgument naming the
+// block tables long enough and inside the pools, token masks of the
+// vocabulary's size that allow some token. InvalidArgument naming the
 // sequence otherwise.
 absl::Status ValidateBatch(const ModelConfig& config, const KvCacheOptions& kv, std::span<const SequenceInput> batch);
 

@@ -31,6 +31,11 @@ absl::Status GptOssForward(const ModelConfig& c, const ShardPlan& shard, const K
   const bool sharded = shard.sharded();
   const int heads = static_cast<int>(c.num_attention_heads), kv_heads = static_cast<int>(c.num_key_value_heads);
   size_t next_logit = 0;  // logit_rows[next_logit] is the next row to return logits for
+  // Token masks per returned row: a sequence's mask applies to its last row.
+  std::vector<const uint32_t*> row_masks(step.logit_rows.size(), nullptr);
+  for (size_t s = 0; s < batch.size(); ++s) {
+    if (!batch[s].token_mask.empty()) row_masks[step.first_row[s] + step.num_rows[s] - 1] = batch[s].token_mask.data();
+  }
   for (int r0 = 0; r0 < n; r0 += ops.max_rows()) {
     const int r1 = std::min(n, r0 + ops.max_rows());
     RETURN_IF_ERROR(ops.BeginChunk(step, r0, r1));
@@ -66,7 +71,8 @@ absl::Status GptOssForward(const ModelConfig& c, const ShardPlan& shard, const K
       rows.push_back(step.logit_rows[next_logit] - r0);
     }
     if (!rows.empty()) {
-      RETURN_IF_ERROR(ops.Logits(x, rows, out->logits.data() + first * static_cast<size_t>(c.vocab_size)));
+      RETURN_IF_ERROR(ops.Logits(x, rows, std::span<const uint32_t* const>(row_masks).subspan(first, rows.size()),
+                                 out->logits.data() + first * static_cast<size_t>(c.vocab_size)));
     }
   }
   return ops.EndStep();

@@ -86,8 +86,11 @@ class ForwardOps {
   virtual void Experts(int64_t layer, Tensor h, const Routing& routing, Tensor out) = 0;
   // logits[i] = lm_head RMSNorm(x[rows[i]]) with the final norm, written to
   // host memory [rows.size(), vocab]; rows are chunk-local. A rank holding
-  // part of the vocabulary gathers the other ranks' parts.
-  virtual absl::Status Logits(Tensor x, std::span<const int32_t> rows, float* logits) = 0;
+  // part of the vocabulary gathers the other ranks' parts. masks[i], when not
+  // null, is row i's token mask (engine/batch.h): the logits of the tokens it
+  // leaves out are -inf.
+  virtual absl::Status Logits(Tensor x, std::span<const int32_t> rows, std::span<const uint32_t* const> masks,
+                              float* logits) = 0;
   // The step's last op: results and counters are final after it.
   virtual absl::Status EndStep() = 0;
 };

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace moeserve::router {
@@ -50,6 +51,25 @@ Generation::Generation(ApiContext* ctx, GenerationSpec spec, std::string id, std
 
 Generation::~Generation() = default;
 
+std::optional<ApiError> DecodeJsonSchemaFormat(const ordered_json& js, const std::string& param, ResponseFormat* out) {
+  auto bad = [&](const std::string& why) { return BadRequest(absl::StrCat("'", param, "': ", why), param); };
+  const auto name = text::StringField(js, "name");
+  if (!name || name->empty() || name->size() > 64 ||
+      !std::all_of(name->begin(), name->end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-'; })) {
+    return bad("'name' must be 1 to 64 characters of a-z, A-Z, 0-9, _ and -");
+  }
+  const auto description = text::StringField(js, "description", "");
+  if (!description) return bad("'description' must be a string");
+  if (!js.contains("schema") || !js["schema"].is_object()) return bad("'schema' must be a JSON Schema object");
+  if (js.contains("strict") && !js["strict"].is_null() && !js["strict"].is_boolean()) return bad("'strict' must be a boolean");
+  out->type = ResponseFormat::Type::kJsonSchema;
+  out->name = *name;
+  out->description = *description;
+  out->schema = js["schema"];
+  out->strict = js.contains("strict") && js["strict"] == true;
+  return std::nullopt;
+}
+
 std::optional<ApiError> Generation::Prepare(const ApiContext& ctx, const GenerationSpec& spec, int64_t max_model_len,
                                             Prepared* out) {
   const RequestLimits& lim = ctx.limits;
@@ -58,11 +78,10 @@ std::optional<ApiError> Generation::Prepare(const ApiContext& ctx, const Generat
     return ApiError{404, absl::StrCat("The model `", spec.model, "` does not exist."), "invalid_request_error", "model",
                     "model_not_found"};
   }
-  if (spec.response_format.type != ResponseFormat::Type::kText) {
-    return BadRequest("structured output (a JSON response format) is not supported yet; use a text format",
-                      "response_format");
-  }
   GenerationRequest& gr = out->request;
+  if (!spec.chat && spec.response_format.type != ResponseFormat::Type::kText) {
+    return BadRequest("a JSON response format needs a chat request", "response_format");
+  }
   if (spec.chat) {
     if (static_cast<int64_t>(spec.messages.size()) > lim.max_messages) {
       return BadRequest(absl::StrCat("'messages' holds ", spec.messages.size(), " messages; the limit is ",
@@ -72,15 +91,18 @@ std::optional<ApiError> Generation::Prepare(const ApiContext& ctx, const Generat
       return BadRequest(absl::StrCat("'tools' holds ", spec.tools.size(), " tools; the limit is ", lim.max_tools),
                         "tools");
     }
-    // tool_choice: "none" hides the tools from the model; "required" or a
-    // named function starts the reply as a tool call (to that function),
-    // prefilled in harmony.
+    // tool_choice: "none" hides the tools from the model; with "auto" a call
+    // must name a declared function (and follow its schema when it is
+    // strict); "required" or a named function makes the reply such a call.
+    // The reply's grammar (router/grammar/reply_grammar.h) holds the rules.
     std::vector<text::ToolDescription> none;
     const std::vector<text::ToolDescription>& tools = spec.tool_choice == ToolChoice::kNone ? none : spec.tools;
-    std::string prefill;
+    grammar::ReplyRules rules;
+    rules.tools = tools;
+    if (!tools.empty()) rules.calls = grammar::ReplyRules::Calls::kAuto;
     if (spec.tool_choice == ToolChoice::kRequired) {
       if (spec.tools.empty()) return BadRequest("'tool_choice' \"required\" needs 'tools'", "tool_choice");
-      prefill = "<|channel|>commentary to=functions.";
+      rules.calls = grammar::ReplyRules::Calls::kRequired;
     } else if (spec.tool_choice == ToolChoice::kNamed) {
       const bool known = std::any_of(spec.tools.begin(), spec.tools.end(),
                                      [&](const text::ToolDescription& t) { return t.name == spec.tool_choice_name; });
@@ -88,18 +110,32 @@ std::optional<ApiError> Generation::Prepare(const ApiContext& ctx, const Generat
         return BadRequest(absl::StrCat("'tool_choice' names function '", spec.tool_choice_name,
                                        "', which is not in 'tools'"), "tool_choice");
       }
-      prefill = absl::StrCat("<|channel|>commentary to=functions.", spec.tool_choice_name, " <|constrain|>json<|message|>");
+      rules.calls = grammar::ReplyRules::Calls::kNamed;
+      rules.named = spec.tool_choice_name;
     }
     text::ChatRenderOptions o;
     o.current_date = ctx.current_date;
     o.reasoning_effort = spec.reasoning_effort;
+    const ResponseFormat& rf = spec.response_format;
+    if (rf.type == ResponseFormat::Type::kJsonObject) rules.final = grammar::ReplyRules::Final::kJsonObject;
+    if (rf.type == ResponseFormat::Type::kJsonSchema) {
+      rules.final = grammar::ReplyRules::Final::kJsonSchema;
+      rules.final_schema = rf.schema;
+      o.response_format = text::ResponseFormatSection{rf.name, rf.description, rf.schema.dump()};
+    }
+    if (ctx.grammars) {
+      auto g = ctx.grammars->Get(rules);
+      if (!g.ok()) {
+        const bool tool = absl::StartsWith(g.status().message(), "tools");
+        return BadRequest(std::string(g.status().message()), tool ? "tools" : "response_format");
+      }
+      gr.grammar = std::move(*g);
+    } else if (!rules.unconstrained()) {
+      return BadRequest("structured output is not available on this server", "response_format");
+    }
     auto ids = text::RenderChat(tok, spec.messages, tools, o);
     if (!ids.ok()) return FromStatus(ids.status());
     gr.prompt = std::move(*ids);
-    if (!prefill.empty()) {
-      out->prefill = tok.EncodeWithSpecials(prefill);
-      gr.prompt.insert(gr.prompt.end(), out->prefill.begin(), out->prefill.end());
-    }
     gr.stop_token_ids = text::AssistantStopTokens(tok, ctx.eos_token_ids);
   } else {
     if (spec.prompt.empty()) return BadRequest("the prompt is empty", "prompt");
@@ -167,7 +203,6 @@ std::optional<ApiError> Generation::Start(ApiContext* ctx, GenerationSpec spec, 
   if (auto err = Prepare(*ctx, spec, ctx->backend->max_model_len(), &prep)) return err;
   auto g = std::make_shared<Generation>(ctx, std::move(spec), std::move(id), std::move(sink));
   g->prompt_ = prep.request.prompt;
-  g->prefill_ = std::move(prep.prefill);
   g->created_ = std::chrono::duration_cast<std::chrono::seconds>(
                     std::chrono::system_clock::now().time_since_epoch()).count();
   g->start_ = std::chrono::steady_clock::now();
@@ -203,13 +238,6 @@ std::optional<ApiError> Generation::Start(ApiContext* ctx, GenerationSpec spec, 
     ch->id = *rid;
   }
   g->sink_->OnStart(*g);
-  // A prefilled reply start (tool_choice) goes through each parser: the tool call begins.
-  for (auto& ch : g->choices_) {
-    if (!ch->parser || g->prefill_.empty()) continue;
-    std::vector<text::HarmonyDelta> ds;
-    for (int32_t t : g->prefill_) ch->parser->Push(t, &ds);
-    g->Apply(*ch, ds);
-  }
   *out = g;
   return std::nullopt;
 }

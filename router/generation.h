@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "router/errors.h"
+#include "router/grammar/reply_grammar.h"
 #include "router/metrics.h"
 #include "router/text/chat.h"
 #include "router/text/harmony_parser.h"
@@ -63,6 +64,8 @@ struct ApiContext {
   RequestLimits limits;
   // The model's eos ids (the workers' Describe): where a generation stops.
   std::vector<int32_t> eos_token_ids;
+  // Compiled reply grammars (structured output); null: requests that need one are refused.
+  grammar::ReplyGrammarCache* grammars = nullptr;
 };
 
 enum class ToolChoice { kAuto, kNone, kRequired, kNamed };
@@ -71,9 +74,14 @@ struct ResponseFormat {
   enum class Type { kText, kJsonObject, kJsonSchema };
   Type type = Type::kText;
   std::string name;
+  std::string description;
   ordered_json schema;
   bool strict = false;
 };
+
+// A JSON-schema response format's {name, description, schema, strict} (OpenAI
+// chat's response_format.json_schema, Responses' text.format); errors name `param`.
+std::optional<ApiError> DecodeJsonSchemaFormat(const ordered_json& js, const std::string& param, ResponseFormat* out);
 
 // OpenAI's defaults: temperature 1, top_p 1 (the proto's zeros would mean greedy).
 inline worker::v1::SamplingParams DefaultSampling() {
@@ -163,7 +171,6 @@ class Generation : public std::enable_shared_from_this<Generation> {
   // client gets. `max_model_len` stands for the pool's (tests and fuzzing).
   struct Prepared {
     GenerationRequest request;
-    std::vector<int32_t> prefill;  // tool_choice: the start of the reply, rendered into the prompt
   };
   static std::optional<ApiError> Prepare(const ApiContext& ctx, const GenerationSpec& spec, int64_t max_model_len,
                                          Prepared* out);
@@ -205,7 +212,6 @@ class Generation : public std::enable_shared_from_this<Generation> {
   int64_t created_ = 0;
   std::chrono::steady_clock::time_point start_, first_token_, end_;
   std::vector<int32_t> prompt_;
-  std::vector<int32_t> prefill_;
   std::vector<std::unique_ptr<Choice>> choices_;
   std::vector<ChoiceResult> results_;
   int num_finished_ = 0;

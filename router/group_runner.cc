@@ -138,6 +138,14 @@ absl::StatusOr<int64_t> GroupRunner::Submit(GenerationRequest g, GenerationCallb
   r->sampling = std::move(g.sampling);
   r->cache_key = g.cache_key;
   r->callbacks = std::move(callbacks);
+  if (g.grammar) {
+    // A request moved from a failed group replays its output through the grammar.
+    r->grammar = std::move(g.grammar);
+    r->matcher = std::make_unique<grammar::GrammarMatcher>(r->grammar);
+    for (int32_t t : r->output) {
+      if (!r->matcher->Accept(t)) return absl::InvalidArgumentError("the output so far breaks the request's grammar");
+    }
+  }
   const int64_t id = r->id;
   for (int64_t i = 0; i < r->num_tokens(); ++i) {
     const int32_t t = r->token_at(i);
@@ -236,6 +244,7 @@ void GroupRunner::EndAll(const std::string& why, bool hand_on) {
       o.request.stop_token_ids = std::move(r->stop_token_ids);
       o.request.sampling = std::move(r->sampling);
       o.request.cache_key = r->cache_key;
+      o.request.grammar = std::move(r->grammar);
       o.callbacks = std::move(r->callbacks);
       orphans.push_back(std::move(o));
     }
@@ -273,6 +282,7 @@ void GroupRunner::Loop() {
 bool GroupRunner::RunStep() {
   using Event = std::function<void()>;
   std::vector<Event> events;
+  std::vector<std::pair<grammar::GrammarMatcher*, v1::TokenMask*>> masks;
   v1::StepRequest req;
   SchedulerOutput out;
   uint64_t step_id;
@@ -284,6 +294,14 @@ bool GroupRunner::RunStep() {
     step_id = ++step_id_;
     req = EncodeStep(step_id, out);
     num_preemptions_ += static_cast<int64_t>(out.preempted.size());
+    // Structured output: sequences that sample this step carry their grammar's mask.
+    std::map<int64_t, std::function<v1::TokenMask*()>> slots;
+    for (auto& n : *req.mutable_new_sequences()) slots[n.id()] = [&n] { return n.mutable_token_mask(); };
+    for (auto& n : *req.mutable_running()) slots[n.id()] = [&n] { return n.mutable_token_mask(); };
+    for (const ScheduledSequence& q : out.scheduled) {
+      const Request* r = scheduler_->request(q.request_id);
+      if (q.samples && r && r->matcher) masks.emplace_back(r->matcher.get(), slots[q.request_id]());
+    }
     const auto now = std::chrono::steady_clock::now();
     for (int64_t id : out.started) {
       const Request* r = scheduler_->request(id);
@@ -303,6 +321,9 @@ bool GroupRunner::RunStep() {
   for (auto& e : events) e();
   events.clear();
   if (out.scheduled.empty() && out.finished.empty() && out.preempted.empty()) return true;
+  // Masks outside the lock: only this thread touches the matchers, and their
+  // requests are released by this thread alone.
+  for (auto& [m, slot] : masks) EncodeTokenMask(m->Mask(), static_cast<int32_t>(description_.vocab_size()), slot);
 
   v1::StepResult res;
   const auto t0 = std::chrono::steady_clock::now();
@@ -342,6 +363,12 @@ bool GroupRunner::RunStep() {
       tokens.reserve(decoded->samples.size());
       for (const v1::SampleOutput* s : decoded->samples) {
         const Request* r = scheduler_->request(s->id());
+        if (r && !IsFinished(r->status) && r->matcher && !r->matcher->Accept(s->token())) {
+          // The mask went with the step: a worker that samples outside it broke the protocol.
+          failure_ = absl::StrCat("worker ", address_, " sampled token ", s->token(), " for sequence ", s->id(),
+                                  ", which its grammar forbids");
+          return false;
+        }
         if (!r || IsFinished(r->status) || !r->callbacks.on_token) continue;
         tokens.emplace_back(&r->callbacks.on_token, s);
       }

@@ -41,6 +41,8 @@ struct GenerationRequest {
   std::vector<int32_t> stop_token_ids;
   worker::v1::SamplingParams sampling;
   int64_t cache_key = 0;  // prefix-cache namespace (the LoRA adapter); 0: the base model
+  // Structured output (router/grammar/): the grammar the output must follow, or null.
+  std::shared_ptr<const grammar::CompiledGrammar> grammar;
 };
 
 // What the API front (router/generation.h) needs of whatever runs

@@ -136,6 +136,8 @@ int main(int argc, char** argv) {
   api.backend = &pool;
   api.tokenizer = tok->get();
   api.metrics = &metrics;
+  grammar::ReplyGrammarCache grammars(**tok);
+  api.grammars = &grammars;
   metrics.SetQueueLimit(sc.max_num_queued_requests);
   api.eos_token_ids.assign(pool.description().eos_token_ids().begin(), pool.description().eos_token_ids().end());
   std::string name = dir;

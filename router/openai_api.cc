@@ -188,7 +188,14 @@ std::optional<ApiError> Decode(const ApiContext& ctx, bool chat, const json& bod
       return BadRequest("'response_format.type' must be text, json_object or json_schema", "response_format");
     }
     if (*type == "json_object") spec->response_format.type = ResponseFormat::Type::kJsonObject;
-    if (*type == "json_schema") spec->response_format.type = ResponseFormat::Type::kJsonSchema;
+    if (*type == "json_schema") {
+      if (!rf.contains("json_schema") || !rf["json_schema"].is_object()) {
+        return BadRequest("'response_format' of type json_schema needs a 'json_schema' object", "response_format");
+      }
+      if (auto e = DecodeJsonSchemaFormat(rf["json_schema"], "response_format.json_schema", &spec->response_format)) {
+        return e;
+      }
+    }
   }
   spec->n = static_cast<int>(n);
   if (body.contains("stop") && !body["stop"].is_null()) {

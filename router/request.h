@@ -8,6 +8,7 @@
 //     codec sends running sequences as diffs against these);
 //   - prefix caching: the chained hashes of its full blocks and how many of
 //     its prompt tokens came from the cache;
+//   - structured output: its grammar and the grammar state of its output;
 //   - the caller's callbacks and timing.
 #pragma once
 
@@ -20,6 +21,7 @@
 
 #include "moeserve/worker/v1/worker.pb.h"
 #include "router/block_hash.h"
+#include "router/grammar/matcher.h"
 
 namespace moeserve::router {
 
@@ -69,6 +71,10 @@ struct Request {
   worker::v1::SamplingParams sampling;
   // Part of every block hash: requests with different keys (LoRA adapters) never share blocks.
   int64_t cache_key = 0;
+  // Structured output: the reply's grammar and where the output so far left it
+  // (advanced by every sampled token; its mask goes with each step that samples).
+  std::shared_ptr<const grammar::CompiledGrammar> grammar;
+  std::unique_ptr<grammar::GrammarMatcher> matcher;
 
   RequestStatus status = RequestStatus::kWaiting;
   // Tokens whose K/V the worker holds. Tokens [num_computed, num_tokens()) are still to compute.

@@ -199,6 +199,8 @@ std::optional<ApiError> Decode(const ApiContext& ctx, const json& body, Response
       if (t.contains("strict") && !t["strict"].is_null() && !t["strict"].is_boolean()) {
         return Bad(absl::StrCat(at, ".strict must be a boolean"), "tools");
       }
+      // Responses function tools are strict unless they say otherwise (OpenAI's default).
+      d.strict = !(t.contains("strict") && t["strict"] == false);
       spec->tools.push_back(std::move(d));
       tools.push_back({{"type", "function"}, {"name", *name}, {"description", t.value("description", json())},
                        {"parameters", params}, {"strict", t.value("strict", json(true))}});
@@ -241,11 +243,14 @@ std::optional<ApiError> Decode(const ApiContext& ctx, const json& body, Response
     if (t.contains("format") && !t["format"].is_null()) {
       auto type = text::StringField(t["format"], "type");
       if (!type) return Bad("'text.format' needs a 'type'", "text.format");
-      if (*type == "json_object" || *type == "json_schema") {
-        return Bad("structured output (text.format json_object / json_schema) is not supported yet; use \"text\"",
-                   "text.format");
+      if (*type == "json_object") {
+        spec->response_format.type = ResponseFormat::Type::kJsonObject;
+      } else if (*type == "json_schema") {
+        if (auto e = DecodeJsonSchemaFormat(t["format"], "text.format", &spec->response_format)) return e;
+      } else if (*type != "text") {
+        return Bad("'text.format.type' must be text, json_object or json_schema", "text.format");
       }
-      if (*type != "text") return Bad("'text.format.type' must be text, json_object or json_schema", "text.format");
+      text_format["format"] = t["format"];
     }
     if (t.contains("verbosity") && !t["verbosity"].is_null() && t["verbosity"] != "medium") {
       return Bad("'text.verbosity' other than \"medium\" is not supported: gpt-oss has no verbosity control",

@@ -35,6 +35,36 @@ v1::StepRequest EncodeStep(uint64_t step_id, const SchedulerOutput& out) {
   return req;
 }
 
+void EncodeTokenMask(const grammar::TokenMask& mask, int32_t vocab_size, v1::TokenMask* out) {
+  out->Clear();
+  const int32_t n = std::min<int32_t>(vocab_size, static_cast<int32_t>(mask.size() * 64));
+  int64_t allowed = 0;
+  for (int32_t w = 0; w * 64 < n; ++w) {
+    uint64_t bits = mask[w];
+    if ((w + 1) * 64 > n) bits &= (uint64_t{1} << (n - w * 64)) - 1;
+    allowed += __builtin_popcountll(bits);
+  }
+  const int64_t denied = vocab_size - allowed;
+  const int64_t bytes = (vocab_size + 7) / 8;
+  // About 3 bytes per id as varints: the smallest form wins.
+  if (allowed * 3 <= bytes && allowed <= denied) {
+    for (int32_t t = 0; t < n; ++t) {
+      if (grammar::MaskHas(mask, t)) out->add_allowed(t);
+    }
+  } else if (denied * 3 <= bytes) {
+    for (int32_t t = 0; t < vocab_size; ++t) {
+      if (t >= n || !grammar::MaskHas(mask, t)) out->add_denied(t);
+    }
+  } else {
+    std::string* b = out->mutable_bits();
+    b->assign(bytes, '\0');
+    for (int32_t w = 0; w * 64 < n; ++w) {
+      for (int k = 0; k < 8 && w * 8 + k < bytes; ++k) (*b)[w * 8 + k] = static_cast<char>((mask[w] >> (8 * k)) & 0xff);
+    }
+    if (n % 8 != 0) (*b)[n / 8] &= static_cast<char>((1 << (n % 8)) - 1);
+  }
+}
+
 absl::StatusOr<StepSamples> DecodeResult(const v1::StepResult& result, uint64_t step_id, const SchedulerOutput& out,
                                          int32_t vocab_size) {
   if (result.step_id() != step_id) {

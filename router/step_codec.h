@@ -19,6 +19,11 @@ namespace moeserve::router {
 // finished and preempted ones to drop.
 worker::v1::StepRequest EncodeStep(uint64_t step_id, const SchedulerOutput& out);
 
+// A token mask (bits over the vocabulary, router/grammar/matcher.h) in the
+// smallest of the protocol's forms: allowed ids, denied ids, or bits. Tokens
+// at or above `vocab_size` are left out.
+void EncodeTokenMask(const grammar::TokenMask& mask, int32_t vocab_size, worker::v1::TokenMask* out);
+
 // A step's result, checked against the step it answers.
 struct StepSamples {
   std::string error;  // the worker failed this step's sequences (they alone fail)

@@ -279,6 +279,40 @@ grpc::Status WorkerService::Health(grpc::ServerContext*, const v1::HealthRequest
   return grpc::Status::OK;
 }
 
+namespace {
+
+// A TokenMask as mask words over the vocabulary (engine/batch.h); error text when malformed.
+std::string DecodeTokenMask(const v1::TokenMask& m, int64_t vocab, std::vector<uint32_t>* words) {
+  const int forms = (m.allowed_size() > 0) + (m.denied_size() > 0) + !m.bits().empty();
+  if (forms != 1) return "a token mask must set exactly one of allowed, denied and bits";
+  const int64_t n = TokenMaskWords(vocab);
+  auto in_vocab = [&](int32_t t) { return t >= 0 && t < vocab; };
+  if (m.allowed_size() > 0) {
+    words->assign(n, 0);
+    for (int32_t t : m.allowed()) {
+      if (!in_vocab(t)) return absl::StrCat("token mask: token ", t, " is outside the vocabulary");
+      (*words)[t >> 5] |= 1u << (t & 31);
+    }
+  } else if (m.denied_size() > 0) {
+    words->assign(n, 0xffffffffu);
+    for (int32_t t : m.denied()) {
+      if (!in_vocab(t)) return absl::StrCat("token mask: token ", t, " is outside the vocabulary");
+      (*words)[t >> 5] &= ~(1u << (t & 31));
+    }
+  } else {
+    if (static_cast<int64_t>(m.bits().size()) != (vocab + 7) / 8) {
+      return absl::StrCat("token mask: ", m.bits().size(), " bytes of bits; the vocabulary needs ", (vocab + 7) / 8);
+    }
+    words->assign(n, 0);
+    for (int64_t b = 0; b < static_cast<int64_t>(m.bits().size()); ++b) {
+      (*words)[b >> 2] |= static_cast<uint32_t>(static_cast<uint8_t>(m.bits()[b])) << (8 * (b & 3));
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
 v1::StepResult WorkerService::Step(const v1::StepRequest& req) {
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t t0 = NowNs();
@@ -294,6 +328,14 @@ v1::StepResult WorkerService::Step(const v1::StepRequest& req) {
     return res;
   };
   std::vector<int64_t> scheduled;
+  std::vector<std::vector<uint32_t>> masks;  // per sequence of the step (empty: none)
+  const int64_t vocab = model_->config().vocab_size;
+  auto take_mask = [&](int64_t id, bool has, const v1::TokenMask& m) -> std::string {
+    masks.emplace_back();
+    if (!has) return "";
+    const std::string why = DecodeTokenMask(m, vocab, &masks.back());
+    return why.empty() ? "" : absl::StrCat("sequence ", id, ": ", why);
+  };
   std::unordered_set<int64_t> named;  // a sequence appears at most once per step
   auto twice = [&](int64_t id) { return !named.insert(id).second; };
   for (const v1::NewSequence& n : req.new_sequences()) {
@@ -316,6 +358,7 @@ v1::StepResult WorkerService::Step(const v1::StepRequest& req) {
     }
     sequences_[n.id()] = std::move(s);
     scheduled.push_back(n.num_scheduled());
+    if (std::string why = take_mask(n.id(), n.has_token_mask(), n.token_mask()); !why.empty()) return fail(why);
   }
   for (const v1::RunningSequence& r : req.running()) {
     if (twice(r.id())) return fail(absl::StrCat("sequence ", r.id(), " appears twice in the step"));
@@ -333,6 +376,7 @@ v1::StepResult WorkerService::Step(const v1::StepRequest& req) {
       return fail(absl::StrCat("sequence ", r.id(), ": scheduled tokens outside the known tokens"));
     }
     scheduled.push_back(r.num_scheduled());
+    if (std::string why = take_mask(r.id(), r.has_token_mask(), r.token_mask()); !why.empty()) return fail(why);
   }
   std::vector<SequenceInput> batch;
   for (size_t i = 0; i < ids.size(); ++i) {
@@ -342,6 +386,8 @@ v1::StepResult WorkerService::Step(const v1::StepRequest& req) {
     in.start_pos = s.num_computed;
     in.block_tables[kFullGroup] = s.tables[kFullGroup];
     in.block_tables[kSlidingGroup] = s.tables[kSlidingGroup];
+    // A mask applies to the step's sample; a chunk that does not reach the end samples nothing.
+    if (s.num_computed + scheduled[i] == static_cast<int64_t>(s.tokens.size())) in.token_mask = masks[i];
     batch.push_back(in);
   }
   ForwardOutput out;
@@ -383,11 +429,13 @@ v1::StepResult WorkerService::Step(const v1::StepRequest& req) {
     o->set_id(ids[i]);
     o->set_token(r.token);
     if (s.logprobs) {
-      o->set_logprob(r.logprob);
+      // A token a mask ruled out has logprob -inf: reported as -9999, as vLLM does (JSON has no infinity).
+      auto finite = [](float lp) { return std::max(lp, -9999.0f); };
+      o->set_logprob(finite(r.logprob));
       for (const auto& t : r.top) {
         v1::TokenLogprob* tl = o->add_top_logprobs();
         tl->set_token(t.token);
-        tl->set_logprob(t.logprob);
+        tl->set_logprob(finite(t.logprob));
       }
     }
   }

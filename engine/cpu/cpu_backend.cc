@@ -322,7 +322,16 @@ void CpuBackend::Experts(int64_t layer, Tensor h, const Routing& routing, Tensor
   });
 }
 
-absl::Status CpuBackend::Logits(Tensor x, std::span<const int32_t> rows, float* logits) {
+absl::Status CpuBackend::Logits(Tensor x, std::span<const int32_t> rows, std::span<const uint32_t* const> masks,
+                                float* logits) {
+  RETURN_IF_ERROR(LogitsUnmasked(x, rows, logits));
+  for (size_t i = 0; i < masks.size(); ++i) {
+    if (masks[i]) ApplyTokenMask(logits + i * config().vocab_size, config().vocab_size, masks[i]);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::LogitsUnmasked(Tensor x, std::span<const int32_t> rows, float* logits) {
   PhaseTimer t(phase_ns_[kLmHead]);
   const ModelConfig& c = config();
   const ModelWeights& w = *weights_;

@@ -65,7 +65,9 @@ class CpuBackend final : public Backend, private ForwardOps {
   absl::Status AllReduce(Tensor x) override;
   absl::StatusOr<Routing> Route(int64_t layer, Tensor h) override;
   void Experts(int64_t layer, Tensor h, const Routing& routing, Tensor out) override;
-  absl::Status Logits(Tensor x, std::span<const int32_t> rows, float* logits) override;
+  absl::Status Logits(Tensor x, std::span<const int32_t> rows, std::span<const uint32_t* const> masks,
+                      float* logits) override;
+  absl::Status LogitsUnmasked(Tensor x, std::span<const int32_t> rows, float* logits);
   absl::Status EndStep() override { return absl::OkStatus(); }
 
   std::unique_ptr<ModelWeights> weights_;

@@ -27,6 +27,9 @@ int64_t MaxRows(const ModelConfig& c, const CudaOptions& o) {
   return std::clamp<int64_t>(o.max_rows_per_chunk, 1, 65535 / std::max<int64_t>(1, c.num_experts_per_tok));
 }
 
+// Token masks of a logits chunk: kLogitRows x the vocabulary's mask words.
+size_t MaskBytes(const ModelConfig& c) { return static_cast<size_t>(kLogitRows) * TokenMaskWords(c.vocab_size) * 4; }
+
 size_t WorkFloats(const ModelConfig& c, int64_t R) {
   const int64_t P = R * c.num_experts_per_tok, hs = c.hidden_size, inter = c.intermediate_size;
   return static_cast<size_t>(R * (3 * hs + 2 * c.q_dim() + 2 * c.kv_dim() + c.num_local_experts +
@@ -42,7 +45,8 @@ size_t WorkspaceBytes(const ModelConfig& c, const CudaOptions& o) {
   const int64_t R = MaxRows(c, o), P = R * c.num_experts_per_tok;
   const size_t ints = static_cast<size_t>(R * c.num_experts_per_tok + P + P + R + kLogitRows);
   const size_t int64s = static_cast<size_t>(R * (1 + 2 * kNumCacheGroups) + c.num_hidden_layers * c.num_local_experts);
-  return Align256(WorkFloats(c, R) * 4) + Align256(ints * 4) + Align256(int64s * 8) + (64 << 20);
+  return Align256(WorkFloats(c, R) * 4) + Align256(ints * 4) + Align256(int64s * 8) + Align256(MaskBytes(c)) +
+         (64 << 20);
 }
 
 }  // namespace
@@ -276,6 +280,9 @@ absl::Status CudaBackend::Upload(const CudaOptions& o) {
   ids_ = ip, ip += R;
   logit_rows_ = ip;
   buffers_.push_back(std::move(iw));
+  ASSIGN_OR_RETURN(DeviceBuffer mw, DeviceBuffer::Allocate(MaskBytes(c)));
+  mask_words_ = mw.as<uint32_t>();
+  buffers_.push_back(std::move(mw));
   ASSIGN_OR_RETURN(DeviceBuffer lw, DeviceBuffer::Allocate(work_int64 * 8));
   int64_t* lp = lw.as<int64_t>();
   pos_ = lp, lp += R;
@@ -628,7 +635,8 @@ absl::Status CudaBackend::HostExperts(int64_t layer, Tensor h, const Routing& ro
   return Cuda(cudaStreamSynchronize(stream_), "host experts");
 }
 
-absl::Status CudaBackend::Logits(Tensor x, std::span<const int32_t> rows, float* logits) {
+absl::Status CudaBackend::Logits(Tensor x, std::span<const int32_t> rows, std::span<const uint32_t* const> masks,
+                                 float* logits) {
   const ModelConfig& c = config();
   const int64_t hs = c.hidden_size;
   // kLogitRows at a time: gather, final norm, lm_head, copy back.
@@ -657,9 +665,25 @@ absl::Status CudaBackend::Logits(Tensor x, std::span<const int32_t> rows, float*
                       logits + (a + i) * c.vocab_size + v0);
         }
       }
+      // The gathered rows are whole only on the host: masks apply there.
+      for (int i = 0; i < cnt; ++i) {
+        if (masks[a + i]) ApplyTokenMask(logits + (a + i) * c.vocab_size, c.vocab_size, masks[a + i]);
+      }
       continue;
     }
     LinearBf16(lm_head_, c.vocab_size, hs, nullptr, final_rows_, hs, cnt, logits_, c.vocab_size, stream_);
+    // Token masks on the device: rows without one get all bits set.
+    const int64_t words = TokenMaskWords(c.vocab_size);
+    if (std::any_of(masks.begin() + a, masks.begin() + a + cnt, [](const uint32_t* m) { return m != nullptr; })) {
+      host_masks_.assign(static_cast<size_t>(cnt) * words, 0xffffffffu);
+      for (int i = 0; i < cnt; ++i) {
+        if (masks[a + i]) std::copy_n(masks[a + i], words, host_masks_.data() + static_cast<size_t>(i) * words);
+      }
+      RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(mask_words_, host_masks_.data(), host_masks_.size() * 4,
+                                           cudaMemcpyHostToDevice, stream_),
+                           "token masks"));
+      MaskLogits(logits_, cnt, c.vocab_size, mask_words_, words, stream_);
+    }
     RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(logits + a * c.vocab_size, logits_,
                                          static_cast<size_t>(cnt) * c.vocab_size * 4, cudaMemcpyDeviceToHost, stream_),
                          "logits"));

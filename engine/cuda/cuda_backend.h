@@ -134,7 +134,8 @@ class CudaBackend final : public Backend, private ForwardOps {
   absl::Status AllReduce(Tensor x) override;
   absl::StatusOr<Routing> Route(int64_t layer, Tensor h) override;
   void Experts(int64_t layer, Tensor h, const Routing& routing, Tensor out) override;
-  absl::Status Logits(Tensor x, std::span<const int32_t> rows, float* logits) override;
+  absl::Status Logits(Tensor x, std::span<const int32_t> rows, std::span<const uint32_t* const> masks,
+                      float* logits) override;
   absl::Status EndStep() override;
 
   std::unique_ptr<ModelWeights> weights_;
@@ -186,6 +187,9 @@ class CudaBackend final : public Backend, private ForwardOps {
   int32_t* pair_local_ = nullptr;  // the step's pairs, mapped
   float* gathered_ = nullptr;      // [world, kLogitRows, vocab_stride]
   std::vector<float> host_gathered_;
+  // Structured output: a logits chunk's token masks, on the device and staged on the host.
+  uint32_t* mask_words_ = nullptr;
+  std::vector<uint32_t> host_masks_;
 };
 
 }  // namespace moeserve::cuda

@@ -121,4 +121,8 @@ void AddInPlace(float* x, int64_t ldx, const float* y, int64_t ldy, int rows, in
 // logprob[r] = logits[r, ids[r]] - logsumexp(logits[r]).   logits: [rows, vocab]
 void ArgmaxLogprob(const float* logits, int rows, int64_t vocab, int32_t* ids, float* logprob, cudaStream_t stream);
 
+// Structured output: logits[r, t] = -inf where bit t of masks[r] is clear
+// (bit t is bit t % 32 of word t / 32).   logits: [rows, vocab]  masks: [rows, words]
+void MaskLogits(float* logits, int rows, int64_t vocab, const uint32_t* masks, int64_t words, cudaStream_t stream);
+
 }  // namespace moeserve::cuda

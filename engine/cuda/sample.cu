@@ -45,7 +45,26 @@ __global__ void ArgmaxLogprobKernel(const float* logits, int64_t vocab, int32_t*
   }
 }
 
+// One block per row; each thread one mask word at a time (32 logits).
+__global__ void MaskLogitsKernel(float* logits, int64_t vocab, const uint32_t* masks, int64_t words) {
+  float* row = logits + blockIdx.x * vocab;
+  const uint32_t* m = masks + blockIdx.x * words;
+  for (int64_t w = threadIdx.x; w < words; w += kThreads) {
+    const uint32_t bits = m[w];
+    if (bits == 0xffffffffu) continue;
+    for (int b = 0; b < 32; ++b) {
+      const int64_t t = w * 32 + b;
+      if (t < vocab && !((bits >> b) & 1u)) row[t] = -INFINITY;
+    }
+  }
+}
+
 }  // namespace
+
+void MaskLogits(float* logits, int rows, int64_t vocab, const uint32_t* masks, int64_t words, cudaStream_t stream) {
+  if (rows == 0) return;
+  Launch(MaskLogitsKernel, rows, kThreads, 0, stream, logits, vocab, masks, words);
+}
 
 void ArgmaxLogprob(const float* logits, int rows, int64_t vocab, int32_t* ids, float* logprob, cudaStream_t stream) {
   if (rows == 0) return;

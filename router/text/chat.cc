@@ -86,6 +86,10 @@ absl::StatusOr<std::vector<ToolDescription>> ToolsFromOpenAi(const json& tools) 
       if (!f["parameters"].is_object()) return absl::InvalidArgumentError(absl::StrCat("tools[", i, "]: parameters must be an object"));
       d.parameters = f["parameters"];
     }
+    if (f.contains("strict") && !f["strict"].is_null()) {
+      if (!f["strict"].is_boolean()) return absl::InvalidArgumentError(absl::StrCat("tools[", i, "]: strict must be a boolean"));
+      d.strict = f["strict"].get<bool>();
+    }
     out.push_back(std::move(d));
   }
   return out;
@@ -217,12 +221,13 @@ absl::StatusOr<std::vector<Message>> ChatToHarmony(const std::vector<ChatTurn>& 
       return Bad(i, absl::StrCat("unknown role \"", role, "\""));
     }
   }
-  if (!instructions.empty() || !functions.tools.empty()) {
+  if (!instructions.empty() || !functions.tools.empty() || options.response_format) {
     Message dev;
     dev.role = "developer";
     DeveloperContent dc;
     if (!instructions.empty()) dc.instructions = absl::StrJoin(instructions, "\n\n");
     if (!functions.tools.empty()) dc.tools.push_back(functions);
+    dc.response_format = options.response_format;
     dev.developer = std::move(dc);
     out.push_back(std::move(dev));
   }

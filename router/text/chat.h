@@ -36,6 +36,7 @@ struct ChatRenderOptions {
   std::string current_date;                 // YYYY-MM-DD; empty: omitted
   std::string model_identity = "You are ChatGPT, a large language model trained by OpenAI.";
   std::string knowledge_cutoff = "2024-06";
+  std::optional<ResponseFormatSection> response_format;  // shown in the developer message
 };
 
 // A conversation turn as every chat API has it (OpenAI chat messages,

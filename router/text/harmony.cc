@@ -94,6 +94,12 @@ std::string RenderDeveloper(const DeveloperContent& d) {
     sections.push_back(*d.instructions);
   }
   if (!d.tools.empty()) sections.push_back(ToolsSection(d.tools));
+  if (d.response_format) {
+    const ResponseFormatSection& f = *d.response_format;
+    sections.push_back("# Response Formats");
+    sections.push_back(absl::StrCat("## ", f.name.empty() ? "response" : f.name, "\n\n",
+                                    f.description.empty() ? "" : absl::StrCat("// ", f.description, "\n"), f.schema));
+  }
   return absl::StrJoin(sections, "\n\n");
 }
 

@@ -26,6 +26,7 @@ struct ToolDescription {
   std::string name;
   std::string description;
   std::optional<nlohmann::ordered_json> parameters;  // JSON Schema, key order kept
+  bool strict = false;  // the caller asks for arguments valid against `parameters`
 };
 
 struct ToolNamespace {
@@ -44,9 +45,18 @@ struct SystemContent {
   std::vector<ToolNamespace> tools;  // built-in tools (browser, python)
 };
 
+// A structured-output format the reply must follow, shown to the model as the
+// developer message's "# Response Formats" section.
+struct ResponseFormatSection {
+  std::string name;
+  std::string description;
+  std::string schema;  // JSON text
+};
+
 struct DeveloperContent {
   std::optional<std::string> instructions;
   std::vector<ToolNamespace> tools;  // usually one namespace, "functions"
+  std::optional<ResponseFormatSection> response_format;
 };
 
 struct Message {
