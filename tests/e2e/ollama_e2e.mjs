@@ -186,7 +186,7 @@ await check("errors in Ollama's shape: unknown model, bad options, images, suffi
   await expectOllamaError(400, ollama.chat({ model, messages: [{ role: "user", content: "x" }], stream: false,
     think: "maximum" }), /think/);
   await expectOllamaError(400, ollama.chat({ model, messages: [{ role: "user", content: "x" }], stream: false,
-    format: "json" }), /not supported yet/);
+    format: { type: "object", patternProperties: {} } }), /patternProperties/);
   await expectOllamaError(400, ollama.embed({ model, input: "x" }), /embeddings/);
   for (const [path, body] of [["/api/pull", { model: "llama3" }], ["/api/create", { model: "x" }],
     ["/api/delete", { model }], ["/api/copy", { source: model, destination: "y" }], ["/api/push", { model }]]) {

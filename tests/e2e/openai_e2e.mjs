@@ -79,19 +79,33 @@ await check("tool-call round trip is accepted and rendered", async () => {
     { role: "tool", tool_call_id: "call_1", content: "{\"temp\": 3}" }], { tools });
   assert.ok(second.r.usage.prompt_tokens > first.r.usage.prompt_tokens);
 });
-await check("tool_choice: a named function starts the reply as its call; none hides the tools; auto as default", async () => {
+await check("tool_choice: a named function makes the reply its call; none hides the tools; auto as default", async () => {
   const messages = [{ role: "user", content: "Weather in Oslo?" }];
-  const named = await client.chat.completions.create({ model, messages, tools, max_tokens: 8, temperature: 0,
-    tool_choice: { type: "function", function: { name: "get_weather" } } });
+  // The random model reasons until it samples <|end|>: a bias makes that likely where the grammar allows it.
+  // Its strings are random too: the first seed whose call ends within max_tokens is used.
+  let short, named;
+  for (let seed = 1; seed <= 8; ++seed) {
+    short = { logit_bias: { 200007: 30 }, max_tokens: 600, temperature: 1, seed };
+    named = await client.chat.completions.create({ model, messages, tools, ...short,
+      tool_choice: { type: "function", function: { name: "get_weather" } } });
+    if (named.choices[0].finish_reason !== "length") break;
+    assert.equal(named.choices[0].message.tool_calls[0].function.name, "get_weather");
+  }
   const calls = named.choices[0].message.tool_calls ?? [];
-  assert.equal(calls.length >= 1 ? calls[0].function.name : null, "get_weather");
-  assert.ok(["tool_calls", "length"].includes(named.choices[0].finish_reason));
-  // Streamed: the first tool-call delta names the function.
-  const s = await client.chat.completions.create({ model, messages, tools, max_tokens: 8, temperature: 0, stream: true,
+  assert.equal(named.choices[0].finish_reason, "tool_calls");
+  assert.equal(calls.length, 1);
+  assert.equal(calls[0].function.name, "get_weather");
+  assert.equal(typeof JSON.parse(calls[0].function.arguments).city, "string");
+  // Streamed: the same call, its first tool-call delta naming the function.
+  const s = await client.chat.completions.create({ model, messages, tools, ...short, stream: true,
     tool_choice: { type: "function", function: { name: "get_weather" } } });
-  let first = null;
-  for await (const c of s) first ??= c.choices[0]?.delta?.tool_calls?.[0]?.function?.name ?? null;
+  let first = null, streamedArgs = "";
+  for await (const c of s) {
+    first ??= c.choices[0]?.delta?.tool_calls?.[0]?.function?.name ?? null;
+    streamedArgs += c.choices[0]?.delta?.tool_calls?.[0]?.function?.arguments ?? "";
+  }
   assert.equal(first, "get_weather");
+  assert.equal(streamedArgs, calls[0].function.arguments);
   const none = await client.chat.completions.create({ model, messages, tools, max_tokens: 4, temperature: 0, tool_choice: "none" });
   const plain = await client.chat.completions.create({ model, messages, max_tokens: 4, temperature: 0 });
   const auto = await client.chat.completions.create({ model, messages, tools, max_tokens: 4, temperature: 0, tool_choice: "auto" });
@@ -99,9 +113,9 @@ await check("tool_choice: a named function starts the reply as its call; none hi
   assert.equal(none.usage.prompt_tokens, plain.usage.prompt_tokens, "none: the prompt has no tools");
   assert.equal(auto.usage.prompt_tokens, dflt.usage.prompt_tokens);
   assert.ok(auto.usage.prompt_tokens > plain.usage.prompt_tokens);
-  const req = await client.chat.completions.create({ model, messages, tools, max_tokens: 8, temperature: 0, tool_choice: "required" });
-  // "<|channel|>commentary to=functions." is 7 tokens: <|channel|> comment ary  to = functions .
-  assert.equal(req.usage.prompt_tokens, auto.usage.prompt_tokens + 7, "required prefills the start of a tool call");
+  const req = await client.chat.completions.create({ model, messages, tools, tool_choice: "required", ...short });
+  assert.equal(req.usage.prompt_tokens, auto.usage.prompt_tokens, "required constrains the reply, not the prompt");
+  assert.equal(req.choices[0].message.tool_calls[0].function.name, "get_weather");
   await assert.rejects(client.chat.completions.create({ model, messages, tools, tool_choice: { type: "function", function: { name: "nope" } } }),
     e => e.status === 400 && e.param === "tool_choice");
   await assert.rejects(client.chat.completions.create({ model, messages, tool_choice: "required" }), e => e.status === 400);

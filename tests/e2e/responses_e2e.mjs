@@ -155,9 +155,20 @@ await check("function calling round trip (scripted reply): reasoning item, funct
   assert.equal(named.output.find(i => i.type === "function_call")?.name, "get_weather");
 });
 
+await check("text.format json_schema: echoed, and a completed reply is the schema's JSON", async () => {
+  const format = { type: "json_schema", name: "n", schema: { type: "object", properties: { n: { type: "integer" } },
+    required: ["n"], additionalProperties: false }, strict: true };
+  const r = await client.responses.create({ model, input: "A number?", text: { format }, max_output_tokens: 64,
+    reasoning: { effort: "low" } });
+  assert.deepEqual(r.text.format, format);
+  if (r.status === "completed") assert.equal(typeof JSON.parse(r.output_text).n, "number");
+});
+
 await check("bad requests: 400 with OpenAI's error shape", async () => {
   await expectStatus(400, client.responses.create({ model, input: "x", text: { format: { type: "json_schema",
-    name: "s", schema: { type: "object" } } } }), /not supported yet/);
+    name: "s", schema: { type: "object", minProperties: 1 } } } }), /minProperties/);
+  await expectStatus(400, client.responses.create({ model, input: "x", text: { format: { type: "json_schema",
+    name: "bad name", schema: { type: "object" } } } }), /name/);
   await expectStatus(400, client.responses.create({ model, input: "x", frobnicate: 1 }), /Unknown parameter/);
   await expectStatus(400, client.responses.create({ model, input: [{ type: "computer_call" }] }), /not supported/);
   await expectStatus(400, client.responses.create({ model, input: "x", tools: [{ type: "web_search" }] }),

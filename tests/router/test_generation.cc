@@ -101,6 +101,8 @@ class GenerationTest : public ::testing::Test {
     ctx_.metrics = &metrics_;
     ctx_.served_model_name = "gpt-oss";
     ctx_.eos_token_ids = {200002, 199999, 200012};
+    static grammar::ReplyGrammarCache* grammars = new grammar::ReplyGrammarCache(Tok());
+    ctx_.grammars = grammars;
   }
 
   std::vector<int32_t> Ids(const std::string& harmony) { return Tok().EncodeWithSpecials(harmony); }
@@ -233,21 +235,67 @@ TEST_F(GenerationTest, AFullQueueRefusesTheWholeRequest) {
   EXPECT_EQ(backend_.finished[0].second, RequestStatus::kFinishedAborted);
 }
 
-TEST_F(GenerationTest, NamedToolChoicePrefillsTheCall) {
+// Whether the request's grammar accepts `harmony` (a whole reply) token by token.
+bool GrammarAccepts(const GenerationRequest& r, const std::vector<int32_t>& ids) {
+  if (!r.grammar) return false;
+  grammar::GrammarMatcher m(r.grammar);
+  for (int32_t t : ids) {
+    if (!m.Accept(t)) return false;
+  }
+  return m.can_end();
+}
+
+TEST_F(GenerationTest, ToolChoiceAndResponseFormatBecomeTheReplysGrammar) {
+  const json params = json::parse(R"({"type":"object","properties":{"city":{"type":"string"}},"required":["city"]})");
   GenerationSpec spec = Chat("x");
-  spec.tools.push_back({"get_weather", "", std::nullopt});
+  spec.tools.push_back({"get_weather", "", params});
+  spec.tools.push_back({"get_time", "", std::nullopt});
   spec.tool_choice = ToolChoice::kNamed;
   spec.tool_choice_name = "get_weather";
-  auto sink = Start(std::move(spec), MakeOpenAiEncoder(ctx_, true, {}));
-  // The prompt ends with the call's header; the call begins before any token.
-  const auto& prompt = backend_.submitted[0].request.prompt;
-  const std::vector<int32_t> tail = Ids("<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>");
-  ASSERT_GE(prompt.size(), tail.size());
-  EXPECT_TRUE(std::equal(tail.begin(), tail.end(), prompt.end() - tail.size()));
-  ASSERT_FALSE(sink->events.empty());
-  EXPECT_EQ(sink->events[0].kind, GenerationEvent::Kind::kToolCallBegin);
-  backend_.Play(0, Ids("{\"city\": \"Oslo\"}<|call|>"), RequestStatus::kFinishedStopped);
-  EXPECT_EQ(generation_->results()[0].calls[0].arguments, "{\"city\": \"Oslo\"}");
+  auto sink = Start(spec, MakeOpenAiEncoder(ctx_, true, {}));
+  const GenerationRequest& named = backend_.submitted[0].request;
+  // The prompt ends with "<|start|>assistant": the model writes the call itself, reasoning first if it likes.
+  const std::vector<int32_t> tail = Ids("<|start|>assistant");
+  EXPECT_TRUE(std::equal(tail.begin(), tail.end(), named.prompt.end() - tail.size()));
+  EXPECT_TRUE(GrammarAccepts(named, Ids(kToolReply)));
+  EXPECT_TRUE(GrammarAccepts(named, Ids("<|channel|>commentary to=functions.get_weather<|message|>{\"city\":\"Oslo\"}<|call|>")));
+  EXPECT_TRUE(GrammarAccepts(named, Ids(" to=functions.get_weather<|channel|>commentary json<|message|>{\"city\":\"a\"}<|call|>")));
+  EXPECT_FALSE(GrammarAccepts(named, Ids("<|channel|>commentary to=functions.get_weather<|message|>{\"town\":\"Oslo\"}<|call|>")));
+  EXPECT_FALSE(GrammarAccepts(named, Ids("<|channel|>commentary to=functions.get_time<|message|>{}<|call|>")));
+  EXPECT_FALSE(GrammarAccepts(named, Ids("<|channel|>final<|message|>Hi<|return|>")));
+  backend_.Play(0, Ids(kToolReply), RequestStatus::kFinishedStopped);
+  EXPECT_EQ(generation_->results()[0].calls[0].arguments, "{\"city\": \"Paris\"}");
+
+  // "auto": a final answer or a call to a declared function (arguments free unless the tool is strict).
+  spec.tool_choice = ToolChoice::kAuto;
+  Start(spec, MakeOpenAiEncoder(ctx_, true, {}));
+  const GenerationRequest& automatic = backend_.submitted[1].request;
+  EXPECT_TRUE(GrammarAccepts(automatic, Ids("<|channel|>final<|message|>Hi<|return|>")));
+  EXPECT_TRUE(GrammarAccepts(automatic, Ids("<|channel|>commentary to=functions.get_weather<|message|>not json<|call|>")));
+  EXPECT_FALSE(GrammarAccepts(automatic, Ids("<|channel|>commentary to=functions.get_date<|message|>{}<|call|>")));
+  spec.tools[0].strict = true;
+  Start(spec, MakeOpenAiEncoder(ctx_, true, {}));
+  EXPECT_FALSE(GrammarAccepts(backend_.submitted[2].request,
+                              Ids("<|channel|>commentary to=functions.get_weather<|message|>not json<|call|>")));
+
+  // A response format: the reasoning is free, the final message is the schema's JSON and ends the turn.
+  GenerationSpec f = Chat("x");
+  f.response_format.type = ResponseFormat::Type::kJsonSchema;
+  f.response_format.name = "city";
+  f.response_format.schema = params;
+  Start(f, MakeOpenAiEncoder(ctx_, true, {}));
+  const GenerationRequest& formatted = backend_.submitted[3].request;
+  EXPECT_TRUE(GrammarAccepts(formatted, Ids("<|channel|>analysis<|message|>Think {freely}.<|end|>"
+                                            "<|start|>assistant<|channel|>final<|message|>{\"city\":\"Oslo\"}<|return|>")));
+  EXPECT_FALSE(GrammarAccepts(formatted, Ids("<|channel|>final<|message|>{\"city\":1}<|return|>")));
+  EXPECT_FALSE(GrammarAccepts(formatted, Ids("<|channel|>final<|message|>{\"city\":\"Oslo\"}<|end|>")));
+  EXPECT_FALSE(GrammarAccepts(formatted, Ids("<|channel|>commentary to=functions.get_weather<|message|>{}<|call|>")));
+  // The schema is shown to the model in the developer message.
+  const std::string prompt = *Tok().Decode(formatted.prompt);
+  EXPECT_NE(prompt.find("# Response Formats\n\n## city\n\n{\"type\":\"object\""), std::string::npos) << prompt;
+  // Without a constraint no grammar goes with the request.
+  Start(Chat("x"), MakeOpenAiEncoder(ctx_, true, {}));
+  EXPECT_EQ(backend_.submitted[4].request.grammar, nullptr);
 }
 
 TEST_F(GenerationTest, PrepareRefusesWhatNoApiMayAsk) {
@@ -257,8 +305,13 @@ TEST_F(GenerationTest, PrepareRefusesWhatNoApiMayAsk) {
   s.tool_choice_name = "nope";
   EXPECT_EQ(Generation::Prepare(ctx_, s, 4096, &p)->param, "tool_choice");
   s = Chat("x");
-  s.response_format.type = ResponseFormat::Type::kJsonObject;
+  s.response_format.type = ResponseFormat::Type::kJsonSchema;
+  s.response_format.schema = json::parse(R"({"type":"object","patternProperties":{}})");
   EXPECT_EQ(Generation::Prepare(ctx_, s, 4096, &p)->param, "response_format");
+  s = Chat("x");
+  s.tools.push_back({"f", "", json::parse(R"({"type":"object","properties":{"a":{"not":{}}}})")});
+  s.tool_choice = ToolChoice::kRequired;
+  EXPECT_EQ(Generation::Prepare(ctx_, s, 4096, &p)->param, "tools");
   s = Chat("x");
   s.n = 17;
   EXPECT_EQ(Generation::Prepare(ctx_, s, 4096, &p)->param, "n");
