@@ -47,14 +47,26 @@ void EncodeTokenMask(const grammar::TokenMask& mask, int32_t vocab_size, v1::Tok
   const int64_t denied = vocab_size - allowed;
   const int64_t bytes = (vocab_size + 7) / 8;
   // About 3 bytes per id as varints: the smallest form wins.
+  // Set bits of word w (or of its complement), lowest first.
+  auto each_bit = [&](bool set, auto&& f) {
+    for (int32_t w = 0; w * 64 < vocab_size; ++w) {
+      uint64_t bits = w * 64 < n ? mask[w] : 0;
+      if (!set) bits = ~bits;
+      const int32_t valid = std::min<int32_t>(64, vocab_size - w * 64);
+      if (valid < 64) bits &= (uint64_t{1} << valid) - 1;
+      if (set && (w + 1) * 64 > n && w * 64 < n) bits &= (uint64_t{1} << (n - w * 64)) - 1;
+      while (bits) {
+        f(w * 64 + __builtin_ctzll(bits));
+        bits &= bits - 1;
+      }
+    }
+  };
   if (allowed * 3 <= bytes && allowed <= denied) {
-    for (int32_t t = 0; t < n; ++t) {
-      if (grammar::MaskHas(mask, t)) out->add_allowed(t);
-    }
+    out->mutable_allowed()->Reserve(static_cast<int>(allowed));
+    each_bit(true, [&](int32_t t) { out->add_allowed(t); });
   } else if (denied * 3 <= bytes) {
-    for (int32_t t = 0; t < vocab_size; ++t) {
-      if (t >= n || !grammar::MaskHas(mask, t)) out->add_denied(t);
-    }
+    out->mutable_denied()->Reserve(static_cast<int>(denied));
+    each_bit(false, [&](int32_t t) { out->add_denied(t); });
   } else {
     std::string* b = out->mutable_bits();
     b->assign(bytes, '\0');

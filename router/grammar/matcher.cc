@@ -1,7 +1,9 @@
 #include "router/grammar/matcher.h"
 
 #include <algorithm>
+#include <atomic>
 #include <numeric>
+#include <thread>
 
 #include "router/text/tokenizer.h"
 
@@ -36,6 +38,15 @@ TokenTable::TokenTable(std::vector<std::string> bytes, std::vector<bool> special
     size_t k = 0;
     while (k < a.size() && k < b.size() && a[k] == b[k]) ++k;
     lcp_[i] = static_cast<uint16_t>(std::min<size_t>(k, 65535));
+  }
+  sorted_offset_.push_back(0);
+  for (int32_t id : sorted_) {
+    sorted_text_ += bytes_[id];
+    sorted_offset_.push_back(static_cast<uint32_t>(sorted_text_.size()));
+  }
+  for (int b = 0, i = 0; b <= 256; ++b) {
+    while (i < static_cast<int>(sorted_.size()) && static_cast<uint8_t>(bytes_[sorted_[i]][0]) < b) ++i;
+    first_byte_begin_[b] = b == 256 ? static_cast<int32_t>(sorted_.size()) : i;
   }
 }
 
@@ -137,6 +148,21 @@ int32_t GrammarRunner::NextBytes(int32_t state, const std::string& bytes, size_t
 CompiledGrammar::CompiledGrammar(Grammar g, std::shared_ptr<const TokenTable> tokens)
     : g_(std::move(g)), tokens_(std::move(tokens)) {}
 
+void CompiledGrammar::Precompute(int threads) const {
+  std::vector<int32_t> todo;
+  for (int32_t n = 0; n < static_cast<int32_t>(g_.nodes().size()); ++n) {
+    if (g_.node(n).consumes) todo.push_back(n);
+  }
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < todo.size();) ForNode(todo[i]);
+  };
+  std::vector<std::thread> pool;
+  for (int k = 1; k < threads; ++k) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+}
+
 size_t CompiledGrammar::num_tables() const {
   absl::MutexLock lock(&mu_);
   return tables_.size();
@@ -164,33 +190,46 @@ std::unique_ptr<CompiledGrammar::NodeTokens> CompiledGrammar::Compute(int32_t no
   const int32_t start = run.AtNode(node);
   const std::vector<int32_t>& sorted = tokens_->sorted();
   const std::vector<uint16_t>& lcp = tokens_->lcp();
+  // Free text: a state every byte leads back to, inside its rule, takes every token.
+  bool absorbing = !run.can_end(start);
+  for (int b = 0; b < 256 && absorbing; ++b) absorbing = run.Next(start, b) == start;
+  if (absorbing) {
+    t->accepted_mask.assign(tokens_->mask_words(), 0);
+    for (int32_t id : sorted) MaskSet(&t->accepted_mask, id);
+    return t;
+  }
   // Per depth d of the current token: the state after its first d bytes, and
   // whether a state before it (depth 1..d) could return from the rule.
   std::vector<int32_t> st{start};
   std::vector<bool> exit_before{false};
   std::vector<int32_t> accepted;
   size_t valid = 1;  // st[0..valid) hold the previous token's states
-  for (size_t i = 0; i < sorted.size(); ++i) {
-    const std::string& b = tokens_->bytes(sorted[i]);
-    size_t d = std::min<size_t>(i == 0 ? 0 : lcp[i], valid - 1);
-    // Extend while alive.
-    for (; d < b.size() && st[d] != GrammarRunner::kDead; ++d) {
-      const int32_t next = run.Next(st[d], static_cast<uint8_t>(b[d]));
-      const bool ex = exit_before[d] || (d >= 1 && run.can_end(st[d]));
-      if (st.size() <= d + 1) {
-        st.resize(d + 2);
-        exit_before.resize(d + 2);
+  // Only tokens whose first byte the node takes (a literal's node: one byte's range).
+  for (int first = 0; first < 256; ++first) {
+    if (run.Next(start, first) == GrammarRunner::kDead) continue;
+    valid = 1;
+    for (size_t i = tokens_->first_byte_begin(first); i < static_cast<size_t>(tokens_->first_byte_begin(first + 1)); ++i) {
+      const std::string_view b = tokens_->sorted_bytes(i);
+      size_t d = std::min<size_t>(valid == 1 ? 0 : lcp[i], valid - 1);
+      // Extend while alive.
+      for (; d < b.size() && st[d] != GrammarRunner::kDead; ++d) {
+        const int32_t next = run.Next(st[d], static_cast<uint8_t>(b[d]));
+        const bool ex = exit_before[d] || (d >= 1 && run.can_end(st[d]));
+        if (st.size() <= d + 1) {
+          st.resize(d + 2);
+          exit_before.resize(d + 2);
+        }
+        st[d + 1] = next;
+        exit_before[d + 1] = ex;
       }
-      st[d + 1] = next;
-      exit_before[d + 1] = ex;
-    }
-    valid = d + 1;
-    if (d == b.size() && st[d] != GrammarRunner::kDead) {
-      accepted.push_back(sorted[i]);
-    } else {
-      // Dead after d bytes: a return from the rule after j in [1, d) bytes
-      // could carry on with the rest.
-      if (exit_before[d]) t->uncertain.push_back(sorted[i]);
+      valid = d + 1;
+      if (d == b.size() && st[d] != GrammarRunner::kDead) {
+        accepted.push_back(sorted[i]);
+      } else {
+        // Dead after d bytes: a return from the rule after j in [1, d) bytes
+        // could carry on with the rest.
+        if (exit_before[d]) t->uncertain.push_back(sorted[i]);
+      }
     }
   }
   if (accepted.size() < 2048) {

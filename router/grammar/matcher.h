@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -48,12 +49,21 @@ class TokenTable {
   bool is_special(int32_t id) const { return special_[id]; }
   const std::vector<int32_t>& sorted() const { return sorted_; }  // ordinary ids, by bytes
   const std::vector<uint16_t>& lcp() const { return lcp_; }        // with the previous sorted token
+  // The bytes of sorted()[i], stored in sorted order (walks read them in sequence).
+  std::string_view sorted_bytes(size_t i) const {
+    return std::string_view(sorted_text_).substr(sorted_offset_[i], sorted_offset_[i + 1] - sorted_offset_[i]);
+  }
+  // sorted()[first_byte_begin(b), first_byte_begin(b + 1)) are the tokens starting with byte b.
+  int32_t first_byte_begin(int b) const { return first_byte_begin_[b]; }
 
  private:
   std::vector<std::string> bytes_;
   std::vector<bool> special_;
   std::vector<int32_t> sorted_;
   std::vector<uint16_t> lcp_;
+  int32_t first_byte_begin_[257] = {};
+  std::string sorted_text_;
+  std::vector<uint32_t> sorted_offset_;
 };
 
 // A bitset over the vocabulary: bit t set = token t allowed.
@@ -116,6 +126,8 @@ class CompiledGrammar {
     std::vector<int32_t> specials;       // special tokens on the node's own edges
   };
   const NodeTokens& ForNode(int32_t node) const;
+  // Computes every node's table now (on `threads` threads), so no step waits for one.
+  void Precompute(int threads) const;
   // Nodes whose tables exist (for tests and metrics).
   size_t num_tables() const;
 

@@ -1,5 +1,8 @@
 #include "router/grammar/reply_grammar.h"
 
+#include <algorithm>
+#include <thread>
+
 #include "absl/strings/str_cat.h"
 #include "base/status.h"
 #include "router/grammar/json_schema.h"
@@ -103,6 +106,9 @@ absl::StatusOr<std::shared_ptr<const CompiledGrammar>> ReplyGrammarCache::Get(co
   absl::StatusOr<Grammar> g = BuildReplyGrammar(rules, tok_);
   if (!g.ok()) return g.status();
   auto compiled = std::make_shared<const CompiledGrammar>(std::move(*g), tokens_);
+  // Every node's token table before the first step: the request pays once (and
+  // later ones with the same rules not at all), no step of a running batch does.
+  compiled->Precompute(static_cast<int>(std::clamp(std::thread::hardware_concurrency() / 2, 1u, 8u)));
   std::lock_guard<std::mutex> lock(mu_);
   lru_.emplace_front(key, compiled);
   if (lru_.size() > capacity_) lru_.pop_back();

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <random>
 
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cpu/cpu_backend.h"
@@ -137,6 +138,69 @@ void Compare(const std::string& dir, int max_rows, double tolerance, KvDtype kv_
 TEST(CudaBackend, TinyCheckpointMatchesTheCpu) {
   if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   Compare(testing::TinyCheckpoint("cuda_tiny", "mxfp4", "bf16", 1.0), 2048, 1e-8);
+}
+
+// Structured output: a sequence's token mask leaves exactly the allowed
+// logits (bit for bit those of the same step without a mask) and makes the
+// others -inf, on both backends; a sequence without one is untouched; a mask
+// of the wrong size, or one allowing nothing, is refused.
+TEST(CudaBackend, TokenMasksApplyOnBothBackends) {
+  if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const std::string dir = testing::TinyCheckpoint("cuda_mask", "mxfp4", "bf16", 1.0);
+  auto wc = LoadModelWeights(dir);
+  auto wg = LoadModelWeights(dir);
+  ASSERT_TRUE(wc.ok() && wg.ok());
+  const int64_t vocab = (*wc)->config.vocab_size;
+  CpuOptions mo;
+  mo.num_threads = 2;
+  mo.kv.block_size = 16;
+  mo.kv.num_blocks[0] = mo.kv.num_blocks[1] = 64;
+  CpuBackend cpu(std::move(*wc), mo);
+  cuda::CudaOptions co;
+  co.block_size = 16;
+  co.gpu_memory_utilization = 0.5;
+  auto gpu = cuda::CudaBackend::Create(std::move(*wg), co);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  const int64_t words = TokenMaskWords(vocab);
+  std::vector<uint32_t> mask(words);
+  std::mt19937 rng(5);
+  for (auto& w : mask) w = rng() & rng();  // about a quarter of the tokens
+  const std::vector<int32_t> a = RandomTokens(20, static_cast<int>(std::min<int64_t>(vocab, 50000)), 6);
+  const std::vector<int32_t> b = RandomTokens(9, static_cast<int>(std::min<int64_t>(vocab, 50000)), 7);
+  std::vector<int32_t> ta, tb;
+  for (int i = 0; i < 4; ++i) ta.push_back(i), tb.push_back(8 + i);
+  for (Backend* m : {static_cast<Backend*>(&cpu), static_cast<Backend*>(gpu->get())}) {
+    auto step = [&](bool masked, ForwardOutput* fo) {
+      std::vector<SequenceInput> batch(2);
+      batch[0].tokens = a;
+      batch[0].block_tables[0] = batch[0].block_tables[1] = ta;
+      batch[1].tokens = b;
+      batch[1].block_tables[0] = batch[1].block_tables[1] = tb;
+      if (masked) batch[0].token_mask = mask;
+      return m->Forward(batch, fo);
+    };
+    ForwardOutput plain, masked;
+    ASSERT_TRUE(step(false, &plain).ok());
+    ASSERT_TRUE(step(true, &masked).ok());  // the same positions again: the same K/V, the same logits
+    int64_t allowed = 0;
+    for (int64_t t = 0; t < vocab; ++t) {
+      const bool in = (mask[t / 32] >> (t % 32)) & 1u;
+      allowed += in;
+      if (in) ASSERT_EQ(masked.Row(0)[t], plain.Row(0)[t]) << m->device() << " token " << t;
+      else ASSERT_EQ(masked.Row(0)[t], -INFINITY) << m->device() << " token " << t;
+      ASSERT_EQ(masked.Row(1)[t], plain.Row(1)[t]) << m->device() << " unmasked sequence, token " << t;
+    }
+    EXPECT_GT(allowed, vocab / 8);
+    std::vector<SequenceInput> bad(1);
+    bad[0].tokens = a;
+    bad[0].block_tables[0] = bad[0].block_tables[1] = ta;
+    std::vector<uint32_t> short_mask(words - 1, ~0u), none(words, 0);
+    ForwardOutput fo;
+    bad[0].token_mask = short_mask;
+    EXPECT_FALSE(m->Forward(bad, &fo).ok());
+    bad[0].token_mask = none;
+    EXPECT_FALSE(m->Forward(bad, &fo).ok());
+  }
 }
 
 TEST(CudaBackend, Bf16KvCacheMatchesTheCpu) {

@@ -416,6 +416,39 @@ TEST(CudaOps, ArgmaxLogprob) {
   EXPECT_LT(Nmse(lp.Read(), want_lp), 1e-10);
 }
 
+// Structured output's token masks: every excluded logit -inf, every other one
+// untouched, rows without constraint (all bits set) unchanged; a vocabulary
+// that does not fill its last word.
+TEST(CudaOps, MaskLogits) {
+  SKIP_WITHOUT_GPU();
+  const int rows = 3;
+  const int64_t vocab = 201088 + 5, words = (vocab + 31) / 32;
+  auto logits = Random(rows * vocab, 23, 3.0f);
+  std::vector<uint32_t> masks(rows * words, 0xffffffffu);
+  std::mt19937 rng(24);
+  for (int64_t w = 0; w < words; ++w) masks[1 * words + w] = rng();             // row 1: half the tokens
+  for (int64_t w = 0; w < words; ++w) masks[2 * words + w] = 0;                 // row 2: three tokens
+  for (int64_t t : {int64_t{0}, int64_t{200007}, vocab - 1}) masks[2 * words + t / 32] |= 1u << (t % 32);
+  std::vector<float> want = logits;
+  for (int r = 0; r < rows; ++r) {
+    for (int64_t t = 0; t < vocab; ++t) {
+      if (!((masks[r * words + t / 32] >> (t % 32)) & 1u)) want[r * vocab + t] = -INFINITY;
+    }
+  }
+  Guarded<float> out(rows * vocab);
+  cudaMemcpy(out.get(), logits.data(), logits.size() * 4, cudaMemcpyHostToDevice);
+  auto dm = Upload(masks);
+  cuda::MaskLogits(out.get(), rows, vocab, dm.as<uint32_t>(), words, nullptr);
+  ASSERT_TRUE(cuda::Check("mask").ok());
+  const std::vector<float> got = out.Read();
+  int64_t kept = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    ASSERT_EQ(std::memcmp(&got[i], &want[i], 4), 0) << i;
+    kept += std::isfinite(want[i]);
+  }
+  EXPECT_GT(kept, vocab + 3);
+}
+
 TEST(CudaDevice, DescribesEveryDevice) {
   const int n = cuda::DeviceCount();
   if (n == 0) GTEST_SKIP() << "no CUDA device";

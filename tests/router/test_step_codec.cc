@@ -4,6 +4,8 @@
 // refused.
 #include <gtest/gtest.h>
 
+#include <random>
+
 #include "router/step_codec.h"
 
 namespace moeserve::router {
@@ -133,6 +135,51 @@ TEST(StepCodecTest, ResultsThatBreakTheProtocolAreRefused) {
   auto d = DecodeResult(failed, 4, o, 100);
   ASSERT_TRUE(d.ok());
   EXPECT_EQ(d->error, "out of memory");
+}
+
+}  // namespace
+}  // namespace moeserve::router
+
+namespace moeserve::router {
+namespace {
+
+// Token masks go in the smallest form, and each form decodes to the same set.
+TEST(StepCodecTest, TokenMasksTakeTheSmallestForm) {
+  const int32_t vocab = 201088;
+  auto decode = [&](const worker::v1::TokenMask& m) {
+    std::vector<bool> in(vocab, false);
+    if (m.allowed_size() > 0) {
+      for (int32_t t : m.allowed()) in[t] = true;
+    } else if (m.denied_size() > 0) {
+      in.assign(vocab, true);
+      for (int32_t t : m.denied()) in[t] = false;
+    } else {
+      EXPECT_EQ(m.bits().size(), static_cast<size_t>((vocab + 7) / 8));
+      for (int32_t t = 0; t < vocab; ++t) in[t] = (static_cast<uint8_t>(m.bits()[t / 8]) >> (t % 8)) & 1;
+    }
+    return in;
+  };
+  std::mt19937 rng(3);
+  for (int density : {0, 1, 50, 99, 100}) {  // percent of tokens allowed (0: three tokens; 100: all but three)
+    grammar::TokenMask mask((vocab + 63) / 64 + 1, 0);  // one spare word: bits past the vocabulary are dropped
+    std::vector<bool> want(vocab, false);
+    for (int32_t t = 0; t < vocab; ++t) {
+      const bool in = density == 0 ? (t == 0 || t == 7 || t == vocab - 1)
+                      : density == 100 ? !(t == 0 || t == 7 || t == vocab - 1)
+                                       : static_cast<int>(rng() % 100) < density;
+      if (in) grammar::MaskSet(&mask, t), want[t] = true;
+    }
+    grammar::MaskSet(&mask, vocab + 3);
+    worker::v1::TokenMask m;
+    EncodeTokenMask(mask, vocab, &m);
+    const int forms = (m.allowed_size() > 0) + (m.denied_size() > 0) + !m.bits().empty();
+    EXPECT_EQ(forms, 1) << density;
+    if (density <= 1) EXPECT_GT(m.allowed_size(), 0) << density;
+    if (density >= 99) EXPECT_GT(m.denied_size(), 0) << density;
+    if (density == 50) EXPECT_FALSE(m.bits().empty());
+    EXPECT_EQ(decode(m), want) << density;
+    EXPECT_LE(m.ByteSizeLong(), static_cast<size_t>(vocab / 8 + 16)) << density;
+  }
 }
 
 }  // namespace

@@ -203,6 +203,63 @@ TEST(WorkerGrpcTest, ExecutesStepsLikeTheEngine) {
   ASSERT_TRUE(stream->Read(&res));
   EXPECT_EQ(res.error(), "");
   EXPECT_EQ(res.samples_size(), 1);
+
+  // Token masks (structured output) in each form: the sample is always an
+  // allowed token (sampling at temperature 1, 12 draws per form); malformed
+  // masks fail their step.
+  uint64_t step_id = 300;
+  auto masked_step = [&](const v1::TokenMask& mask, int64_t id) {
+    v1::StepRequest req;
+    req.set_step_id(step_id++);
+    req.add_finished_ids(id - 1);
+    v1::NewSequence* n = req.add_new_sequences();
+    n->set_id(id);
+    n->add_tokens(5), n->add_tokens(6);
+    n->set_num_scheduled(2);
+    n->add_full_blocks(60);
+    n->add_sliding_blocks(0);
+    n->mutable_sampling()->set_temperature(1.0f);
+    n->mutable_sampling()->set_top_p(1.0f);
+    n->mutable_sampling()->set_has_seed(true);
+    n->mutable_sampling()->set_seed(id);
+    *n->mutable_token_mask() = mask;
+    EXPECT_TRUE(stream->Write(req));
+    v1::StepResult r;
+    EXPECT_TRUE(stream->Read(&r));
+    return r;
+  };
+  int64_t id = 1000;
+  v1::TokenMask allowed, denied, bits;
+  for (int32_t t : {3, 200, 511}) allowed.add_allowed(t);
+  for (int32_t t = 0; t < 512; ++t) {
+    if (t != 42 && t != 43) denied.add_denied(t);
+  }
+  std::string b(64, '\0');
+  b[100 / 8] |= 1 << (100 % 8);
+  b[301 / 8] |= 1 << (301 % 8);
+  bits.set_bits(b);
+  for (int k = 0; k < 12; ++k) {
+    v1::StepResult r = masked_step(allowed, ++id);
+    ASSERT_EQ(r.error(), "");
+    ASSERT_EQ(r.samples_size(), 1);
+    EXPECT_TRUE(r.samples(0).token() == 3 || r.samples(0).token() == 200 || r.samples(0).token() == 511);
+    r = masked_step(denied, ++id);
+    ASSERT_EQ(r.samples_size(), 1);
+    EXPECT_TRUE(r.samples(0).token() == 42 || r.samples(0).token() == 43) << r.samples(0).token();
+    r = masked_step(bits, ++id);
+    ASSERT_EQ(r.samples_size(), 1);
+    EXPECT_TRUE(r.samples(0).token() == 100 || r.samples(0).token() == 301) << r.samples(0).token();
+  }
+  v1::TokenMask two = allowed, outside, short_bits, nothing;
+  two.add_denied(1);
+  outside.add_allowed(512);
+  short_bits.set_bits(std::string(63, '\xff'));
+  nothing.set_bits(std::string(64, '\0'));
+  for (const v1::TokenMask& m : {two, outside, short_bits, nothing, v1::TokenMask()}) {
+    v1::StepResult r = masked_step(m, ++id);
+    EXPECT_NE(r.error(), "") << m.ShortDebugString();
+    EXPECT_EQ(r.samples_size(), 0);
+  }
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
 }
