@@ -55,6 +55,20 @@ int main(int argc, char** argv) {
   n = 0;
   for (const std::string& t : texts) Write(out / "fuzz_stop_matcher", n++, std::string("\x02\x02ou\x03'm ") + t);
 
+  // JSON Schema: a schema, NUL, a document (valid or nearly).
+  n = 0;
+  for (const auto& [schema, doc] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"type":"object","properties":{"a":{"type":"integer","minimum":-3,"maximum":250},"b":{"type":"string","maxLength":4}},"required":["a"]})", R"({"a":17,"b":"xy"})"},
+           {R"({"type":"array","items":{"enum":["x",1,null]},"minItems":1,"maxItems":3})", R"(["x",1])"},
+           {R"({"$defs":{"n":{"type":"object","properties":{"k":{"type":"array","items":{"$ref":"#/$defs/n"}}}}},"$ref":"#/$defs/n"})", R"({"k":[{"k":[]}]})"},
+           {R"({"type":"string","pattern":"^[a-c]+(x|y){1,2}$"})", R"("abx")"},
+           {R"({"type":"number","minimum":0,"maximum":10})", "9.75"},
+           {R"({"anyOf":[{"type":"string","format":"date"},{"type":"boolean"}]})", R"("2024-01-31")"},
+           {R"({"type":"object","additionalProperties":{"type":"boolean"},"properties":{"id":{"const":"x"}}})", R"({"id":"x","ok":true})"},
+           {"true", R"({"a":[1,2.5e3,"é"]})"}}) {
+    Write(out / "fuzz_json_schema", n++, schema + std::string(1, '\0') + doc);
+  }
+
   // Harmony: a few token-code sequences (two bytes per token, see the target).
   n = 0;
   for (int variant = 0; variant < 4; ++variant) {
