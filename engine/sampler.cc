@@ -112,10 +112,13 @@ SampleResult Sampler::Sample(const float* raw, int64_t vocab) {
       if ((logits[i] - best) / p.temperature > -40.0f) cand.push_back(static_cast<int32_t>(i));
     }
     auto by_logit = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+    // Order matters only to top-k, top-p and min-p: plain temperature
+    // sampling draws over the candidates in id order (no sort of a flat
+    // distribution's whole vocabulary).
     if (p.top_k > 0 && static_cast<size_t>(p.top_k) < cand.size()) {
       std::partial_sort(cand.begin(), cand.begin() + p.top_k, cand.end(), by_logit);
       cand.resize(p.top_k);
-    } else {
+    } else if (p.top_p < 1.0f || p.min_p > 0.0f) {
       std::sort(cand.begin(), cand.end(), by_logit);
     }
     std::vector<double> prob(cand.size());

@@ -475,13 +475,10 @@ Expr AnyNumber() {
               Opt(Seq({Bytes(e), Opt(Bytes(sign)), Repeat(Digit(), 1, 2)}))});
 }
 
-// Whitespace between tokens, as llama.cpp's grammars allow it.
-Expr Ws() {
-  ByteSet st;
-  st.set(' ');
-  st.set('\t');
-  return Opt(Alt({Lit(" "), Seq({Repeat(Lit("\n"), 1, 2), Repeat(Bytes(st), 0, 20)})}));
-}
+// Whitespace between tokens: one optional space. (Runs of newlines and
+// indentation would let a model spend its tokens on layout, and multiply the
+// grammar's nodes.)
+Expr Ws() { return Opt(Lit(" ")); }
 
 // ---- The compiler ----
 

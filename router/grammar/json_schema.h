@@ -13,9 +13,9 @@
 // readOnly, writeOnly) are ignored; an unknown format is an annotation.
 // Anything else is an InvalidArgument naming the keyword and where it is.
 //
-// Output shape: the compact form, with optional whitespace as llama.cpp's
-// grammars allow it (a space, or a newline and up to 20 spaces or tabs) so a
-// model that likes to indent may; numbers have at most 16 integer and
+// Output shape: the compact form, with one optional space between tokens (no
+// newlines or indentation: a model cannot spend its tokens on layout); numbers
+// have at most 16 integer and
 // fraction digits, exponents at most 2 digits (every number is a finite double).
 #pragma once
 
