@@ -295,12 +295,19 @@ bool GroupRunner::RunStep() {
     req = EncodeStep(step_id, out);
     num_preemptions_ += static_cast<int64_t>(out.preempted.size());
     // Structured output: sequences that sample this step carry their grammar's mask.
-    std::map<int64_t, std::function<v1::TokenMask*()>> slots;
-    for (auto& n : *req.mutable_new_sequences()) slots[n.id()] = [&n] { return n.mutable_token_mask(); };
-    for (auto& n : *req.mutable_running()) slots[n.id()] = [&n] { return n.mutable_token_mask(); };
+    // (Nothing is looked up unless some request of the step has a grammar.)
+    std::map<int64_t, grammar::GrammarMatcher*> constrained;
     for (const ScheduledSequence& q : out.scheduled) {
       const Request* r = scheduler_->request(q.request_id);
-      if (q.samples && r && r->matcher) masks.emplace_back(r->matcher.get(), slots[q.request_id]());
+      if (q.samples && r && r->matcher) constrained[q.request_id] = r->matcher.get();
+    }
+    if (!constrained.empty()) {
+      for (auto& n : *req.mutable_new_sequences()) {
+        if (auto it = constrained.find(n.id()); it != constrained.end()) masks.emplace_back(it->second, n.mutable_token_mask());
+      }
+      for (auto& n : *req.mutable_running()) {
+        if (auto it = constrained.find(n.id()); it != constrained.end()) masks.emplace_back(it->second, n.mutable_token_mask());
+      }
     }
     const auto now = std::chrono::steady_clock::now();
     for (int64_t id : out.started) {

@@ -814,17 +814,14 @@ class SchemaCompiler {
     // After the prefix, extra items: between max(0, min-np) and cap-np (or unbounded).
     const int extra_min = std::max(0, min_items - np);
     const int extra_max = cap < 0 ? -1 : std::max(0, cap - np);
-    std::optional<Expr> extra;  // ("," item){extra_min, extra_max} after at least one element
-    if (item && (extra_max != 0)) {
-      Expr one = *item;
-      if (extra_max > 16) {
-        // Many copies: one rule, called.
-        const int32_t rule = g_->AddRule(absl::StrCat("items ", at));
-        g_->Define(rule, std::move(one));
-        one = Call(rule);
-      }
-      extra = Repeat(Seq({sep, one}), extra_min, extra_max);
+    if (item && extra_max > 16) {
+      // Many copies: the item schema as one rule, called.
+      const int32_t rule = g_->AddRule(absl::StrCat("items ", at));
+      g_->Define(rule, std::move(*item));
+      item = Call(rule);
     }
+    std::optional<Expr> extra;  // ("," item){extra_min, extra_max} after at least one element
+    if (item && extra_max != 0) extra = Repeat(Seq({sep, *item}), extra_min, extra_max);
     // Elements: p0 ("," p1 ( "," p2 ... )?)? then extras, with at least min_items in all.
     // Nest from the back: after element k (k < np), the rest is optional unless k + 1 < min_items.
     std::function<Expr(int)> after = [&](int k) -> Expr {
@@ -842,13 +839,7 @@ class SchemaCompiler {
       body = min_items > 0 ? std::move(first) : Opt(std::move(first));
     } else if (item && extra_max != 0) {
       // No prefix: item ("," item){min-1, max-1}.
-      Expr one = *item;
-      if (extra_max > 16) {
-        const int32_t rule = g_->AddRule(absl::StrCat("items ", at));
-        g_->Define(rule, std::move(one));
-        one = Call(rule);
-      }
-      Expr list = Seq({one, Repeat(Seq({sep, one}), std::max(0, min_items - 1), cap < 0 ? -1 : cap - 1)});
+      Expr list = Seq({*item, Repeat(Seq({sep, *item}), std::max(0, min_items - 1), cap < 0 ? -1 : cap - 1)});
       body = min_items > 0 ? std::move(list) : Opt(std::move(list));
     } else {
       if (min_items > 0) return Bad(at, "minItems admits no array");
