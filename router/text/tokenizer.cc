@@ -1,8 +1,6 @@
 #include "router/text/tokenizer.h"
 
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
-
+#include <cstring>
 #include <fstream>
 #include <queue>
 #include <sstream>
@@ -14,25 +12,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
+#include "router/text/pretokenizer.h"
 
 namespace moeserve::text {
 namespace {
-
-// o200k_base / o200k_harmony pre-tokenisation (tokenizer.md §4), with `\s`
-// written out as the Unicode White_Space set so no engine's own idea of `\s`
-// leaks in.
-#define WS "\\t\\n\\x{0B}\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
-constexpr char kPattern[] =
-    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+"
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
-    "|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*"
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
-    "|\\p{N}{1,3}"
-    "| ?[^" WS "\\p{L}\\p{N}]+[\\r\\n/]*"
-    "|[" WS "]*[\\r\\n]+"
-    "|[" WS "]+(?![^" WS "])"
-    "|[" WS "]+";
-#undef WS
 
 // GPT-2 byte-level alphabet: code point -> byte.
 absl::flat_hash_map<uint32_t, uint8_t> ByteDecoder() {
@@ -92,6 +75,30 @@ int DecodeUtf8(const std::string& s, size_t i, uint32_t* cp) {
   return n;
 }
 
+// A hash of a byte string of 3 or more bytes for the token filter: its
+// first and last bytes (overlapping loads) and its length.
+inline uint64_t FilterHash(const char* p, size_t n) {
+  uint64_t k;
+  if (n >= 8) {
+    uint64_t a, b;
+    std::memcpy(&a, p, 8);
+    std::memcpy(&b, p + n - 8, 8);
+    k = a ^ (b * 0x9E3779B97F4A7C15ull);
+  } else if (n >= 4) {
+    uint32_t a, b;
+    std::memcpy(&a, p, 4);
+    std::memcpy(&b, p + n - 4, 4);
+    k = a | static_cast<uint64_t>(b) << 32;
+  } else {
+    k = static_cast<uint8_t>(p[0]) | static_cast<uint8_t>(p[1]) << 8 | static_cast<uint8_t>(p[2]) << 16;
+  }
+  k ^= n * 0xD6E8FEB86659FD93ull;
+  k ^= k >> 32;  // a cheap mixer; the top bits index the filter
+  k *= 0xD6E8FEB86659FD93ull;
+  k ^= k >> 32;
+  return k;
+}
+
 // The harmony special tokens with fixed ids (openai/gpt-oss tokenizer.py).
 const std::vector<std::pair<std::string, int32_t>>& HarmonySpecials() {
   static const auto* v = new std::vector<std::pair<std::string, int32_t>>{
@@ -104,6 +111,45 @@ const std::vector<std::pair<std::string, int32_t>>& HarmonySpecials() {
 }
 
 }  // namespace
+
+bool IsValidUtf8(std::string_view s) {
+  const auto* p = reinterpret_cast<const uint8_t*>(s.data());
+  const size_t n = s.size();
+  for (size_t i = 0; i < n;) {
+    // Eight ASCII bytes at a time.
+    if (i + 8 <= n) {
+      uint64_t w;
+      std::memcpy(&w, p + i, 8);
+      if (!(w & 0x8080808080808080ull)) {
+        i += 8;
+        continue;
+      }
+    }
+    const uint8_t c = p[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    auto cont = [&](size_t k) { return k < n && (p[k] & 0xC0) == 0x80; };
+    if (c >= 0xC2 && c <= 0xDF) {
+      if (!cont(i + 1)) return false;
+      i += 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      if (!cont(i + 1) || !cont(i + 2)) return false;
+      const uint8_t d = p[i + 1];
+      if ((c == 0xE0 && d < 0xA0) || (c == 0xED && d > 0x9F)) return false;  // overlong, surrogate
+      i += 3;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      if (!cont(i + 1) || !cont(i + 2) || !cont(i + 3)) return false;
+      const uint8_t d = p[i + 1];
+      if ((c == 0xF0 && d < 0x90) || (c == 0xF4 && d > 0x8F)) return false;  // overlong, past U+10FFFF
+      i += 4;
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
 
 std::string SanitizeUtf8(const std::string& s) {
   std::string out;
@@ -139,14 +185,7 @@ size_t CompleteUtf8Prefix(const std::string& s) {
   return s.size();
 }
 
-struct Tokenizer::Regex {
-  pcre2_code* code = nullptr;
-  ~Regex() {
-    if (code) pcre2_code_free(code);
-  }
-};
-
-Tokenizer::Tokenizer() : regex_(std::make_unique<Regex>()) {}
+Tokenizer::Tokenizer() = default;
 Tokenizer::~Tokenizer() = default;
 
 absl::Status Tokenizer::Finish(int64_t vocab_size) {
@@ -179,12 +218,23 @@ absl::Status Tokenizer::Finish(int64_t vocab_size) {
     is_special_[id] = true;
     specials_.emplace(name, static_cast<int32_t>(id));
   }
-  int err;
-  PCRE2_SIZE off;
-  regex_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(kPattern), PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP,
-                               &err, &off, nullptr);
-  if (!regex_->code) return absl::InternalError(absl::StrCat("pre-tokenizer pattern failed to compile at ", off));
-  pcre2_jit_compile(regex_->code, PCRE2_JIT_COMPLETE);  // falls back to the interpreter if JIT is unavailable
+  // Direct tables for the ranks of one- and two-byte strings: every merge
+  // starts from pairs of bytes.
+  byte_rank_.assign(256, kNoRank);
+  pair_rank_.assign(65536, kNoRank);
+  for (const auto& [bytes, id] : ranks_) {
+    if (bytes.size() == 1) byte_rank_[static_cast<uint8_t>(bytes[0])] = id;
+    if (bytes.size() == 2) pair_rank_[static_cast<uint8_t>(bytes[0]) << 8 | static_cast<uint8_t>(bytes[1])] = id;
+  }
+  // A one-hash Bloom filter over the tokens of 3 or more bytes, small enough
+  // to stay in cache: most byte strings that merging asks about are not
+  // tokens, and the filter answers most of those without the hash map.
+  filter_.assign(size_t{1} << (kFilterBits - 6), 0);
+  for (const auto& [bytes, id] : ranks_) {
+    if (bytes.size() < 3) continue;
+    const uint64_t h = FilterHash(bytes.data(), bytes.size()) >> (64 - kFilterBits);
+    filter_[h >> 6] |= uint64_t{1} << (h & 63);
+  }
   return absl::OkStatus();
 }
 
@@ -245,13 +295,67 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromTiktoken(const std::st
   return t;
 }
 
+inline bool Tokenizer::MaybeToken(const char* p, size_t n) const {
+  const uint64_t h = FilterHash(p, n) >> (64 - kFilterBits);
+  return filter_[h >> 6] >> (h & 63) & 1;
+}
+
+int32_t Tokenizer::Rank(const char* p, size_t n) const {
+  if (n == 2) return pair_rank_[static_cast<uint8_t>(p[0]) << 8 | static_cast<uint8_t>(p[1])];
+  if (n == 1) return byte_rank_[static_cast<uint8_t>(p[0])];
+  if (!MaybeToken(p, n)) return kNoRank;
+  auto it = ranks_.find(absl::string_view(p, n));
+  return it == ranks_.end() ? kNoRank : it->second;
+}
+
 void Tokenizer::EncodePiece(const char* p, size_t n, std::vector<int32_t>* out) const {
-  if (auto it = ranks_.find(std::string(p, n)); it != ranks_.end()) {
-    out->push_back(it->second);
+  if (const int32_t r = Rank(p, n); r != kNoRank) {
+    out->push_back(r);
+    return;
+  }
+  if (n > kShortPiece) {
+    EncodeLongPiece(p, n, out);
     return;
   }
   // Rank-based byte-pair merging (tiktoken's rule: merge the lowest-ranked
-  // adjacent pair, leftmost on ties) with a heap and lazy invalidation.
+  // adjacent pair, leftmost on ties) over arrays on the stack: part j is
+  // bytes [start[j], start[j + 1]) with token id part[j], and rank[j] is the
+  // rank of parts j and j+1 joined. Quadratic in the piece, which for short
+  // pieces beats a heap.
+  uint16_t start[kShortPiece + 1];
+  int32_t part[kShortPiece];
+  int32_t rank[kShortPiece];
+  int m = static_cast<int>(n);
+  const auto* b = reinterpret_cast<const uint8_t*>(p);
+  for (int j = 0; j < m; ++j) {
+    start[j] = static_cast<uint16_t>(j);
+    part[j] = byte_rank_[b[j]];
+  }
+  start[m] = static_cast<uint16_t>(m);
+  for (int j = 0; j + 1 < m; ++j) rank[j] = pair_rank_[b[j] << 8 | b[j + 1]];
+  while (m > 1) {
+    // The lowest rank, then its leftmost position: two loops the compiler
+    // can vectorise.
+    int32_t best_rank = kNoRank;
+    for (int j = 0; j + 1 < m; ++j) best_rank = std::min(best_rank, rank[j]);
+    if (best_rank == kNoRank) break;
+    int best = 0;
+    while (rank[best] != best_rank) ++best;
+    // Join parts best and best+1.
+    part[best] = best_rank;
+    std::memmove(start + best + 1, start + best + 2, (m - best - 1) * sizeof(start[0]));
+    std::memmove(part + best + 1, part + best + 2, (m - best - 2) * sizeof(part[0]));
+    std::memmove(rank + best + 1, rank + best + 2, (m - best - 2 > 0 ? m - best - 2 : 0) * sizeof(rank[0]));
+    --m;
+    if (best + 1 < m) rank[best] = Rank(p + start[best], start[best + 2] - start[best]);
+    if (best > 0) rank[best - 1] = Rank(p + start[best - 1], start[best + 1] - start[best - 1]);
+  }
+  for (int j = 0; j < m; ++j) out->push_back(part[j] == kNoRank ? 0 : part[j]);  // every byte is a token in o200k
+}
+
+void Tokenizer::EncodeLongPiece(const char* p, size_t n, std::vector<int32_t>* out) const {
+  // The same merging with a heap and lazy invalidation: O(n log n), so a
+  // megabyte-long run of one character is fine.
   const int m = static_cast<int>(n);
   std::vector<int> next(m), prev(m), version(m, 0);
   std::vector<bool> alive(m, true);
@@ -260,10 +364,9 @@ void Tokenizer::EncodePiece(const char* p, size_t n, std::vector<int32_t>* out) 
     prev[i] = i - 1;
   }
   auto pair_rank = [&](int i) -> int32_t {  // rank of part i joined with its successor
-    if (i < 0 || next[i] >= m) return INT32_MAX;
+    if (i < 0 || next[i] >= m) return kNoRank;
     const int end = next[next[i]] <= m ? next[next[i]] : m;
-    auto it = ranks_.find(absl::string_view(p + i, end - i));
-    return it == ranks_.end() ? INT32_MAX : it->second;
+    return Rank(p + i, end - i);
   };
   struct Item {
     int32_t rank;
@@ -273,7 +376,7 @@ void Tokenizer::EncodePiece(const char* p, size_t n, std::vector<int32_t>* out) 
   std::priority_queue<Item, std::vector<Item>, std::greater<Item>> heap;
   for (int i = 0; i + 1 < m; ++i) {
     const int32_t r = pair_rank(i);
-    if (r != INT32_MAX) heap.push({r, i, 0});
+    if (r != kNoRank) heap.push({r, i, 0});
   }
   while (!heap.empty()) {
     const Item it = heap.top();
@@ -285,67 +388,41 @@ void Tokenizer::EncodePiece(const char* p, size_t n, std::vector<int32_t>* out) 
     next[it.pos] = next[j];
     if (next[j] < m) prev[next[j]] = it.pos;
     ++version[it.pos];
-    if (const int32_t r = pair_rank(it.pos); r != INT32_MAX) heap.push({r, it.pos, version[it.pos]});
+    if (const int32_t r = pair_rank(it.pos); r != kNoRank) heap.push({r, it.pos, version[it.pos]});
     if (const int pv = prev[it.pos]; pv >= 0) {
       ++version[pv];
-      if (const int32_t r = pair_rank(pv); r != INT32_MAX) heap.push({r, pv, version[pv]});
+      if (const int32_t r = pair_rank(pv); r != kNoRank) heap.push({r, pv, version[pv]});
     }
   }
   for (int i = 0; i < m; i = next[i]) {
-    auto f = ranks_.find(absl::string_view(p + i, next[i] - i));
-    out->push_back(f == ranks_.end() ? 0 : f->second);  // every single byte is a token in o200k
+    const int32_t r = Rank(p + i, next[i] - i);
+    out->push_back(r == kNoRank ? 0 : r);
   }
 }
 
 void Tokenizer::EncodeOrdinaryInto(const char* p, size_t n, std::vector<int32_t>* out) const {
-  thread_local absl::flat_hash_map<std::string, std::vector<int32_t>> cache;
-  pcre2_match_data* md = pcre2_match_data_create_from_pattern(regex_->code, nullptr);
-  size_t pos = 0;
-  while (pos < n) {
-    const int rc = pcre2_match(regex_->code, reinterpret_cast<PCRE2_SPTR>(p), n, pos, PCRE2_NO_UTF_CHECK, md, nullptr);
-    size_t b = pos, e;
-    if (rc < 0) {
-      // No alternative matched (cannot happen for valid UTF-8); take one character.
-      e = pos + 1;
-      while (e < n && (static_cast<uint8_t>(p[e]) & 0xC0) == 0x80) ++e;
-    } else {
-      const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
-      b = ov[0];
-      e = ov[1];
-      if (b > pos) EncodePiece(p + pos, b - pos, out);  // unmatched gap (defensive)
-      if (e == b) {  // empty match: step one character
-        e = b + 1;
-        while (e < n && (static_cast<uint8_t>(p[e]) & 0xC0) == 0x80) ++e;
-      }
-    }
-    const size_t len = e - b;
-    if (len <= 64) {
-      std::string key(p + b, len);
-      auto it = cache.find(key);
-      if (it == cache.end()) {
-        if (cache.size() > (1 << 16)) cache.clear();
-        std::vector<int32_t> ids;
-        EncodePiece(p + b, len, &ids);
-        it = cache.emplace(std::move(key), std::move(ids)).first;
-      }
-      out->insert(out->end(), it->second.begin(), it->second.end());
-    } else {
-      EncodePiece(p + b, len, out);
-    }
-    pos = e;
+  const O200kSplitter splitter(std::string_view(p, n));
+  for (size_t b = 0; b < n;) {
+    const size_t e = splitter.PieceEnd(b);
+    EncodePiece(p + b, e - b, out);
+    b = e;
   }
-  pcre2_match_data_free(md);
 }
 
 std::vector<int32_t> Tokenizer::EncodeOrdinary(const std::string& text) const {
-  const std::string clean = SanitizeUtf8(text);
   std::vector<int32_t> out;
-  EncodeOrdinaryInto(clean.data(), clean.size(), &out);
+  out.reserve(text.size() / 4 + 1);
+  if (IsValidUtf8(text)) {
+    EncodeOrdinaryInto(text.data(), text.size(), &out);
+  } else {
+    const std::string clean = SanitizeUtf8(text);
+    EncodeOrdinaryInto(clean.data(), clean.size(), &out);
+  }
   return out;
 }
 
 std::vector<int32_t> Tokenizer::EncodeWithSpecials(const std::string& text) const {
-  const std::string clean = SanitizeUtf8(text);
+  const std::string clean = IsValidUtf8(text) ? text : SanitizeUtf8(text);
   std::vector<int32_t> out;
   size_t start = 0, pos = 0;
   while ((pos = clean.find("<|", pos)) != std::string::npos) {

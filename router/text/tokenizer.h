@@ -7,19 +7,22 @@
 // completed up to the model's vocabulary size with `<|reserved_N|>` names, as
 // openai/gpt-oss builds them (ids 200019..201087 are not in tokenizer.json).
 //
-// Pre-tokenisation runs the o200k pattern through PCRE2 (JIT) with `\s`
-// spelled out as the Unicode White_Space set (U+0085 in, U+FEFF and U+180E
-// out), which is what tiktoken's regex engine uses. Merging uses a heap, so a
-// piece of n bytes costs O(n log n) (a 1 MB run of one character is fine).
+// Pre-tokenisation is the hand-written o200k splitter of pretokenizer.h over
+// Unicode 16 tables, as tiktoken's regex engine classifies code points.
+// Merging works on arrays on the stack for short pieces and with a heap for
+// long ones, so a piece of n bytes costs O(n log n) (a 1 MB run of one
+// character is fine); the ranks of one- and two-byte strings are direct
+// tables.
 //
 // Invalid UTF-8 in text to encode is replaced by U+FFFD first, as the npm
 // reference tokenizers do. Thread-safety: immutable after loading; Encode and
-// Decode may run concurrently (the piece cache is per thread).
+// Decode may run concurrently.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -53,7 +56,11 @@ class Tokenizer {
  private:
   Tokenizer();
   absl::Status Finish(int64_t vocab_size);
+  static constexpr int32_t kNoRank = INT32_MAX;
+  static constexpr size_t kShortPiece = 96;  // longer pieces merge with a heap
+  int32_t Rank(const char* p, size_t n) const;  // kNoRank if the bytes are not a token
   void EncodePiece(const char* p, size_t n, std::vector<int32_t>* out) const;
+  void EncodeLongPiece(const char* p, size_t n, std::vector<int32_t>* out) const;
   void EncodeOrdinaryInto(const char* p, size_t n, std::vector<int32_t>* out) const;
 
   absl::flat_hash_map<std::string, int32_t> ranks_;     // byte string -> rank (ordinary tokens)
@@ -61,8 +68,11 @@ class Tokenizer {
   std::vector<std::string> pieces_;                      // id -> bytes (or special text)
   std::vector<bool> is_special_;
   int64_t num_ordinary_ = 0;
-  struct Regex;
-  std::unique_ptr<Regex> regex_;
+  std::vector<int32_t> byte_rank_;  // byte -> rank
+  std::vector<int32_t> pair_rank_;  // (b0 << 8 | b1) -> rank of the two bytes
+  static constexpr int kFilterBits = 22;  // 512 KB
+  std::vector<uint64_t> filter_;         // Bloom filter of the tokens of 3+ bytes
+  bool MaybeToken(const char* p, size_t n) const;
 };
 
 // Streaming detokenizer: feed ids, get text that never ends inside a UTF-8
@@ -80,6 +90,8 @@ class IncrementalDecoder {
   std::string pending_;
 };
 
+// True if `s` is valid UTF-8 (no surrogates, no overlong forms).
+bool IsValidUtf8(std::string_view s);
 // Replaces invalid UTF-8 sequences with U+FFFD (maximal subparts, like the
 // WHATWG decoder).
 std::string SanitizeUtf8(const std::string& s);

