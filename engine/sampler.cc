@@ -67,18 +67,30 @@ double Sampler::NextUniform() {
   return static_cast<double>(result >> 11) * 0x1.0p-53;
 }
 
-SampleResult Sampler::Sample(const float* raw, int64_t vocab) {
+SampleResult TokenLogprobs(const float* raw, int64_t vocab, int32_t token, int top) {
   SampleResult res;
-  const SamplingParams& p = params_;
-
-  // Raw log-softmax normaliser for logprobs.
+  res.token = token;
+  // Raw log-softmax.
   double raw_max = -INFINITY;
   for (int64_t i = 0; i < vocab; ++i) raw_max = std::max<double>(raw_max, raw[i]);
   double raw_sum = 0.0;
-  if (p.logprobs >= 0) {
-    for (int64_t i = 0; i < vocab; ++i) raw_sum += std::exp(static_cast<double>(raw[i]) - raw_max);
-  }
+  for (int64_t i = 0; i < vocab; ++i) raw_sum += std::exp(static_cast<double>(raw[i]) - raw_max);
   const double raw_lse = raw_max + std::log(raw_sum);
+  res.logprob = static_cast<float>(raw[token] - raw_lse);
+  if (top > 0) {
+    std::vector<int32_t> ids(vocab);
+    std::iota(ids.begin(), ids.end(), 0);
+    const int n = static_cast<int>(std::min<int64_t>(top, vocab));
+    std::partial_sort(ids.begin(), ids.begin() + n, ids.end(),
+                      [&](int32_t a, int32_t b) { return raw[a] > raw[b] || (raw[a] == raw[b] && a < b); });
+    for (int i = 0; i < n; ++i) res.top.push_back({ids[i], static_cast<float>(raw[ids[i]] - raw_lse)});
+  }
+  return res;
+}
+
+SampleResult Sampler::Sample(const float* raw, int64_t vocab) {
+  SampleResult res;
+  const SamplingParams& p = params_;
 
   std::vector<float> logits(raw, raw + vocab);
   // Penalties.
@@ -158,15 +170,9 @@ SampleResult Sampler::Sample(const float* raw, int64_t vocab) {
 
   res.token = chosen;
   if (p.logprobs >= 0) {
-    res.logprob = static_cast<float>(raw[chosen] - raw_lse);
-    if (p.logprobs > 0) {
-      std::vector<int32_t> ids(vocab);
-      std::iota(ids.begin(), ids.end(), 0);
-      const int n = static_cast<int>(std::min<int64_t>(p.logprobs, vocab));
-      std::partial_sort(ids.begin(), ids.begin() + n, ids.end(),
-                        [&](int32_t a, int32_t b) { return raw[a] > raw[b] || (raw[a] == raw[b] && a < b); });
-      for (int i = 0; i < n; ++i) res.top.push_back({ids[i], static_cast<float>(raw[ids[i]] - raw_lse)});
-    }
+    SampleResult lp = TokenLogprobs(raw, vocab, chosen, p.logprobs);
+    res.logprob = lp.logprob;
+    res.top = std::move(lp.top);
   }
   res.stop = std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), chosen) != p.stop_token_ids.end();
   output_.push_back(chosen);

@@ -52,6 +52,11 @@ struct SampleResult {
   bool stop = false;                  // the token is one of stop_token_ids
 };
 
+// The raw logprob (log-softmax of `logits` [vocab], nothing applied) of
+// `token`, and the `top` most likely tokens (best first, ties to the lower id):
+// what logprobs report, for sampled and prompt tokens.
+SampleResult TokenLogprobs(const float* logits, int64_t vocab, int32_t token, int top);
+
 class Sampler {
  public:
   Sampler(const SamplingParams& params, std::vector<int32_t> prompt_tokens);

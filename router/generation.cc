@@ -203,6 +203,7 @@ std::optional<ApiError> Generation::Start(ApiContext* ctx, GenerationSpec spec, 
   if (auto err = Prepare(*ctx, spec, ctx->backend->max_model_len(), &prep)) return err;
   auto g = std::make_shared<Generation>(ctx, std::move(spec), std::move(id), std::move(sink));
   g->prompt_ = prep.request.prompt;
+  if (prep.request.sampling.prompt_logprobs()) g->prompt_logprobs_.resize(g->prompt_.size());
   g->created_ = std::chrono::duration_cast<std::chrono::seconds>(
                     std::chrono::system_clock::now().time_since_epoch()).count();
   g->start_ = std::chrono::steady_clock::now();
@@ -224,6 +225,21 @@ std::optional<ApiError> Generation::Start(ApiContext* ctx, GenerationSpec spec, 
     GenerationCallbacks cb;
     cb.on_scheduled = [g, cp](int64_t cached) { g->sink_->Post([cp, cached] { cp->cached_tokens = cached; }); };
     cb.on_token = [g, cp](const worker::v1::SampleOutput& s) { g->sink_->Post([g, cp, s] { g->OnToken(*cp, s); }); };
+    if (!g->prompt_logprobs_.empty()) {
+      cb.on_prompt_logprobs = [g](const worker::v1::PromptLogprobs& pl) {
+        g->sink_->Post([g, pl] {
+          for (int k = 0; k < pl.tokens_size(); ++k) {
+            const size_t pos = static_cast<size_t>(pl.first_position() + k);
+            if (pos >= g->prompt_logprobs_.size()) break;
+            TokenLogprob lp;
+            lp.token = pl.tokens(k).token();
+            lp.logprob = pl.tokens(k).logprob();
+            for (const auto& t : pl.tokens(k).top_logprobs()) lp.top.emplace_back(t.token(), t.logprob());
+            g->prompt_logprobs_[pos] = std::move(lp);
+          }
+        });
+      };
+    }
     cb.on_finish = [g, cp](RequestStatus st, const std::string& why) {
       g->sink_->Post([g, cp, st, why] { g->OnFinish(*cp, st, why); });
     };

@@ -187,6 +187,9 @@ class Generation : public std::enable_shared_from_this<Generation> {
   int64_t created() const { return created_; }  // unix seconds
   const std::vector<int32_t>& prompt() const { return prompt_; }
   const std::vector<ChoiceResult>& results() const { return results_; }
+  // With sampling.prompt_logprobs: per prompt position, its token's logprob
+  // (none for the first token). Complete once any choice produced a token.
+  const std::vector<std::optional<TokenLogprob>>& prompt_logprobs() const { return prompt_logprobs_; }
   GenerationUsage usage() const;
   bool finished() const { return done_; }
   // Nanoseconds from Start to the first token of choice 0, and to the end (Ollama's durations).
@@ -212,6 +215,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
   int64_t created_ = 0;
   std::chrono::steady_clock::time_point start_, first_token_, end_;
   std::vector<int32_t> prompt_;
+  std::vector<std::optional<TokenLogprob>> prompt_logprobs_;
   std::vector<std::unique_ptr<Choice>> choices_;
   std::vector<ChoiceResult> results_;
   int num_finished_ = 0;

@@ -2,6 +2,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/status.h"
@@ -359,9 +361,28 @@ bool GroupRunner::RunStep() {
   // records: only this thread releases a request, Submit never touches an
   // existing one, and finished requests are released after their last token.
   std::vector<std::pair<const std::function<void(const v1::SampleOutput&)>*, const v1::SampleOutput*>> tokens;
+  std::vector<std::pair<const std::function<void(const v1::PromptLogprobs&)>*, const v1::PromptLogprobs*>> prompt_lps;
   std::vector<int64_t> done;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (decoded->error.empty()) {
+      for (const v1::PromptLogprobs& pl : res.prompt_logprobs()) {
+        const Request* r = scheduler_->request(pl.id());
+        const bool scheduled = std::any_of(out.scheduled.begin(), out.scheduled.end(),
+                                           [&](const auto& s) { return s.request_id == pl.id(); });
+        bool ok = r && scheduled && r->sampling.prompt_logprobs() && pl.first_position() >= 1 &&
+                  pl.first_position() + pl.tokens_size() <= static_cast<int64_t>(r->prompt.size());
+        for (int k = 0; ok && k < pl.tokens_size(); ++k) ok = pl.tokens(k).token() == r->prompt[pl.first_position() + k];
+        if (!ok) {
+          failure_ = absl::StrCat("worker ", address_, " returned prompt logprobs that do not match sequence ",
+                                  pl.id(), "'s prompt");
+          return false;
+        }
+        if (!IsFinished(r->status) && r->callbacks.on_prompt_logprobs) {
+          prompt_lps.emplace_back(&r->callbacks.on_prompt_logprobs, &pl);
+        }
+      }
+    }
     if (!decoded->error.empty()) {
       // The worker dropped this step's sequences: only they fail.
       for (const auto& s : out.scheduled) done.push_back(s.request_id);
@@ -382,6 +403,7 @@ bool GroupRunner::RunStep() {
       done = scheduler_->UpdateFromOutput(out, decoded->tokens);
     }
   }
+  for (const auto& [cb, pl] : prompt_lps) (*cb)(*pl);
   for (const auto& [cb, s] : tokens) (*cb)(*s);
   if (done.empty()) return true;
   {

@@ -1,6 +1,8 @@
 #include "router/openai_api.h"
 
 #include <atomic>
+#include <map>
+#include <set>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -256,9 +258,6 @@ std::optional<ApiError> Decode(const ApiContext& ctx, bool chat, const json& bod
   if (!options->stream && body.contains("stream_options") && !body["stream_options"].is_null()) {
     return BadRequest("'stream_options' is only allowed when 'stream' is true", "stream_options");
   }
-  if (options->echo && want_logprobs) {
-    return BadRequest("'echo' with 'logprobs' needs the prompt's logprobs, which are not supported yet", "echo");
-  }
   if (options->echo) {
     if (body["prompt"].is_string()) {
       options->echo_text = body["prompt"].get<std::string>();
@@ -272,6 +271,8 @@ std::optional<ApiError> Decode(const ApiContext& ctx, bool chat, const json& bod
   worker::v1::SamplingParams& sp = spec->sampling;
   sp.set_logprobs(want_logprobs);
   sp.set_top_logprobs(static_cast<int32_t>(top_logprobs));
+  // echo with logprobs: the prompt's tokens come with theirs (the first has none).
+  sp.set_prompt_logprobs(options->echo && want_logprobs);
   sp.set_temperature(temperature);
   sp.set_top_p(top_p);
   sp.set_top_k(static_cast<int32_t>(top_k < 0 ? 0 : top_k));
@@ -295,8 +296,10 @@ class OpenAiEncoder : public HttpEncoder {
   std::string Head(const Generation& g) override {
     if (!chat_) {
       std::string out;
-      if (opts_.echo) {
-        for (int i = 0; i < g.spec().n; ++i) out += Chunk(g, i, json{{"content", opts_.echo_text}}, nullptr, nullptr, {});
+      // With logprobs the echo waits for the prompt's logprobs: it goes before the choice's first event.
+      for (int i = 0; opts_.echo && i < g.spec().n; ++i) {
+        if (g.spec().sampling.prompt_logprobs()) echo_pending_.insert(i);
+        else out += Chunk(g, i, json{{"content", opts_.echo_text}}, nullptr, nullptr, {});
       }
       return out;
     }
@@ -308,6 +311,14 @@ class OpenAiEncoder : public HttpEncoder {
   }
 
   std::string Event(const Generation& g, const GenerationEvent& e) override {
+    std::string echo;
+    if (echo_pending_.erase(e.choice)) {
+      echo = Chunk(g, e.choice, json{{"content", opts_.echo_text}}, Legacy(e.choice, PromptEntries(g)), nullptr, {});
+    }
+    return echo + ChoiceEvent(g, e);
+  }
+
+  std::string ChoiceEvent(const Generation& g, const GenerationEvent& e) {
     using K = GenerationEvent::Kind;
     json lp = nullptr;
     if (e.logprob) {
@@ -350,7 +361,7 @@ class OpenAiEncoder : public HttpEncoder {
   std::string Body(const Generation& g) override {
     json choices = json::array();
     for (const ChoiceResult& c : g.results()) {
-      json entries = json::array();
+      json entries = g.spec().sampling.prompt_logprobs() ? PromptEntries(g) : json::array();
       if (g.spec().sampling.logprobs()) {
         for (const TokenLogprob& lp : c.logprobs) entries.push_back(LogprobJson(*ctx_.tokenizer, lp));
       }
@@ -404,6 +415,24 @@ class OpenAiEncoder : public HttpEncoder {
                 {"choices", json::array({std::move(choice)})}});
   }
 
+  // The prompt's tokens as logprob entries (echo with logprobs); the first
+  // token, which nothing predicts, has null logprob and alternatives.
+  json PromptEntries(const Generation& g) {
+    json entries = json::array();
+    const auto& lps = g.prompt_logprobs();
+    for (size_t i = 0; i < g.prompt().size(); ++i) {
+      if (i < lps.size() && lps[i]) {
+        entries.push_back(LogprobJson(*ctx_.tokenizer, *lps[i]));
+      } else {
+        json e = LogprobJson(*ctx_.tokenizer, TokenLogprob{g.prompt()[i], 0, {}});
+        e["logprob"] = nullptr;
+        e["top_logprobs"] = nullptr;
+        entries.push_back(std::move(e));
+      }
+    }
+    return entries;
+  }
+
   // Chat-style entries in the legacy /v1/completions shape; text offsets run on per choice.
   json Legacy(int choice, const json& entries) {
     int64_t& offset = text_offsets_[choice];
@@ -412,8 +441,10 @@ class OpenAiEncoder : public HttpEncoder {
     for (const json& e : entries) {
       l["tokens"].push_back(e["token"]);
       l["token_logprobs"].push_back(e["logprob"]);
-      json top = json::object();
-      for (const json& t : e["top_logprobs"]) top[t["token"].get<std::string>()] = t["logprob"];
+      json top = e["top_logprobs"].is_null() ? json(nullptr) : json::object();
+      if (!top.is_null()) {
+        for (const json& t : e["top_logprobs"]) top[t["token"].get<std::string>()] = t["logprob"];
+      }
       l["top_logprobs"].push_back(top);
       l["text_offset"].push_back(offset);
       offset += static_cast<int64_t>(e["token"].get<std::string>().size());
@@ -425,6 +456,7 @@ class OpenAiEncoder : public HttpEncoder {
   bool chat_;
   OpenAiOptions opts_;
   std::map<int, int64_t> text_offsets_;
+  std::set<int> echo_pending_;  // choices whose echo (with prompt logprobs) is still to be sent
 };
 
 }  // namespace

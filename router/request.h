@@ -56,6 +56,9 @@ struct GenerationCallbacks {
   std::function<void(int64_t cached_tokens)> on_scheduled;
   // A sampled token (with its logprob info when requested).
   std::function<void(const worker::v1::SampleOutput&)> on_token;
+  // Logprobs of prompt tokens (sampling.prompt_logprobs), a chunk at a time,
+  // before the tokens of the same step; a recomputed prompt sends them again.
+  std::function<void(const worker::v1::PromptLogprobs&)> on_prompt_logprobs;
   // The request ended: its status (stop, length, abort, error) and a message for errors.
   std::function<void(RequestStatus, const std::string&)> on_finish;
 };

@@ -1,11 +1,23 @@
 #include "router/scheduler.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "base/status.h"
+#include "base/step_limits.h"
 
 namespace moeserve::router {
+namespace {
+
+// A chunk of a request with prompt logprobs returns logits for every row
+// while it covers prompt positions: such chunks are kept small.
+int64_t PromptLogprobsLimit(const Request& r, int64_t start) {
+  const bool prompt_rows = r.sampling.prompt_logprobs() && start + 1 < static_cast<int64_t>(r.prompt.size());
+  return prompt_rows ? kMaxPromptLogprobRows : std::numeric_limits<int64_t>::max();
+}
+
+}  // namespace
 
 Scheduler::Scheduler(const SchedulerConfig& config, const KvCacheConfig& kv) : config_(config), kv_(kv) {}
 
@@ -105,6 +117,7 @@ SchedulerOutput Scheduler::Schedule() {
     // A prefill chunk no longer than the free sliding blocks allow (when even
     // one token does not fit, allocation fails below and preemption makes room).
     if (const int64_t lim = kv_.SlidingTokenLimit(r->id, r->num_computed, 0); lim >= 1) n = std::min(n, lim);
+    n = std::min(n, PromptLogprobsLimit(*r, r->num_computed));
     bool fits = kv_.AllocateSlots(r->id, r->num_computed, n, 0, &r->block_hashes);
     while (!fits) {
       // Preempt the newest running request that is not already in this step.
@@ -127,7 +140,8 @@ SchedulerOutput Scheduler::Schedule() {
                      static_cast<int32_t>(running_.size()) < config_.max_num_seqs;) {
     Request* r = waiting_[i];
     PrefixHit hit;
-    if (r->num_computed == 0 && kv_.config().enable_prefix_caching) {
+    // Prompt logprobs need every prompt position computed: no cache hits.
+    if (r->num_computed == 0 && kv_.config().enable_prefix_caching && !r->sampling.prompt_logprobs()) {
       UpdateBlockHashes(r);
       hit = kv_.FindCachedPrefix(r->block_hashes, r->num_tokens());
       if (hit.next_pending) {
@@ -137,7 +151,8 @@ SchedulerOutput Scheduler::Schedule() {
     }
     const int64_t start = r->num_computed + hit.num_tokens;
     const int64_t n = std::min({r->num_tokens() - start, budget,
-                                kv_.SlidingTokenLimit(r->id, start, config_.watermark_blocks, &hit)});
+                                kv_.SlidingTokenLimit(r->id, start, config_.watermark_blocks, &hit),
+                                PromptLogprobsLimit(*r, start)});
     if (n < 1 || !kv_.AllocateSlots(r->id, start, n, config_.watermark_blocks, &r->block_hashes, &hit)) break;
     waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(i));
     r->num_computed = start;

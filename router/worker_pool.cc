@@ -112,6 +112,7 @@ GenerationCallbacks WorkerPool::Wrap(int64_t id, GenerationCallbacks callbacks) 
   GenerationCallbacks w;
   w.on_scheduled = std::move(callbacks.on_scheduled);
   w.on_token = std::move(callbacks.on_token);
+  w.on_prompt_logprobs = std::move(callbacks.on_prompt_logprobs);
   w.on_finish = [this, id, finish = std::move(callbacks.on_finish)](RequestStatus st, const std::string& why) {
     {
       std::lock_guard<std::mutex> lock(mu_);

@@ -9,6 +9,7 @@
 #include <cstdlib>
 
 #include "absl/strings/str_cat.h"
+#include "base/step_limits.h"
 #include "engine/parallel/gloo_communicator.h"
 
 namespace moeserve::worker {
@@ -352,6 +353,13 @@ v1::StepResult WorkerService::Step(const v1::StepRequest& req) {
     s.sampler = std::make_unique<Sampler>(sp, std::vector<int32_t>(s.tokens.begin(), s.tokens.begin() + np));
     s.sampler->AddOutputHistory(std::vector<int32_t>(s.tokens.begin() + np, s.tokens.end()));
     s.logprobs = n.sampling().logprobs();
+    s.prompt_logprobs = n.sampling().prompt_logprobs();
+    s.num_prompt = np;
+    s.top_logprobs = n.sampling().top_logprobs();
+    if (s.prompt_logprobs && s.num_computed + 1 < s.num_prompt && n.num_scheduled() > kMaxPromptLogprobRows) {
+      return fail(absl::StrCat("sequence ", n.id(), ": a chunk with prompt logprobs may have at most ",
+                               kMaxPromptLogprobRows, " tokens"));
+    }
     if (n.num_scheduled() < 1 || s.num_computed < 0 ||
         s.num_computed + n.num_scheduled() > static_cast<int64_t>(s.tokens.size())) {
       return fail(absl::StrCat("sequence ", n.id(), ": scheduled tokens outside the known tokens"));
@@ -375,6 +383,10 @@ v1::StepResult WorkerService::Step(const v1::StepRequest& req) {
     if (r.num_scheduled() < 1 || s.num_computed + r.num_scheduled() > static_cast<int64_t>(s.tokens.size())) {
       return fail(absl::StrCat("sequence ", r.id(), ": scheduled tokens outside the known tokens"));
     }
+    if (s.prompt_logprobs && s.num_computed + 1 < s.num_prompt && r.num_scheduled() > kMaxPromptLogprobRows) {
+      return fail(absl::StrCat("sequence ", r.id(), ": a chunk with prompt logprobs may have at most ",
+                               kMaxPromptLogprobRows, " tokens"));
+    }
     scheduled.push_back(r.num_scheduled());
     if (std::string why = take_mask(r.id(), r.has_token_mask(), r.token_mask()); !why.empty()) return fail(why);
   }
@@ -388,6 +400,8 @@ v1::StepResult WorkerService::Step(const v1::StepRequest& req) {
     in.block_tables[kSlidingGroup] = s.tables[kSlidingGroup];
     // A mask applies to the step's sample; a chunk that does not reach the end samples nothing.
     if (s.num_computed + scheduled[i] == static_cast<int64_t>(s.tokens.size())) in.token_mask = masks[i];
+    // Prompt logprobs: every row whose next token is a prompt token returns logits.
+    in.all_logits = s.prompt_logprobs && s.num_computed + 1 < s.num_prompt;
     batch.push_back(in);
   }
   ForwardOutput out;
@@ -410,6 +424,30 @@ v1::StepResult WorkerService::Step(const v1::StepRequest& req) {
   const bool samples = model_->shard().rank == 0;
   std::vector<SampleResult> results(ids.size());
   std::vector<int32_t> tokens;
+  if (samples) {
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (!batch[i].all_logits) continue;
+      const Sequence& s = sequences_[ids[i]];
+      // Row j is position num_computed + j and predicts the token after it.
+      const int64_t rows = std::min<int64_t>(scheduled[i], s.num_prompt - 1 - s.num_computed);
+      v1::PromptLogprobs* pl = res.add_prompt_logprobs();
+      pl->set_id(ids[i]);
+      pl->set_first_position(s.num_computed + 1);
+      for (int64_t j = 0; j < rows; ++j) {
+        const int32_t next = s.tokens[s.num_computed + j + 1];
+        const SampleResult lp =
+            TokenLogprobs(out.Row(static_cast<int>(i), static_cast<int>(j)), out.vocab_size, next, s.top_logprobs);
+        v1::SampleOutput* o = pl->add_tokens();
+        o->set_token(next);
+        o->set_logprob(std::max(lp.logprob, -9999.0f));
+        for (const auto& t : lp.top) {
+          v1::TokenLogprob* tl = o->add_top_logprobs();
+          tl->set_token(t.token);
+          tl->set_logprob(std::max(t.logprob, -9999.0f));
+        }
+      }
+    }
+  }
   for (size_t i = 0; i < ids.size(); ++i) {
     Sequence& s = sequences_[ids[i]];
     if (s.num_computed + scheduled[i] != static_cast<int64_t>(s.tokens.size())) continue;

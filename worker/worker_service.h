@@ -76,6 +76,10 @@ class WorkerService final : public moeserve::worker::v1::Worker::Service {
     std::vector<int32_t> tables[kNumCacheGroups];
     std::unique_ptr<Sampler> sampler;
     bool logprobs = false;
+    // Prompt logprobs: rows of prompt chunks return logits; tokens[1..num_prompt) get logprobs.
+    bool prompt_logprobs = false;
+    int64_t num_prompt = 0;
+    int top_logprobs = 0;
   };
 
   // Rank 0 samples; the others take its tokens. False: the step's collective failed.

@@ -119,7 +119,6 @@ const cases = [
   ["logit_bias value above 100", 400, chat({ messages: user, logit_bias: { 5: 101 } })],
   ["logit_bias value a string", 400, chat({ messages: user, logit_bias: { 5: "x" } })],
   ["echo on chat", 400, chat({ messages: user, echo: true })],
-  ["completions: echo with logprobs (prompt logprobs not yet)", 400, comp({ prompt: "hi", echo: true, logprobs: 1 })],
   ["completions: echo not a boolean", 400, comp({ prompt: "hi", echo: "yes" })],
   ["completions: suffix", 400, comp({ prompt: "def f(", suffix: "x" })],
   ["completions: best_of above n", 400, comp({ prompt: "hi", best_of: 3 })],

@@ -338,6 +338,53 @@ await check("completions echo: the prompt text first, streamed or not", async ()
   }
   assert.equal(text, r.choices[0].text);
 });
+await check("completions echo with logprobs: the prompt's tokens with their logprobs, equal to decoding them", async () => {
+  const tiktoken = (await import(join(here, "../node/node_modules/tiktoken/tiktoken.cjs"))).default;
+  const enc = tiktoken.get_encoding("o200k_base");
+  // Over 128 tokens, so the prompt is computed in several chunks.
+  const prompt = Array.from({ length: 30 }, (_, i) => `Line ${i}: once upon a time, a fox.`).join("\n");
+  const ids = Array.from(enc.encode(prompt));
+  assert.ok(ids.length > 200, `${ids.length} prompt tokens`);
+  const req = { model, prompt, max_tokens: 3, temperature: 0, echo: true, logprobs: 3 };
+  const r = await client.completions.create(req);
+  const lp = r.choices[0].logprobs;
+  const n = ids.length + 3;
+  assert.equal(lp.tokens.length, n);
+  assert.equal(r.choices[0].text.slice(0, prompt.length), prompt);
+  for (let i = 0; i < ids.length; i++) {
+    assert.equal(lp.tokens[i], new TextDecoder().decode(enc.decode(new Uint32Array([ids[i]]))), `token ${i}`);
+  }
+  assert.equal(lp.token_logprobs[0], null);
+  assert.equal(lp.top_logprobs[0], null);
+  let offset = 0;
+  for (let i = 0; i < n; i++) {
+    assert.equal(lp.text_offset[i], offset, `text_offset ${i}`);
+    offset += lp.tokens[i].length;
+    if (i === 0) continue;
+    assert.ok(lp.token_logprobs[i] <= 0, `logprob ${i}`);
+    const top = Object.values(lp.top_logprobs[i]);
+    assert.ok(top.length >= 1 && top.length <= 3, `top ${i}`);
+    assert.ok(Math.max(...top) >= lp.token_logprobs[i] - 1e-6, `top ${i} holds the best`);
+  }
+  // Each prompt token's logprob equals the logprob of that token sampled after
+  // the tokens before it (forced by logit_bias, which logprobs do not see): the
+  // batched prompt rows against the one-row decode path.
+  for (const i of [1, 2, 127, 128, 129, ids.length - 1]) {
+    const one = await client.completions.create({ model, prompt: ids.slice(0, i), max_tokens: 1, temperature: 0,
+      logprobs: 0, logit_bias: { [ids[i]]: 100 } });
+    const want = one.choices[0].logprobs.token_logprobs[0];
+    assert.ok(Math.abs(want - lp.token_logprobs[i]) < 2e-3, `position ${i}: echo ${lp.token_logprobs[i]}, decode ${want}`);
+  }
+  // Again (the prefix cache holds the prompt now, and must not be used) and streamed.
+  const again = await client.completions.create(req);
+  assert.deepEqual(again.choices[0].logprobs.token_logprobs, lp.token_logprobs);
+  const chunks = [];
+  for await (const c of await client.completions.create({ ...req, stream: true })) chunks.push(c);
+  const first = chunks.find(c => c.choices[0]?.text);
+  assert.equal(first.choices[0].text, prompt);
+  assert.deepEqual(first.choices[0].logprobs.token_logprobs, lp.token_logprobs.slice(0, ids.length));
+  assert.equal(chunks.map(c => c.choices[0]?.text ?? "").join(""), r.choices[0].text);
+});
 await check("vLLM's extras at their defaults are accepted, and repetition_penalty", async () => {
   const r = await client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 4,
     skip_special_tokens: true, include_stop_str_in_output: false, ignore_eos: false, min_tokens: 0, user: "u1",
