@@ -224,6 +224,30 @@ TEST(SchedulerPrefixTest, SecondRequestStartsAtTheHit) {
   EXPECT_EQ(o.started, (std::vector<int64_t>{2}));
 }
 
+// Prompt logprobs need every prompt row computed: no cache hits, and the
+// prompt goes in chunks of at most 128 tokens (then the rest as one chunk).
+TEST(SchedulerPrefixTest, PromptLogprobsTakeNoHitsAndSmallChunks) {
+  SchedulerConfig c;
+  c.max_num_batched_tokens = 1024;
+  Scheduler s(c, Kv(256, 256));
+  ASSERT_TRUE(s.AddRequest(Req(1, Range(0, 300), 2)).ok());
+  Drain(s);
+  auto r = Req(2, Range(0, 300), 2);
+  r->sampling.set_prompt_logprobs(true);
+  ASSERT_TRUE(s.AddRequest(std::move(r)).ok());
+  std::vector<std::pair<int64_t, int64_t>> chunks;
+  for (int i = 0; i < 10 && s.num_running() + s.num_waiting() > 0; ++i) {
+    SchedulerOutput o = s.Schedule();
+    for (const auto& q : o.scheduled) chunks.emplace_back(q.start, q.num_tokens);
+    std::map<int64_t, int32_t> sampled;
+    for (const auto& q : o.scheduled) {
+      if (q.samples) sampled[q.request_id] = 7;
+    }
+    s.UpdateFromOutput(o, sampled);
+  }
+  EXPECT_EQ(chunks, (std::vector<std::pair<int64_t, int64_t>>{{0, 128}, {128, 128}, {256, 44}, {300, 1}}));
+}
+
 TEST(SchedulerPrefixTest, SimultaneousRequestsWaitAStepToShare) {
   SchedulerConfig c;
   Scheduler s(c, Kv(64, 64));

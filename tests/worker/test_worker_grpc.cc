@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <numeric>
@@ -260,6 +261,116 @@ TEST(WorkerGrpcTest, ExecutesStepsLikeTheEngine) {
     EXPECT_NE(r.error(), "") << m.ShortDebugString();
     EXPECT_EQ(r.samples_size(), 0);
   }
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+// Prompt logprobs: a 20-token prompt in chunks of 12 and 8 returns the
+// logprob of tokens 1..19, each the log-softmax (computed here, in double) of
+// the row before it from the same forward on the engine in this process, with
+// the top 3 in order; a chunk of more than 128 prompt rows is refused.
+TEST(WorkerGrpcTest, PromptLogprobsOfEveryPromptToken) {
+  const std::string dir = testing::TinyCheckpoint("worker_plp", "mxfp4", "bf16", 1.0);
+  testing::WorkerProcess proc(dir, {"--kv-cache-memory", "16MiB", "--block-size", "4", "--max-num-seqs", "4"});
+  ASSERT_FALSE(proc.address().empty()) << "worker did not start";
+  auto stub = v1::Worker::NewStub(grpc::CreateChannel(proc.address(), grpc::InsecureChannelCredentials()));
+  const std::vector<int32_t> prompt = testing::RandomTokens(20, 500, 7);
+  std::vector<int32_t> blocks(5);
+  std::iota(blocks.begin(), blocks.end(), 0);
+
+  // Reference rows: the whole prompt in one forward with every row's logits.
+  std::vector<std::vector<double>> want_lp(20);  // [position] -> log-softmax over the vocabulary
+  {
+    auto w = LoadModelWeights(dir);
+    CpuOptions mo;
+    mo.num_threads = 2;
+    mo.kv.block_size = 4;
+    mo.kv.num_blocks[0] = mo.kv.num_blocks[1] = 64;
+    CpuBackend m(std::move(*w), mo);
+    SequenceInput in;
+    in.tokens = prompt;
+    in.block_tables[0] = blocks;
+    in.block_tables[1] = blocks;
+    in.all_logits = true;
+    ForwardOutput out;
+    ASSERT_TRUE(m.Forward(std::vector<SequenceInput>{in}, &out).ok());
+    for (int p = 0; p + 1 < 20; ++p) {
+      const float* row = out.Row(0, p);
+      double mx = -1e300, sum = 0;
+      for (int64_t t = 0; t < out.vocab_size; ++t) mx = std::max<double>(mx, row[t]);
+      for (int64_t t = 0; t < out.vocab_size; ++t) sum += std::exp(row[t] - mx);
+      for (int64_t t = 0; t < out.vocab_size; ++t) want_lp[p + 1].push_back(row[t] - mx - std::log(sum));
+    }
+  }
+
+  grpc::ClientContext ctx;
+  auto stream = stub->Execute(&ctx);
+  v1::StepRequest first;
+  first.set_step_id(1);
+  v1::NewSequence* n = first.add_new_sequences();
+  n->set_id(1);
+  for (int32_t t : prompt) n->add_tokens(t);
+  n->set_num_prompt_tokens(20);
+  n->set_num_scheduled(12);
+  for (int b = 0; b < 3; ++b) n->add_full_blocks(b), n->add_sliding_blocks(b);
+  n->mutable_sampling()->set_prompt_logprobs(true);
+  n->mutable_sampling()->set_logprobs(true);
+  n->mutable_sampling()->set_top_logprobs(3);
+  v1::StepResult r1, r2;
+  ASSERT_TRUE(stream->Write(first));
+  ASSERT_TRUE(stream->Read(&r1));
+  ASSERT_EQ(r1.error(), "");
+  EXPECT_EQ(r1.samples_size(), 0);
+  v1::StepRequest second;
+  second.set_step_id(2);
+  v1::RunningSequence* run = second.add_running();
+  run->set_id(1);
+  run->set_num_scheduled(8);
+  for (int b = 3; b < 5; ++b) run->add_new_full_blocks(b), run->add_new_sliding_blocks(b);
+  ASSERT_TRUE(stream->Write(second));
+  ASSERT_TRUE(stream->Read(&r2));
+  ASSERT_EQ(r2.error(), "");
+  EXPECT_EQ(r2.samples_size(), 1);
+  // Step 1 covers positions 0..11 (tokens 1..12), step 2 positions 12..19 (tokens 13..19; 19 predicts the output).
+  ASSERT_EQ(r1.prompt_logprobs_size(), 1);
+  ASSERT_EQ(r2.prompt_logprobs_size(), 1);
+  EXPECT_EQ(r1.prompt_logprobs(0).first_position(), 1);
+  EXPECT_EQ(r1.prompt_logprobs(0).tokens_size(), 12);
+  EXPECT_EQ(r2.prompt_logprobs(0).first_position(), 13);
+  EXPECT_EQ(r2.prompt_logprobs(0).tokens_size(), 7);
+  for (const v1::StepResult* r : {&r1, &r2}) {
+    const v1::PromptLogprobs& pl = r->prompt_logprobs(0);
+    EXPECT_EQ(pl.id(), 1);
+    for (int k = 0; k < pl.tokens_size(); ++k) {
+      const int64_t pos = pl.first_position() + k;
+      const v1::SampleOutput& o = pl.tokens(k);
+      EXPECT_EQ(o.token(), prompt[pos]);
+      EXPECT_NEAR(o.logprob(), want_lp[pos][prompt[pos]], 1e-4) << pos;
+      ASSERT_EQ(o.top_logprobs_size(), 3);
+      std::vector<int32_t> order(want_lp[pos].size());
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return want_lp[pos][a] > want_lp[pos][b]; });
+      for (int t = 0; t < 3; ++t) {
+        EXPECT_EQ(o.top_logprobs(t).token(), order[t]) << pos;
+        EXPECT_NEAR(o.top_logprobs(t).logprob(), want_lp[pos][order[t]], 1e-4);
+      }
+    }
+  }
+  // A prompt chunk of 129 rows: refused, and the worker goes on.
+  v1::StepRequest big;
+  big.set_step_id(3);
+  big.add_finished_ids(1);
+  v1::NewSequence* b = big.add_new_sequences();
+  b->set_id(2);
+  for (int32_t t : testing::RandomTokens(129, 500, 8)) b->add_tokens(t);
+  b->set_num_prompt_tokens(129);
+  b->set_num_scheduled(129);
+  for (int k = 0; k < 33; ++k) b->add_full_blocks(k), b->add_sliding_blocks(k % 16);
+  b->mutable_sampling()->set_prompt_logprobs(true);
+  v1::StepResult r3;
+  ASSERT_TRUE(stream->Write(big));
+  ASSERT_TRUE(stream->Read(&r3));
+  EXPECT_NE(r3.error().find("at most 128"), std::string::npos) << r3.error();
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
 }
