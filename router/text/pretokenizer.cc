@@ -43,6 +43,70 @@ inline bool IsSymbol(uint8_t cls) { return !(cls & (kPreSpace | kPreLetter | kPr
 
 }  // namespace
 
+// [U]*[W]+ contraction? from s (U = kPreUpper, W = kPreLower). U* gives
+// back characters until W+ can start: either the character after the U run
+// is W, or the run's last W character (Lm, Lo or a mark) starts W+, which
+// then ends with it (what follows it in the run is Lu or Lt).
+inline __attribute__((always_inline)) size_t O200kSplitter::Lower(size_t s) const {
+  size_t e = s, last_w_end = kNone;
+  while (e < n_) {
+    const Char c = At(p_, e);
+    if (!(c.cls & kPreUpper)) {
+      if (c.cls & kPreLower) return Contraction(LowerRun(e + c.len));
+      break;
+    }
+    e += c.len;
+    if (c.cls & kPreLower) last_w_end = e;
+  }
+  return last_w_end == kNone ? kNone : Contraction(last_w_end);
+}
+
+// [U]+[W]* contraction? from s.
+inline __attribute__((always_inline)) size_t O200kSplitter::Upper(size_t s) const {
+  size_t e = s;
+  while (e < n_) {
+    const Char c = At(p_, e);
+    if (!(c.cls & kPreUpper)) break;
+    e += c.len;
+  }
+  if (e == s) return kNone;
+  return Contraction(LowerRun(e));
+}
+
+inline __attribute__((always_inline)) size_t O200kSplitter::LowerRun(size_t e) const {
+  while (e < n_) {
+    const Char c = At(p_, e);
+    if (!(c.cls & kPreLower)) break;
+    e += c.len;
+  }
+  return e;
+}
+
+// (?i:'s|'t|'re|'ve|'m|'ll|'d)? at e.
+inline __attribute__((always_inline)) size_t O200kSplitter::Contraction(size_t e) const {
+  if (e + 1 >= n_ || p_[e] != kQuote) return e;
+  const uint8_t a = p_[e + 1] | 0x20;  // ASCII lower case (only compared with letters)
+  const uint8_t b = e + 2 < n_ ? (p_[e + 2] | 0x20) : 0;
+  switch (a) {
+    case 's':
+    case 't':
+    case 'm':
+    case 'd':
+      return e + 2;
+    case 'r':
+      return b == 'e' ? e + 3 : e;
+    case 'v':
+      return b == 'e' ? e + 3 : e;
+    case 'l':
+      return b == 'l' ? e + 3 : e;
+    default:
+      break;
+  }
+  // U+017F LATIN SMALL LETTER LONG S folds to s.
+  if (p_[e + 1] == 0xC5 && e + 2 < n_ && p_[e + 2] == 0xBF) return e + 3;
+  return e;
+}
+
 size_t O200kSplitter::PieceEnd(size_t i) const {
   const Char c0 = At(p_, i);
   const bool prefix = IsPrefix(c0.cls);
@@ -103,70 +167,6 @@ size_t O200kSplitter::PieceEnd(size_t i) const {
     return e;
   }
   return i + c0.len;  // unreachable: every character is a letter, mark, number, symbol or \s
-}
-
-// [U]*[W]+ contraction? from s (U = kPreUpper, W = kPreLower). U* gives
-// back characters until W+ can start: either the character after the U run
-// is W, or the run's last W character (Lm, Lo or a mark) starts W+, which
-// then ends with it (what follows it in the run is Lu or Lt).
-size_t O200kSplitter::Lower(size_t s) const {
-  size_t e = s, last_w_end = kNone;
-  while (e < n_) {
-    const Char c = At(p_, e);
-    if (!(c.cls & kPreUpper)) {
-      if (c.cls & kPreLower) return Contraction(LowerRun(e));
-      break;
-    }
-    e += c.len;
-    if (c.cls & kPreLower) last_w_end = e;
-  }
-  return last_w_end == kNone ? kNone : Contraction(last_w_end);
-}
-
-// [U]+[W]* contraction? from s.
-size_t O200kSplitter::Upper(size_t s) const {
-  size_t e = s;
-  while (e < n_) {
-    const Char c = At(p_, e);
-    if (!(c.cls & kPreUpper)) break;
-    e += c.len;
-  }
-  if (e == s) return kNone;
-  return Contraction(LowerRun(e));
-}
-
-size_t O200kSplitter::LowerRun(size_t e) const {
-  while (e < n_) {
-    const Char c = At(p_, e);
-    if (!(c.cls & kPreLower)) break;
-    e += c.len;
-  }
-  return e;
-}
-
-// (?i:'s|'t|'re|'ve|'m|'ll|'d)? at e.
-size_t O200kSplitter::Contraction(size_t e) const {
-  if (e + 1 >= n_ || p_[e] != kQuote) return e;
-  const uint8_t a = p_[e + 1] | 0x20;  // ASCII lower case (only compared with letters)
-  const uint8_t b = e + 2 < n_ ? (p_[e + 2] | 0x20) : 0;
-  switch (a) {
-    case 's':
-    case 't':
-    case 'm':
-    case 'd':
-      return e + 2;
-    case 'r':
-      return b == 'e' ? e + 3 : e;
-    case 'v':
-      return b == 'e' ? e + 3 : e;
-    case 'l':
-      return b == 'l' ? e + 3 : e;
-    default:
-      break;
-  }
-  // U+017F LATIN SMALL LETTER LONG S folds to s.
-  if (p_[e + 1] == 0xC5 && e + 2 < n_ && p_[e + 2] == 0xBF) return e + 3;
-  return e;
 }
 
 uint8_t PreTokenClass(uint32_t cp) { return cp < 0x110000 ? ClassOf(cp) : 0; }

@@ -99,6 +99,21 @@ inline uint64_t FilterHash(const char* p, size_t n) {
   return k;
 }
 
+// The exact key of a byte string of 3..7 bytes in the short-rank table: the
+// bytes, and the length in the top byte (so no key is 0, the empty slot).
+inline uint64_t ShortKey(const char* p, size_t n) {
+  uint64_t k;
+  if (n >= 4) {
+    uint32_t a, b;
+    std::memcpy(&a, p, 4);
+    std::memcpy(&b, p + n - 4, 4);
+    k = a | static_cast<uint64_t>(b) << ((n - 4) * 8);
+  } else {
+    k = static_cast<uint8_t>(p[0]) | static_cast<uint8_t>(p[1]) << 8 | static_cast<uint8_t>(p[2]) << 16;
+  }
+  return (k & ((uint64_t{1} << (n * 8)) - 1)) | static_cast<uint64_t>(n) << 56;
+}
+
 // The harmony special tokens with fixed ids (openai/gpt-oss tokenizer.py).
 const std::vector<std::pair<std::string, int32_t>>& HarmonySpecials() {
   static const auto* v = new std::vector<std::pair<std::string, int32_t>>{
@@ -229,6 +244,23 @@ absl::Status Tokenizer::Finish(int64_t vocab_size) {
   // A one-hash Bloom filter over the tokens of 3 or more bytes, small enough
   // to stay in cache: most byte strings that merging asks about are not
   // tokens, and the filter answers most of those without the hash map.
+  // Tokens of 3..7 bytes (most merges) in an open-addressing table of exact
+  // keys, at most half full.
+  size_t num_short = 0;
+  for (const auto& [bytes, id] : ranks_) num_short += bytes.size() >= 3 && bytes.size() <= kShortToken;
+  int bits = 4;
+  while ((size_t{1} << bits) < 2 * num_short) ++bits;
+  short_keys_.assign(size_t{1} << bits, 0);
+  short_ranks_.assign(size_t{1} << bits, kNoRank);
+  short_shift_ = 64 - bits;
+  for (const auto& [bytes, id] : ranks_) {
+    if (bytes.size() < 3 || bytes.size() > kShortToken) continue;
+    const uint64_t key = ShortKey(bytes.data(), bytes.size());
+    size_t i = (key * 0x9E3779B97F4A7C15ull) >> short_shift_;
+    while (short_keys_[i] != 0) i = (i + 1) & (short_keys_.size() - 1);
+    short_keys_[i] = key;
+    short_ranks_[i] = id;
+  }
   filter_.assign(size_t{1} << (kFilterBits - 6), 0);
   for (const auto& [bytes, id] : ranks_) {
     if (bytes.size() < 3) continue;
@@ -304,6 +336,14 @@ int32_t Tokenizer::Rank(const char* p, size_t n) const {
   if (n == 2) return pair_rank_[static_cast<uint8_t>(p[0]) << 8 | static_cast<uint8_t>(p[1])];
   if (n == 1) return byte_rank_[static_cast<uint8_t>(p[0])];
   if (!MaybeToken(p, n)) return kNoRank;
+  if (n <= kShortToken) {
+    const uint64_t key = ShortKey(p, n);
+    const size_t mask = short_keys_.size() - 1;
+    for (size_t i = (key * 0x9E3779B97F4A7C15ull) >> short_shift_;; i = (i + 1) & mask) {
+      if (short_keys_[i] == key) return short_ranks_[i];
+      if (short_keys_[i] == 0) return kNoRank;
+    }
+  }
   auto it = ranks_.find(absl::string_view(p, n));
   return it == ranks_.end() ? kNoRank : it->second;
 }

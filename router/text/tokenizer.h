@@ -73,6 +73,10 @@ class Tokenizer {
   static constexpr int kFilterBits = 22;  // 512 KB
   std::vector<uint64_t> filter_;         // Bloom filter of the tokens of 3+ bytes
   bool MaybeToken(const char* p, size_t n) const;
+  static constexpr size_t kShortToken = 7;
+  std::vector<uint64_t> short_keys_;  // tokens of 3..kShortToken bytes: exact keys (0: empty slot)
+  std::vector<int32_t> short_ranks_;
+  int short_shift_ = 64;
 };
 
 // Streaming detokenizer: feed ids, get text that never ends inside a UTF-8
