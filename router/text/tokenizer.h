@@ -11,8 +11,10 @@
 // Unicode 16 tables, as tiktoken's regex engine classifies code points.
 // Merging works on arrays on the stack for short pieces and with a heap for
 // long ones, so a piece of n bytes costs O(n log n) (a 1 MB run of one
-// character is fine); the ranks of one- and two-byte strings are direct
-// tables.
+// character is fine). Rank lookups: direct tables for one- and two-byte
+// strings; for longer ones a Bloom filter first (most strings merging asks
+// about are not tokens), then an exact-key table for tokens of 3-7 bytes or
+// the hash map.
 //
 // Invalid UTF-8 in text to encode is replaced by U+FFFD first, as the npm
 // reference tokenizers do. Thread-safety: immutable after loading; Encode and
