@@ -7,6 +7,15 @@
 
 namespace moeserve {
 
+bool TokenMaskAllowsAny(std::span<const uint32_t> mask, int64_t vocab) {
+  for (int64_t w = 0; w < static_cast<int64_t>(mask.size()) && w < TokenMaskWords(vocab); ++w) {
+    const int64_t valid = std::min<int64_t>(32, vocab - 32 * w);
+    const uint32_t bits = valid == 32 ? 0xffffffffu : ((1u << valid) - 1);
+    if (mask[w] & bits) return true;
+  }
+  return false;
+}
+
 void ApplyTokenMask(float* logits, int64_t vocab, const uint32_t* mask) {
   for (int64_t t = 0; t < vocab; ++t) {
     if (!((mask[t >> 5] >> (t & 31)) & 1u)) logits[t] = -INFINITY;
@@ -34,13 +43,7 @@ absl::Status ValidateBatch(const ModelConfig& c, const KvCacheOptions& kv, std::
         return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": a token mask of ", in.token_mask.size(),
                                                        " words; the vocabulary needs ", TokenMaskWords(c.vocab_size)));
       }
-      bool any = false;
-      for (int64_t w = 0; w < static_cast<int64_t>(in.token_mask.size()) && !any; ++w) {
-        const int64_t valid = std::min<int64_t>(32, c.vocab_size - 32 * w);
-        const uint32_t bits = valid == 32 ? 0xffffffffu : ((1u << valid) - 1);
-        any = (in.token_mask[w] & bits) != 0;
-      }
-      if (!any) return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": the token mask allows no token"));
+      if (!TokenMaskAllowsAny(in.token_mask, c.vocab_size)) return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": the token mask allows no token"));
     }
     const int64_t end = in.start_pos + static_cast<int64_t>(in.tokens.size());  // one past the last position
     for (int g = 0; g < kNumCacheGroups; ++g) {

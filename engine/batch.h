@@ -34,6 +34,8 @@ struct SequenceInput {
 
 // Words of a token mask over `vocab` tokens.
 inline int64_t TokenMaskWords(int64_t vocab) { return (vocab + 31) / 32; }
+// True if `mask` allows some token of the vocabulary.
+bool TokenMaskAllowsAny(std::span<const uint32_t> mask, int64_t vocab);
 // Sets the logits of tokens outside `mask` to -inf (host memory).
 void ApplyTokenMask(float* logits, int64_t vocab, const uint32_t* mask);
 

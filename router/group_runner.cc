@@ -284,7 +284,7 @@ void GroupRunner::Loop() {
 bool GroupRunner::RunStep() {
   using Event = std::function<void()>;
   std::vector<Event> events;
-  std::vector<std::pair<grammar::GrammarMatcher*, v1::TokenMask*>> masks;
+  std::vector<std::pair<int64_t, grammar::GrammarMatcher*>> masks;  // sequences that sample under a grammar
   v1::StepRequest req;
   SchedulerOutput out;
   uint64_t step_id;
@@ -296,21 +296,13 @@ bool GroupRunner::RunStep() {
     step_id = ++step_id_;
     req = EncodeStep(step_id, out);
     num_preemptions_ += static_cast<int64_t>(out.preempted.size());
-    // Structured output: sequences that sample this step carry their grammar's mask.
-    // (Nothing is looked up unless some request of the step has a grammar.)
-    std::map<int64_t, grammar::GrammarMatcher*> constrained;
+    // Structured output: the masks of sequences that sample under a grammar
+    // follow the step (computed below while the worker runs the forward).
     for (const ScheduledSequence& q : out.scheduled) {
       const Request* r = scheduler_->request(q.request_id);
-      if (q.samples && r && r->matcher) constrained[q.request_id] = r->matcher.get();
+      if (q.samples && r && r->matcher) masks.emplace_back(q.request_id, r->matcher.get());
     }
-    if (!constrained.empty()) {
-      for (auto& n : *req.mutable_new_sequences()) {
-        if (auto it = constrained.find(n.id()); it != constrained.end()) masks.emplace_back(it->second, n.mutable_token_mask());
-      }
-      for (auto& n : *req.mutable_running()) {
-        if (auto it = constrained.find(n.id()); it != constrained.end()) masks.emplace_back(it->second, n.mutable_token_mask());
-      }
-    }
+    req.set_masks_follow(!masks.empty());
     const auto now = std::chrono::steady_clock::now();
     for (int64_t id : out.started) {
       const Request* r = scheduler_->request(id);
@@ -330,15 +322,26 @@ bool GroupRunner::RunStep() {
   for (auto& e : events) e();
   events.clear();
   if (out.scheduled.empty() && out.finished.empty() && out.preempted.empty()) return true;
-  // Masks outside the lock: only this thread touches the matchers, and their
-  // requests are released by this thread alone.
-  for (auto& [m, slot] : masks) EncodeTokenMask(m->Mask(), static_cast<int32_t>(description_.vocab_size()), slot);
-
   v1::StepResult res;
   const auto t0 = std::chrono::steady_clock::now();
-  // The same step to every rank, then every rank's result; rank 0's samples count.
+  // The same step to every rank, then (structured output) the masks, then
+  // every rank's result; rank 0's samples count.
   for (Rank& R : rank_) {
     if (!R.stream->Write(req)) return false;
+  }
+  if (!masks.empty()) {
+    // While the worker runs the forward. Outside the lock: only this thread
+    // touches the matchers, and their requests are released by this thread alone.
+    v1::StepRequest follow_up;
+    follow_up.set_step_id(step_id);
+    for (const auto& [id, m] : masks) {
+      v1::SequenceMask* sm = follow_up.add_masks();
+      sm->set_id(id);
+      EncodeTokenMask(m->Mask(), static_cast<int32_t>(description_.vocab_size()), sm->mutable_mask());
+    }
+    for (Rank& R : rank_) {
+      if (!R.stream->Write(follow_up)) return false;
+    }
   }
   for (size_t r = 0; r < rank_.size(); ++r) {
     v1::StepResult mine;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <unordered_set>
 #include <cstdio>
 #include <cstdlib>
@@ -314,7 +315,24 @@ std::string DecodeTokenMask(const v1::TokenMask& m, int64_t vocab, std::vector<u
 
 }  // namespace
 
-v1::StepResult WorkerService::Step(const v1::StepRequest& req) {
+v1::StepResult WorkerService::Step(const v1::StepRequest& req,
+                                   const std::function<bool(v1::StepRequest*)>& read_masks) {
+  std::optional<v1::StepRequest> follow_up;
+  bool follow_up_ok = false;
+  auto masks_request = [&]() -> const v1::StepRequest* {
+    if (!follow_up) {
+      follow_up.emplace();
+      follow_up_ok = read_masks && read_masks(&*follow_up);
+    }
+    return follow_up_ok ? &*follow_up : nullptr;
+  };
+  v1::StepResult res = RunStep(req, masks_request);
+  if (req.masks_follow()) masks_request();  // read even when the step failed before it needed the masks
+  return res;
+}
+
+v1::StepResult WorkerService::RunStep(const v1::StepRequest& req,
+                                      const std::function<const v1::StepRequest*()>& masks_request) {
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t t0 = NowNs();
   v1::StepResult res;
@@ -325,6 +343,7 @@ v1::StepResult WorkerService::Step(const v1::StepRequest& req) {
   auto fail = [&](const std::string& why) {
     for (int64_t id : ids) sequences_.erase(id);
     res.clear_samples();
+    res.clear_prompt_logprobs();
     res.set_error(why);
     return res;
   };
@@ -334,6 +353,7 @@ v1::StepResult WorkerService::Step(const v1::StepRequest& req) {
   auto take_mask = [&](int64_t id, bool has, const v1::TokenMask& m) -> std::string {
     masks.emplace_back();
     if (!has) return "";
+    if (req.masks_follow()) return absl::StrCat("sequence ", id, ": a step whose masks follow it carries none inline");
     const std::string why = DecodeTokenMask(m, vocab, &masks.back());
     return why.empty() ? "" : absl::StrCat("sequence ", id, ": ", why);
   };
@@ -422,6 +442,37 @@ v1::StepResult WorkerService::Step(const v1::StepRequest& req) {
   const int64_t t1 = NowNs();
   // Rank 0 samples; the other ranks of a group take its tokens.
   const bool samples = model_->shard().rank == 0;
+  // Masks sent after the step: computed by the router while the forward ran;
+  // applied to the sampling rows here, as the logits op applies inline ones.
+  if (req.masks_follow()) {
+    const v1::StepRequest* m = masks_request();
+    if (!m) return fail("the step's token masks did not follow it");
+    if (m->step_id() != req.step_id() || m->new_sequences_size() > 0 || m->running_size() > 0 ||
+        m->finished_ids_size() > 0 || m->masks_follow()) {
+      return fail("a step's token masks must follow it alone, with its step_id");
+    }
+    std::unordered_set<int64_t> masked;
+    for (const v1::SequenceMask& sm : m->masks()) {
+      const auto at = std::find(ids.begin(), ids.end(), sm.id());
+      if (at == ids.end() || !masked.insert(sm.id()).second) {
+        return fail(absl::StrCat("a token mask for sequence ", sm.id(), ", which is not in the step or has one already"));
+      }
+      const size_t i = static_cast<size_t>(at - ids.begin());
+      const Sequence& s = sequences_[ids[i]];
+      if (s.num_computed + scheduled[i] != static_cast<int64_t>(s.tokens.size())) {
+        return fail(absl::StrCat("sequence ", sm.id(), " samples nothing this step but has a token mask"));
+      }
+      std::vector<uint32_t> bits;
+      if (std::string why = DecodeTokenMask(sm.mask(), vocab, &bits); !why.empty()) {
+        return fail(absl::StrCat("sequence ", sm.id(), ": ", why));
+      }
+      if (!TokenMaskAllowsAny(bits, vocab)) return fail(absl::StrCat("sequence ", sm.id(), ": the token mask allows no token"));
+      if (samples) {
+        const size_t row = static_cast<size_t>(out.first_row[i] + out.num_rows[i] - 1);
+        ApplyTokenMask(out.logits.data() + row * static_cast<size_t>(out.vocab_size), out.vocab_size, bits.data());
+      }
+    }
+  }
   std::vector<SampleResult> results(ids.size());
   std::vector<int32_t> tokens;
   if (samples) {
@@ -496,7 +547,7 @@ grpc::Status WorkerService::Execute(grpc::ServerContext* ctx,
   }
   v1::StepRequest req;
   while (!ctx->IsCancelled() && stream->Read(&req)) {
-    if (!stream->Write(Step(req))) break;
+    if (!stream->Write(Step(req, [stream](v1::StepRequest* masks) { return stream->Read(masks); }))) break;
   }
   // The router is gone (or moved on): its sequences and their blocks are free.
   std::lock_guard<std::mutex> lock(mu_);

@@ -63,13 +63,18 @@ class WorkerService final : public moeserve::worker::v1::Worker::Service {
   grpc::Status StoreSet(grpc::ServerContext*, const v1::StoreSetRequest* req, v1::StoreSetResponse*) override;
   grpc::Status StoreGet(grpc::ServerContext*, const v1::StoreGetRequest* req, v1::StoreGetResponse* out) override;
 
-  // One step, without gRPC (also used by tests).
-  v1::StepResult Step(const v1::StepRequest& req);
+  // One step, without gRPC (also used by tests). With req.masks_follow, `read_masks` reads the follow-up
+  // request with the step's token masks (after the forward pass); Step reads
+  // it exactly once, also when the step fails.
+  v1::StepResult Step(const v1::StepRequest& req,
+                      const std::function<bool(v1::StepRequest*)>& read_masks = nullptr);
 
   // The worker's Prometheus metrics (docs/metrics.md), for an exposer.
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
  private:
+  // Step's work; masks_request() returns the follow-up with the masks (null: none came).
+  v1::StepResult RunStep(const v1::StepRequest& req, const std::function<const v1::StepRequest*()>& masks_request);
   struct Sequence {
     std::vector<int32_t> tokens;
     int64_t num_computed = 0;

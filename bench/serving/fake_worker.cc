@@ -94,6 +94,8 @@ class FakeWorker final : public v1::Worker::Service {
         step(r.id(), it->second.first, it->second.second, r.num_scheduled());
       }
       if (step_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_ms_));
+      // Token masks, sent after the step (this worker samples its script regardless).
+      if (v1::StepRequest masks; req.masks_follow() && !stream->Read(&masks)) break;
       if (!stream->Write(res)) break;
     }
     return grpc::Status::OK;

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <numeric>
 #include <thread>
 
@@ -205,11 +206,14 @@ TEST(WorkerGrpcTest, ExecutesStepsLikeTheEngine) {
   EXPECT_EQ(res.error(), "");
   EXPECT_EQ(res.samples_size(), 1);
 
-  // Token masks (structured output) in each form: the sample is always an
-  // allowed token (sampling at temperature 1, 12 draws per form); malformed
-  // masks fail their step.
+  // Token masks (structured output) in each form, inline in the step and in
+  // a follow-up request after it (masks_follow, what the router sends): the
+  // sample is always an allowed token (sampling at temperature 1, 12 draws per
+  // form and way); malformed masks and follow-ups fail their step, and the
+  // stream stays in step.
   uint64_t step_id = 300;
-  auto masked_step = [&](const v1::TokenMask& mask, int64_t id) {
+  auto masked_step = [&](const v1::TokenMask& mask, int64_t id, bool follow,
+                         std::function<void(v1::StepRequest*)> spoil = nullptr) {
     v1::StepRequest req;
     req.set_step_id(step_id++);
     req.add_finished_ids(id - 1);
@@ -223,10 +227,21 @@ TEST(WorkerGrpcTest, ExecutesStepsLikeTheEngine) {
     n->mutable_sampling()->set_top_p(1.0f);
     n->mutable_sampling()->set_has_seed(true);
     n->mutable_sampling()->set_seed(id);
-    *n->mutable_token_mask() = mask;
+    if (!follow) *n->mutable_token_mask() = mask;
+    req.set_masks_follow(follow);
     EXPECT_TRUE(stream->Write(req));
+    if (follow) {
+      v1::StepRequest more;
+      more.set_step_id(req.step_id());
+      v1::SequenceMask* sm = more.add_masks();
+      sm->set_id(id);
+      *sm->mutable_mask() = mask;
+      if (spoil) spoil(&more);
+      EXPECT_TRUE(stream->Write(more));
+    }
     v1::StepResult r;
     EXPECT_TRUE(stream->Read(&r));
+    EXPECT_EQ(r.step_id(), req.step_id());
     return r;
   };
   int64_t id = 1000;
@@ -239,15 +254,16 @@ TEST(WorkerGrpcTest, ExecutesStepsLikeTheEngine) {
   b[100 / 8] |= 1 << (100 % 8);
   b[301 / 8] |= 1 << (301 % 8);
   bits.set_bits(b);
-  for (int k = 0; k < 12; ++k) {
-    v1::StepResult r = masked_step(allowed, ++id);
+  for (int k = 0; k < 24; ++k) {
+    const bool follow = k % 2 == 1;
+    v1::StepResult r = masked_step(allowed, ++id, follow);
     ASSERT_EQ(r.error(), "");
     ASSERT_EQ(r.samples_size(), 1);
     EXPECT_TRUE(r.samples(0).token() == 3 || r.samples(0).token() == 200 || r.samples(0).token() == 511);
-    r = masked_step(denied, ++id);
+    r = masked_step(denied, ++id, follow);
     ASSERT_EQ(r.samples_size(), 1);
     EXPECT_TRUE(r.samples(0).token() == 42 || r.samples(0).token() == 43) << r.samples(0).token();
-    r = masked_step(bits, ++id);
+    r = masked_step(bits, ++id, follow);
     ASSERT_EQ(r.samples_size(), 1);
     EXPECT_TRUE(r.samples(0).token() == 100 || r.samples(0).token() == 301) << r.samples(0).token();
   }
@@ -256,11 +272,47 @@ TEST(WorkerGrpcTest, ExecutesStepsLikeTheEngine) {
   outside.add_allowed(512);
   short_bits.set_bits(std::string(63, '\xff'));
   nothing.set_bits(std::string(64, '\0'));
-  for (const v1::TokenMask& m : {two, outside, short_bits, nothing, v1::TokenMask()}) {
-    v1::StepResult r = masked_step(m, ++id);
-    EXPECT_NE(r.error(), "") << m.ShortDebugString();
+  for (const bool follow : {false, true}) {
+    for (const v1::TokenMask& m : {two, outside, short_bits, nothing, v1::TokenMask()}) {
+      v1::StepResult r = masked_step(m, ++id, follow);
+      EXPECT_NE(r.error(), "") << m.ShortDebugString();
+      EXPECT_EQ(r.samples_size(), 0);
+    }
+  }
+  // Follow-ups that do not fit their step.
+  const std::vector<std::function<void(v1::StepRequest*)>> spoils = {
+      [](v1::StepRequest* m) { m->set_step_id(m->step_id() + 1); },
+      [](v1::StepRequest* m) { m->mutable_masks(0)->set_id(77); },
+      [](v1::StepRequest* m) { *m->add_masks() = m->masks(0); },
+      [](v1::StepRequest* m) { m->add_finished_ids(3); },
+  };
+  for (const auto& spoil : spoils) {
+    v1::StepResult r = masked_step(allowed, ++id, true, spoil);
+    EXPECT_NE(r.error(), "");
     EXPECT_EQ(r.samples_size(), 0);
   }
+  // A step that fails before its forward still takes its follow-up: the next step is served.
+  v1::StepResult r = masked_step(allowed, ++id, true, nullptr);
+  ASSERT_EQ(r.error(), "");
+  {
+    v1::StepRequest bad;
+    bad.set_step_id(step_id++);
+    v1::RunningSequence* unknown = bad.add_running();
+    unknown->set_id(424242);
+    unknown->set_num_scheduled(1);
+    bad.set_masks_follow(true);
+    ASSERT_TRUE(stream->Write(bad));
+    v1::StepRequest more;
+    more.set_step_id(bad.step_id());
+    ASSERT_TRUE(stream->Write(more));
+    v1::StepResult br;
+    ASSERT_TRUE(stream->Read(&br));
+    EXPECT_NE(br.error(), "");
+  }
+  r = masked_step(bits, ++id, true);
+  ASSERT_EQ(r.error(), "");
+  ASSERT_EQ(r.samples_size(), 1);
+  EXPECT_TRUE(r.samples(0).token() == 100 || r.samples(0).token() == 301);
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
 }
