@@ -50,7 +50,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (const auto& n : req.new_sequences()) tokens += n.tokens_size() + std::max<int64_t>(0, n.num_scheduled());
   for (const auto& r : req.running()) tokens += std::max<int64_t>(0, r.num_scheduled());
   if (tokens > 512 || req.new_sequences_size() + req.running_size() > 16) return 0;
-  const v1::StepResult res = Service().Step(req);
+  // With masks_follow, the follow-up is the input's own step_id and masks.
+  v1::StepRequest follow_up;
+  follow_up.set_step_id(req.step_id());
+  *follow_up.mutable_masks() = req.masks();
+  const v1::StepResult res = Service().Step(req, [&](v1::StepRequest* m) {
+    *m = follow_up;
+    return true;
+  });
   if (res.error().empty() && res.samples_size() > req.new_sequences_size() + req.running_size()) __builtin_trap();
   v1::StepRequest drop;
   for (const auto& n : req.new_sequences()) drop.add_finished_ids(n.id());
