@@ -2,6 +2,7 @@
 
 #include <sys/socket.h>
 
+#include <boost/asio/thread_pool.hpp>
 #include <boost/asio.hpp>
 #include <boost/beast.hpp>
 #include <array>
@@ -38,6 +39,9 @@ struct Gateway::Impl {
   std::vector<std::thread> threads;
   std::unique_ptr<ResponseStore> responses;
   int ollama_port = -1;
+  // Grammar compiles of first-seen schemas run here, not on the I/O threads.
+  // Declared last: joined before the rest goes.
+  net::thread_pool compile_pool{2};
 
   void Accept(tcp::acceptor* a, bool ollama);
   absl::StatusOr<std::unique_ptr<tcp::acceptor>> Listen(const net::ip::address& addr, int port);
@@ -349,6 +353,24 @@ class Session : public std::enable_shared_from_this<Session>, public GenerationS
   }
 
   void StartGeneration(GenerationSpec spec, std::string id, std::unique_ptr<HttpEncoder> encoder) {
+    if (Generation::MayCompileGrammar(spec) && gw_->api->grammars) {
+      // Prepare once on the compile pool (which fills the grammar cache; an
+      // error is found again below), then start on this connection's strand.
+      net::post(gw_->compile_pool, [self = shared_from_this(), spec = std::move(spec), id = std::move(id),
+                                    encoder = std::move(encoder)]() mutable {
+        Generation::Prepared prep;
+        (void)Generation::Prepare(*self->gw_->api, spec, self->gw_->api->backend->max_model_len(), &prep);
+        net::post(self->stream_.get_executor(), [self, spec = std::move(spec), id = std::move(id),
+                                                 encoder = std::move(encoder)]() mutable {
+          self->StartPrepared(std::move(spec), std::move(id), std::move(encoder));
+        });
+      });
+      return;
+    }
+    StartPrepared(std::move(spec), std::move(id), std::move(encoder));
+  }
+
+  void StartPrepared(GenerationSpec spec, std::string id, std::unique_ptr<HttpEncoder> encoder) {
     enc_ = std::move(encoder);
     std::shared_ptr<Generation> g;
     if (auto err = Generation::Start(gw_->api, std::move(spec), std::move(id), shared_from_this(), &g)) {
@@ -488,6 +510,8 @@ int Gateway::ollama_port() const { return impl_->ollama_port; }
 void Gateway::Stop() {
   if (!impl_) return;
   impl_->ioc.stop();
+  impl_->compile_pool.stop();
+  impl_->compile_pool.join();
   for (auto& t : impl_->threads)
     if (t.joinable()) t.join();
   impl_->threads.clear();

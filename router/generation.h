@@ -174,6 +174,14 @@ class Generation : public std::enable_shared_from_this<Generation> {
   };
   static std::optional<ApiError> Prepare(const ApiContext& ctx, const GenerationSpec& spec, int64_t max_model_len,
                                          Prepared* out);
+  // Whether the spec's reply may have a grammar to compile (a response format,
+  // or tools a call may use): an HTTP front runs Prepare for such a spec off
+  // its I/O threads first, so a first-seen schema's compile (up to hundreds of
+  // milliseconds) does not hold up other connections.
+  static bool MayCompileGrammar(const GenerationSpec& spec) {
+    return spec.chat && (spec.response_format.type != ResponseFormat::Type::kText ||
+                         (!spec.tools.empty() && spec.tool_choice != ToolChoice::kNone));
+  }
 
   // Validates and submits the spec's n choices; on error nothing runs. `id`
   // names the response (call ids derive from it).

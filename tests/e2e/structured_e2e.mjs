@@ -84,6 +84,25 @@ await check("json_schema: every finished reply parses and validates (ajv), plain
   assert.ok(finished >= reasons.length / 2, `only ${finished} of ${reasons.length} replies finished: ${reasons}`);
 });
 
+await check("first-seen schemas compile off the I/O threads: /health answers while three compile", async () => {
+  // Fresh property names, so nothing is cached; each compile takes hundreds
+  // of milliseconds, /health a few.
+  const tag = `${process.pid}_${Date.now()}`;
+  const fresh = k => ({ type: "object", properties: Object.fromEntries(Object.entries(schemas.person.properties)
+    .map(([p, v]) => [`${p}_${k}_${tag}`, v])), additionalProperties: false });
+  const order = [];
+  const post = k => fetch(`http://${router.addr}/v1/chat/completions`, { method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ ...base, max_tokens: 4, stream: true,
+      response_format: { type: "json_schema", json_schema: { name: `f${k}`, schema: fresh(k) } } }) })
+    .then(r => { order.push("schema"); return r.body.cancel(); });
+  const streams = [1, 2, 3].map(post);
+  await new Promise(r => setTimeout(r, 30));
+  const health = fetch(`http://${router.addr}/health`).then(async r => { order.push("health"); return r.text(); });
+  await Promise.all([...streams, health]);
+  assert.equal(order[0], "health", order.join(", "));
+});
+
 await check("the official client's parse helper gets a parsed object", async () => {
   const r = await client.chat.completions.parse({ ...base, seed: 11,
     response_format: { type: "json_schema", json_schema: { name: "person", schema: schemas.person, strict: true } } });
