@@ -75,30 +75,6 @@ int DecodeUtf8(const std::string& s, size_t i, uint32_t* cp) {
   return n;
 }
 
-// A hash of a byte string of 3 or more bytes for the token filter: its
-// first and last bytes (overlapping loads) and its length.
-inline uint64_t FilterHash(const char* p, size_t n) {
-  uint64_t k;
-  if (n >= 8) {
-    uint64_t a, b;
-    std::memcpy(&a, p, 8);
-    std::memcpy(&b, p + n - 8, 8);
-    k = a ^ (b * 0x9E3779B97F4A7C15ull);
-  } else if (n >= 4) {
-    uint32_t a, b;
-    std::memcpy(&a, p, 4);
-    std::memcpy(&b, p + n - 4, 4);
-    k = a | static_cast<uint64_t>(b) << 32;
-  } else {
-    k = static_cast<uint8_t>(p[0]) | static_cast<uint8_t>(p[1]) << 8 | static_cast<uint8_t>(p[2]) << 16;
-  }
-  k ^= n * 0xD6E8FEB86659FD93ull;
-  k ^= k >> 32;  // a cheap mixer; the top bits index the filter
-  k *= 0xD6E8FEB86659FD93ull;
-  k ^= k >> 32;
-  return k;
-}
-
 // The exact key of a byte string of 3..7 bytes in the short-rank table: the
 // bytes, and the length in the top byte (so no key is 0, the empty slot).
 inline uint64_t ShortKey(const char* p, size_t n) {
@@ -112,6 +88,25 @@ inline uint64_t ShortKey(const char* p, size_t n) {
     k = static_cast<uint8_t>(p[0]) | static_cast<uint8_t>(p[1]) << 8 | static_cast<uint8_t>(p[2]) << 16;
   }
   return (k & ((uint64_t{1} << (n * 8)) - 1)) | static_cast<uint64_t>(n) << 56;
+}
+
+// A hash of a byte string of 3 or more bytes for the token filter: its exact
+// short key up to 7 bytes, else its first and last 8 bytes (overlapping
+// loads) and its length; mixed so that the top bits index the filter.
+inline uint64_t FilterHash(const char* p, size_t n) {
+  uint64_t k;
+  if (n <= 7) {
+    k = ShortKey(p, n);
+  } else {
+    uint64_t a, b;
+    std::memcpy(&a, p, 8);
+    std::memcpy(&b, p + n - 8, 8);
+    k = a ^ (b * 0x9E3779B97F4A7C15ull) ^ (n * 0xD6E8FEB86659FD93ull);
+  }
+  k ^= k >> 32;
+  k *= 0xD6E8FEB86659FD93ull;
+  k ^= k >> 32;
+  return k;
 }
 
 // The harmony special tokens with fixed ids (openai/gpt-oss tokenizer.py).

@@ -26,6 +26,17 @@ namespace {
 
 namespace v1 = moeserve::worker::v1;
 
+// The checkpoint on the engine in this process, with the worker's block size.
+std::unique_ptr<CpuBackend> ReferenceEngine(const std::string& dir) {
+  auto w = LoadModelWeights(dir);
+  EXPECT_TRUE(w.ok()) << w.status();
+  CpuOptions mo;
+  mo.num_threads = 2;
+  mo.kv.block_size = 4;
+  mo.kv.num_blocks[0] = mo.kv.num_blocks[1] = 64;
+  return std::make_unique<CpuBackend>(std::move(*w), mo);
+}
+
 TEST(WorkerGrpcTest, ExecutesStepsLikeTheEngine) {
   const std::string dir = testing::TinyCheckpoint("worker", "mxfp4", "bf16", 1.0);
   // A vocabulary of its own: the model's stop ids are config.json's and generation_config.json's.
@@ -68,12 +79,8 @@ TEST(WorkerGrpcTest, ExecutesStepsLikeTheEngine) {
   // Reference: the same steps on the engine in this process.
   std::vector<int32_t> want1, want2;
   {
-    auto w = LoadModelWeights(dir);
-    CpuOptions mo;
-    mo.num_threads = 2;
-    mo.kv.block_size = 4;
-    mo.kv.num_blocks[0] = mo.kv.num_blocks[1] = 64;
-    CpuBackend m(std::move(*w), mo);
+    std::unique_ptr<CpuBackend> engine = ReferenceEngine(dir);
+    CpuBackend& m = *engine;
     std::vector<int32_t> t1 = p1, t2 = p2;
     int64_t c1 = 0, c2 = 0;
     for (int step = 0; step < kSteps; ++step) {
@@ -333,12 +340,8 @@ TEST(WorkerGrpcTest, PromptLogprobsOfEveryPromptToken) {
   // Reference rows: the whole prompt in one forward with every row's logits.
   std::vector<std::vector<double>> want_lp(20);  // [position] -> log-softmax over the vocabulary
   {
-    auto w = LoadModelWeights(dir);
-    CpuOptions mo;
-    mo.num_threads = 2;
-    mo.kv.block_size = 4;
-    mo.kv.num_blocks[0] = mo.kv.num_blocks[1] = 64;
-    CpuBackend m(std::move(*w), mo);
+    std::unique_ptr<CpuBackend> engine = ReferenceEngine(dir);
+    CpuBackend& m = *engine;
     SequenceInput in;
     in.tokens = prompt;
     in.block_tables[0] = blocks;
