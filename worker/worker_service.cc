@@ -367,6 +367,10 @@ v1::StepResult WorkerService::RunStep(const v1::StepRequest& req,
     s.num_computed = n.num_computed();
     s.tables[kFullGroup].assign(n.full_blocks().begin(), n.full_blocks().end());
     s.tables[kSlidingGroup].assign(n.sliding_blocks().begin(), n.sliding_blocks().end());
+    // Every known token, not only this step's chunk: prompt logprobs read the token after a chunk.
+    for (const int32_t t : n.tokens()) {
+      if (t < 0 || t >= vocab) return fail(absl::StrCat("sequence ", n.id(), ": token ", t, " is outside the vocabulary"));
+    }
     const SamplingParams sp = FromProto(n.sampling());
     if (absl::Status st = sp.Validate(); !st.ok()) return fail(absl::StrCat("sequence ", n.id(), ": ", st.message()));
     const int32_t np = std::clamp<int32_t>(n.num_prompt_tokens(), 0, static_cast<int32_t>(s.tokens.size()));

@@ -146,5 +146,27 @@ int main(int argc, char** argv) {
     s->mutable_sampling()->set_top_p(-1.0f);
     step(r);
   }
+  {
+    // Prompt logprobs over a chunk that ends inside the prompt; masks that
+    // follow the step (the harness takes the request's own masks as the follow-up).
+    v1::StepRequest r;
+    r.set_step_id(2);
+    auto* s = r.add_new_sequences();
+    s->set_id(2);
+    for (int t = 0; t < 12; ++t) s->add_tokens(t * 11 % 512);
+    s->set_num_prompt_tokens(12);
+    s->set_num_scheduled(8);
+    for (int b = 0; b < 3; ++b) s->add_full_blocks(b), s->add_sliding_blocks(b);
+    s->mutable_sampling()->set_prompt_logprobs(true);
+    s->mutable_sampling()->set_logprobs(true);
+    s->mutable_sampling()->set_top_logprobs(2);
+    step(r);
+    s->set_num_scheduled(12);
+    r.set_masks_follow(true);
+    auto* m = r.add_masks();
+    m->set_id(2);
+    for (int32_t t : {3, 9, 27}) m->mutable_mask()->add_allowed(t);
+    step(r);
+  }
   return 0;
 }
