@@ -513,6 +513,109 @@ class SchemaCompiler {
  private:
   static Expr String(Expr chars) { return Seq({Lit("\""), std::move(chars), Lit("\"")}); }
 
+  // What a schema can match, as far as oneOf's disjointness needs: the JSON
+  // kinds, the exact values of a const or enum, and for objects the const or
+  // enum values of required properties (discriminators).
+  enum Kind : uint32_t { kNull = 1, kBool = 2, kNumber = 4, kString = 8, kArray = 16, kObject = 32, kAnyKind = 63 };
+  struct Shape {
+    uint32_t kinds = kAnyKind;
+    std::optional<std::vector<json>> values;
+    std::map<std::string, std::vector<json>> tags;
+  };
+
+  static uint32_t KindOf(const json& v) {
+    if (v.is_null()) return kNull;
+    if (v.is_boolean()) return kBool;
+    if (v.is_number()) return kNumber;
+    if (v.is_string()) return kString;
+    return v.is_array() ? kArray : kObject;
+  }
+
+  static std::optional<std::vector<json>> ValuesOf(const json& s) {
+    if (!s.is_object()) return std::nullopt;
+    if (s.contains("const")) return std::vector<json>{s["const"]};
+    if (s.contains("enum") && s["enum"].is_array()) return std::vector<json>(s["enum"].begin(), s["enum"].end());
+    return std::nullopt;
+  }
+
+  Shape ShapeOf(const json& s, int depth) {
+    Shape sh;
+    if (!s.is_object() || depth > 16) return sh;
+    if (s.contains("$ref") && s["$ref"].is_string()) {
+      absl::StatusOr<const json*> target = Resolve(s["$ref"].get<std::string>(), "");
+      return target.ok() ? ShapeOf(**target, depth + 1) : sh;
+    }
+    if (auto v = ValuesOf(s)) {
+      sh.kinds = 0;
+      for (const json& x : *v) sh.kinds |= KindOf(x);
+      sh.values = std::move(v);
+      return sh;
+    }
+    for (const char* key : {"anyOf", "oneOf"}) {
+      if (!s.contains(key) || !s[key].is_array()) continue;
+      sh.kinds = 0;
+      std::vector<json> all;
+      bool all_values = true;
+      for (const json& b : s[key]) {
+        Shape bs = ShapeOf(b, depth + 1);
+        sh.kinds |= bs.kinds;
+        if (bs.values) all.insert(all.end(), bs.values->begin(), bs.values->end());
+        else all_values = false;
+      }
+      if (all_values) sh.values = std::move(all);
+      return sh;
+    }
+    if (s.contains("allOf") && s["allOf"].is_array() && s["allOf"].size() == 1) return ShapeOf(s["allOf"][0], depth + 1);
+    static const std::map<std::string, uint32_t> kTypes = {{"null", kNull},     {"boolean", kBool}, {"integer", kNumber},
+                                                           {"number", kNumber}, {"string", kString}, {"array", kArray},
+                                                           {"object", kObject}};
+    std::vector<std::string> types;
+    if (s.contains("type") && s["type"].is_string()) types.push_back(s["type"].get<std::string>());
+    if (s.contains("type") && s["type"].is_array()) {
+      for (const json& t : s["type"]) {
+        if (t.is_string()) types.push_back(t.get<std::string>());
+      }
+    }
+    if (types.empty() && (s.contains("properties") || s.contains("additionalProperties"))) types.push_back("object");
+    if (!types.empty()) {
+      sh.kinds = 0;
+      for (const std::string& t : types) sh.kinds |= kTypes.count(t) ? kTypes.at(t) : kAnyKind;
+    }
+    if (s.contains("nullable") && s["nullable"] == true) sh.kinds |= kNull;
+    if ((sh.kinds & kObject) && s.contains("required") && s["required"].is_array() && s.contains("properties") &&
+        s["properties"].is_object()) {
+      for (const json& r : s["required"]) {
+        if (!r.is_string() || !s["properties"].contains(r.get<std::string>())) continue;
+        const json& p = s["properties"][r.get<std::string>()];
+        if (auto v = ValuesOf(p)) sh.tags[r.get<std::string>()] = std::move(*v);
+      }
+    }
+    return sh;
+  }
+
+  static bool NoCommonValue(const std::vector<json>& a, const std::vector<json>& b) {
+    for (const json& x : a) {
+      for (const json& y : b) {
+        if (x == y) return false;
+      }
+    }
+    return true;
+  }
+
+  // True when no value can match both shapes.
+  static bool Disjoint(const Shape& a, const Shape& b) {
+    const uint32_t common = a.kinds & b.kinds;
+    if (common == 0) return true;
+    if (a.values && b.values) return NoCommonValue(*a.values, *b.values);
+    if (common == kObject) {
+      for (const auto& [name, vals] : a.tags) {
+        auto it = b.tags.find(name);
+        if (it != b.tags.end() && NoCommonValue(vals, it->second)) return true;
+      }
+    }
+    return false;
+  }
+
   absl::Status Bad(const std::string& at, const std::string& why) {
     return absl::InvalidArgumentError(absl::StrCat("schema at ", at, ": ", why));
   }
@@ -619,6 +722,22 @@ class SchemaCompiler {
       if (!s.contains(key)) continue;
       const json& list = s[key];
       if (!list.is_array() || list.empty()) return Bad(at, absl::StrCat(key, " must be a non-empty array"));
+      // oneOf is anyOf when no two branches can match the same value; that is
+      // the only oneOf constrained (exactly one match cannot be a grammar).
+      if (std::string(key) == "oneOf") {
+        std::vector<Shape> shapes;
+        for (const json& branch : list) shapes.push_back(ShapeOf(branch, 0));
+        for (size_t i = 0; i < shapes.size(); ++i) {
+          for (size_t j = i + 1; j < shapes.size(); ++j) {
+            if (!Disjoint(shapes[i], shapes[j])) {
+              return Bad(at, absl::StrCat("oneOf branches ", i, " and ", j,
+                                          " may both match a value; oneOf is supported when its branches cannot "
+                                          "overlap (different types, different const or enum values, or a required "
+                                          "property with different const or enum values): use anyOf otherwise"));
+            }
+          }
+        }
+      }
       std::vector<Expr> alts;
       for (size_t i = 0; i < list.size(); ++i) {
         json branch = list[i];

@@ -44,6 +44,10 @@ const schemas = {
   tree: { $defs: { node: { type: "object", properties: { v: { type: "integer", minimum: -5, maximum: 5 },
     kids: { type: "array", items: { $ref: "#/$defs/node" }, maxItems: 2 } }, required: ["v", "kids"], additionalProperties: false } },
     $ref: "#/$defs/node" },
+  pet: { $defs: { cat: { type: "object", properties: { kind: { const: "cat" }, lives: { type: "integer", minimum: 1, maximum: 9 } },
+    required: ["kind", "lives"], additionalProperties: false }, dog: { type: "object", properties: { kind: { const: "dog" },
+    good: { type: "boolean" } }, required: ["kind", "good"], additionalProperties: false } },
+    oneOf: [{ $ref: "#/$defs/cat" }, { $ref: "#/$defs/dog" }, { type: "null" }] },
   when: { type: "object", properties: { day: { type: "string", format: "date" }, at: { type: "string", format: "time" },
     kind: { const: "meeting" }, level: { enum: [1, 2, 3, null] } }, required: ["day", "at", "kind", "level"], additionalProperties: false },
 };
@@ -170,7 +174,8 @@ await check("a named function, streamed: the call names it and its arguments val
 
 await check("schemas that cannot be honoured are 400s that say why", async () => {
   for (const [schema, pattern] of [[{ type: "object", minProperties: 1 }, /minProperties/],
-    [{ type: "string", pattern: "(?=x)" }, /pattern/], [{ $ref: "#/$defs/nope" }, /\$ref/], [{ type: "numbr" }, /numbr/]]) {
+    [{ type: "string", pattern: "(?=x)" }, /pattern/], [{ $ref: "#/$defs/nope" }, /\$ref/], [{ type: "numbr" }, /numbr/],
+    [{ oneOf: [{ type: "number" }, { type: "integer" }] }, /oneOf/]]) {
     await assert.rejects(client.chat.completions.create({ ...base,
       response_format: { type: "json_schema", json_schema: { name: "x", schema } } }), e => {
       assert.equal(e.status, 400, e.message);

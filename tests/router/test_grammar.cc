@@ -98,6 +98,14 @@ TEST(JsonSchemaTest, LanguagesAcceptAndRefuse) {
       {R"({"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"integer"},"c":{"type":"integer"},"d":{"type":"integer"},"e":{"type":"integer"},"f":{"type":"integer"},"g":{"type":"integer"},"h":{"type":"integer"}}})",
        {R"({})", R"({"a":1})", R"({"h":1})", R"({"b":1,"g":2})", R"({"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8})"},
        {R"({"b":1,"a":2})", R"({,"a":1})", R"({"a":1,})"}},
+      // oneOf whose branches cannot overlap: by type, by value, by a discriminator (through $ref, as pydantic writes it).
+      {R"({"oneOf":[{"type":"string","maxLength":2},{"type":"integer"},{"type":"null"}]})",
+       {R"("ab")", "12", "null"}, {R"("abc")", "1.5", "true"}},
+      {R"({"oneOf":[{"enum":["a","b"]},{"const":"c"},{"type":"integer"}]})", {R"("a")", R"("c")", "3"}, {R"("d")"}},
+      {R"({"$defs":{"Cat":{"type":"object","properties":{"kind":{"const":"cat"},"lives":{"type":"integer"}},"required":["kind","lives"],"additionalProperties":false},)"
+       R"("Dog":{"type":"object","properties":{"kind":{"const":"dog"},"good":{"type":"boolean"}},"required":["kind","good"],"additionalProperties":false}},)"
+       R"("oneOf":[{"$ref":"#/$defs/Cat"},{"$ref":"#/$defs/Dog"}]})",
+       {R"({"kind":"cat","lives":9})", R"({"kind":"dog","good":true})"}, {R"({"kind":"cat","good":true})", R"({"kind":"fox","good":true})"}},
   };
   for (const Case& c : cases) {
     const Grammar g = Compile(json::parse(c.schema));
@@ -112,7 +120,13 @@ TEST(JsonSchemaTest, RefusesWhatItCannotHonour) {
                           R"({"$ref":"#/$defs/missing"})", R"({"$ref":"http://x/y"})", R"(false)",
                           R"({"type":"number","minimum":0.5})", R"({"type":"integer","minimum":5,"maximum":1})",
                           R"({"type":"object","required":["a"]})", R"({"$defs":{"a":{"$ref":"#/$defs/a"}},"$ref":"#/$defs/a"})",
-                          R"({"type":"array","uniqueItems":true})", R"({"allOf":[{"type":"string"},{"minLength":1}]})"}) {
+                          R"({"type":"array","uniqueItems":true})", R"({"allOf":[{"type":"string"},{"minLength":1}]})",
+                          // oneOf whose branches may both match: a value valid for two would break "exactly one".
+                          R"({"oneOf":[{"type":"number"},{"type":"integer"}]})",
+                          R"({"oneOf":[{"type":"string"},{"type":"string","maxLength":3}]})",
+                          R"({"oneOf":[{"enum":[1,2]},{"enum":[2,3]}]})",
+                          R"({"oneOf":[{"type":"object","properties":{"a":{"type":"integer"}}},{"type":"object","properties":{"b":{"type":"integer"}}}]})",
+                          R"({"oneOf":[{"type":"object","properties":{"k":{"const":1}},"required":["k"]},{"type":"object","properties":{"k":{"enum":[1,2]}},"required":["k"]}]})"}) {
     absl::StatusOr<Grammar> g = JsonSchemaGrammar(json::parse(bad));
     EXPECT_FALSE(g.ok()) << bad;
     if (!g.ok()) EXPECT_NE(g.status().message().find("schema"), std::string::npos) << g.status();
