@@ -11,10 +11,10 @@ namespace moeserve::router {
 namespace {
 
 // A chunk of a request with prompt logprobs returns logits for every row
-// while it covers prompt positions: such chunks are kept small.
-int64_t PromptLogprobsLimit(const Request& r, int64_t start) {
-  const bool prompt_rows = r.sampling.prompt_logprobs() && start + 1 < static_cast<int64_t>(r.prompt.size());
-  return prompt_rows ? kMaxPromptLogprobRows : std::numeric_limits<int64_t>::max();
+// while it covers prompt positions: a step holds at most
+// kMaxPromptLogprobRows such rows, over all its requests.
+bool HasPromptRows(const Request& r, int64_t start) {
+  return r.sampling.prompt_logprobs() && start + 1 < static_cast<int64_t>(r.prompt.size());
 }
 
 }  // namespace
@@ -104,6 +104,10 @@ SchedulerOutput Scheduler::Schedule() {
   SchedulerOutput out;
   out.finished.swap(finished_since_last_step_);
   int64_t budget = config_.max_num_batched_tokens;
+  int64_t prompt_rows_left = kMaxPromptLogprobRows;  // rows returning logits for prompt logprobs
+  auto prompt_rows_limit = [&](const Request& r, int64_t start) {
+    return HasPromptRows(r, start) ? prompt_rows_left : std::numeric_limits<int64_t>::max();
+  };
   std::vector<Request*> scheduled_running;
 
   // 1. Running requests, oldest first.
@@ -117,7 +121,11 @@ SchedulerOutput Scheduler::Schedule() {
     // A prefill chunk no longer than the free sliding blocks allow (when even
     // one token does not fit, allocation fails below and preemption makes room).
     if (const int64_t lim = kv_.SlidingTokenLimit(r->id, r->num_computed, 0); lim >= 1) n = std::min(n, lim);
-    n = std::min(n, PromptLogprobsLimit(*r, r->num_computed));
+    n = std::min(n, prompt_rows_limit(*r, r->num_computed));
+    if (n <= 0) {  // this step's prompt-logprob rows are taken
+      ++i;
+      continue;
+    }
     bool fits = kv_.AllocateSlots(r->id, r->num_computed, n, 0, &r->block_hashes);
     while (!fits) {
       // Preempt the newest running request that is not already in this step.
@@ -128,6 +136,7 @@ SchedulerOutput Scheduler::Schedule() {
       fits = kv_.AllocateSlots(r->id, r->num_computed, n, 0, &r->block_hashes);
     }
     if (!fits) break;  // r was preempted, or nothing left to preempt
+    if (HasPromptRows(*r, r->num_computed)) prompt_rows_left -= n;
     Emit(r, n, &out);
     scheduled_running.push_back(r);
     budget -= n;
@@ -152,7 +161,11 @@ SchedulerOutput Scheduler::Schedule() {
     const int64_t start = r->num_computed + hit.num_tokens;
     const int64_t n = std::min({r->num_tokens() - start, budget,
                                 kv_.SlidingTokenLimit(r->id, start, config_.watermark_blocks, &hit),
-                                PromptLogprobsLimit(*r, start)});
+                                prompt_rows_limit(*r, start)});
+    if (n < 1 && HasPromptRows(*r, start) && prompt_rows_left == 0) {  // next step
+      ++i;
+      continue;
+    }
     if (n < 1 || !kv_.AllocateSlots(r->id, start, n, config_.watermark_blocks, &r->block_hashes, &hit)) break;
     waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(i));
     r->num_computed = start;
@@ -166,6 +179,7 @@ SchedulerOutput Scheduler::Schedule() {
       r->num_cached_tokens = std::min<int64_t>(hit.num_tokens, static_cast<int64_t>(r->prompt.size()));
       out.started.push_back(r->id);
     }
+    if (HasPromptRows(*r, start)) prompt_rows_left -= n;
     Emit(r, n, &out);
     budget -= n;
   }

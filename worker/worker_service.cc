@@ -415,6 +415,7 @@ v1::StepResult WorkerService::RunStep(const v1::StepRequest& req,
     if (std::string why = take_mask(r.id(), r.has_token_mask(), r.token_mask()); !why.empty()) return fail(why);
   }
   std::vector<SequenceInput> batch;
+  int64_t prompt_rows = 0;
   for (size_t i = 0; i < ids.size(); ++i) {
     Sequence& s = sequences_[ids[i]];
     SequenceInput in;
@@ -426,7 +427,12 @@ v1::StepResult WorkerService::RunStep(const v1::StepRequest& req,
     if (s.num_computed + scheduled[i] == static_cast<int64_t>(s.tokens.size())) in.token_mask = masks[i];
     // Prompt logprobs: every row whose next token is a prompt token returns logits.
     in.all_logits = s.prompt_logprobs && s.num_computed + 1 < s.num_prompt;
+    if (in.all_logits) prompt_rows += scheduled[i];
     batch.push_back(in);
+  }
+  if (prompt_rows > kMaxPromptLogprobRows) {
+    return fail(absl::StrCat("the step has ", prompt_rows, " rows with prompt logprobs; at most ",
+                             kMaxPromptLogprobRows, " are allowed"));
   }
   ForwardOutput out;
   // A rank whose group's collective failed cannot go on: its peers are out of step.

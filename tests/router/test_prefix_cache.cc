@@ -248,6 +248,37 @@ TEST(SchedulerPrefixTest, PromptLogprobsTakeNoHitsAndSmallChunks) {
   EXPECT_EQ(chunks, (std::vector<std::pair<int64_t, int64_t>>{{0, 128}, {128, 128}, {256, 44}, {300, 1}}));
 }
 
+// The 128 prompt-logprob rows are per step, over all requests; a request
+// without prompt logprobs is scheduled beside them as usual.
+TEST(SchedulerPrefixTest, PromptLogprobRowsAreBoundedPerStep) {
+  SchedulerConfig c;
+  c.max_num_batched_tokens = 1024;
+  Scheduler s(c, Kv(512, 512));
+  for (int64_t id : {1, 2, 3}) {
+    auto r = Req(id, Range(1000 * id, 100), 1);
+    r->sampling.set_prompt_logprobs(id != 3);
+    ASSERT_TRUE(s.AddRequest(std::move(r)).ok());
+  }
+  std::vector<std::map<int64_t, int64_t>> steps;  // per step: request -> tokens
+  for (int i = 0; i < 10 && s.num_running() + s.num_waiting() > 0; ++i) {
+    SchedulerOutput o = s.Schedule();
+    std::map<int64_t, int64_t> step;
+    int64_t prompt_rows = 0;
+    std::map<int64_t, int32_t> sampled;
+    for (const auto& q : o.scheduled) {
+      step[q.request_id] = q.num_tokens;
+      if (q.request_id != 3 && q.start + 1 < 100) prompt_rows += q.num_tokens;
+      if (q.samples) sampled[q.request_id] = 7;
+    }
+    EXPECT_LE(prompt_rows, 128) << "step " << i;
+    steps.push_back(step);
+    s.UpdateFromOutput(o, sampled);
+  }
+  ASSERT_GE(steps.size(), 2u);
+  EXPECT_EQ(steps[0], (std::map<int64_t, int64_t>{{1, 100}, {2, 28}, {3, 100}}));
+  EXPECT_EQ(steps[1], (std::map<int64_t, int64_t>{{2, 72}}));
+}
+
 TEST(SchedulerPrefixTest, SimultaneousRequestsWaitAStepToShare) {
   SchedulerConfig c;
   Scheduler s(c, Kv(64, 64));
