@@ -426,6 +426,21 @@ TEST(WorkerGrpcTest, PromptLogprobsOfEveryPromptToken) {
   ASSERT_TRUE(stream->Write(big));
   ASSERT_TRUE(stream->Read(&r3));
   EXPECT_NE(r3.error().find("at most 128"), std::string::npos) << r3.error();
+  // A token outside the vocabulary after the first chunk (which prompt
+  // logprobs would read): refused when the sequence arrives (a fuzz finding).
+  v1::StepRequest late;
+  late.set_step_id(4);
+  v1::NewSequence* l = late.add_new_sequences();
+  l->set_id(3);
+  for (int32_t t : {5, 6, 7, 99999}) l->add_tokens(t);
+  l->set_num_prompt_tokens(4);
+  l->set_num_scheduled(2);
+  l->add_full_blocks(0), l->add_sliding_blocks(0);
+  l->mutable_sampling()->set_prompt_logprobs(true);
+  v1::StepResult r4;
+  ASSERT_TRUE(stream->Write(late));
+  ASSERT_TRUE(stream->Read(&r4));
+  EXPECT_NE(r4.error().find("outside the vocabulary"), std::string::npos) << r4.error();
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
 }
