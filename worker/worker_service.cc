@@ -380,10 +380,6 @@ v1::StepResult WorkerService::RunStep(const v1::StepRequest& req,
     s.prompt_logprobs = n.sampling().prompt_logprobs();
     s.num_prompt = np;
     s.top_logprobs = n.sampling().top_logprobs();
-    if (s.prompt_logprobs && s.num_computed + 1 < s.num_prompt && n.num_scheduled() > kMaxPromptLogprobRows) {
-      return fail(absl::StrCat("sequence ", n.id(), ": a chunk with prompt logprobs may have at most ",
-                               kMaxPromptLogprobRows, " tokens"));
-    }
     if (n.num_scheduled() < 1 || s.num_computed < 0 ||
         s.num_computed + n.num_scheduled() > static_cast<int64_t>(s.tokens.size())) {
       return fail(absl::StrCat("sequence ", n.id(), ": scheduled tokens outside the known tokens"));
@@ -406,10 +402,6 @@ v1::StepResult WorkerService::RunStep(const v1::StepRequest& req,
     }
     if (r.num_scheduled() < 1 || s.num_computed + r.num_scheduled() > static_cast<int64_t>(s.tokens.size())) {
       return fail(absl::StrCat("sequence ", r.id(), ": scheduled tokens outside the known tokens"));
-    }
-    if (s.prompt_logprobs && s.num_computed + 1 < s.num_prompt && r.num_scheduled() > kMaxPromptLogprobRows) {
-      return fail(absl::StrCat("sequence ", r.id(), ": a chunk with prompt logprobs may have at most ",
-                               kMaxPromptLogprobRows, " tokens"));
     }
     scheduled.push_back(r.num_scheduled());
     if (std::string why = take_mask(r.id(), r.has_token_mask(), r.token_mask()); !why.empty()) return fail(why);
