@@ -12,9 +12,11 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "engine/batch.h"
 #include "engine/config.h"
 #include "engine/kv_cache.h"
+#include "engine/lora.h"
 #include "engine/parallel/communicator.h"
 #include "engine/parallel/shard.h"
 
@@ -49,6 +51,13 @@ class Backend {
   virtual ExpertCacheStats expert_cache_stats() const { return {}; }
   // "cpu", or the GPU's name.
   virtual std::string device() const = 0;
+  // LoRA adapters by slot (engine/lora.h): SequenceInput::adapter names a
+  // slot. A null adapter empties the slot; the backend lets go of the old one
+  // (its memory is freed once no step uses it). Not between Forward calls'
+  // threads: call it where Forward is called.
+  virtual absl::Status SetLoraAdapter(int slot, std::shared_ptr<const LoraAdapter> adapter) {
+    return absl::UnimplementedError(absl::StrCat("LoRA adapters are not supported on ", device(), " yet"));
+  }
 };
 
 }  // namespace moeserve

@@ -32,6 +32,7 @@ absl::Status ValidateBatch(const ModelConfig& c, const KvCacheOptions& kv, std::
     if (in.start_pos < 0 || in.start_pos + static_cast<int64_t>(in.tokens.size()) > (int64_t{1} << 30)) {
       return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": bad start position ", in.start_pos));
     }
+    if (in.adapter < -1) return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": adapter slot ", in.adapter));
     for (int32_t t : in.tokens) {
       if (t < 0 || t >= c.vocab_size) {
         return absl::InvalidArgumentError(
@@ -91,6 +92,7 @@ StepLayout LayOutStep(const ModelConfig& c, const KvCacheOptions& kv, std::span<
       const int row = static_cast<int>(L.ids.size());
       L.ids.push_back(in.tokens[i]);
       L.pos.push_back(p);
+      L.adapter.push_back(in.adapter);
       for (int g = 0; g < kNumCacheGroups; ++g) {
         L.slots[g].push_back(used[g] ? static_cast<int64_t>(in.block_tables[g][p / bs]) * bs + p % bs : -1);
         L.table_offset[g].push_back(seq_offset[g][s]);

@@ -30,6 +30,9 @@ struct SequenceInput {
   // over the vocabulary (bit t of word t / 32); the others' logits become -inf.
   // Empty: no constraint.
   std::span<const uint32_t> token_mask;
+  // The LoRA adapter the sequence runs with: a slot of the backend's adapters
+  // (Backend::SetLoraAdapter), or -1 for the base model.
+  int32_t adapter = -1;
 };
 
 // Words of a token mask over `vocab` tokens.
@@ -52,7 +55,8 @@ struct ForwardOutput {
 
 // Checks a batch against the model and the KV pools: token ids, positions,
 // block tables long enough and inside the pools, token masks of the
-// vocabulary's size that allow some token. InvalidArgument naming the
+// vocabulary's size that allow some token, adapter slots >= -1 (the backend
+// checks that the slot holds an adapter). InvalidArgument naming the
 // sequence otherwise.
 absl::Status ValidateBatch(const ModelConfig& config, const KvCacheOptions& kv, std::span<const SequenceInput> batch);
 
@@ -68,6 +72,7 @@ struct StepLayout {
   std::vector<int64_t> table_offset[kNumCacheGroups];  // [rows]: where the row's sequence table starts
   std::vector<int64_t> slots[kNumCacheGroups];  // [rows]: block * block_size + pos % block_size (-1: unused group)
   std::vector<int32_t> logit_rows;              // rows returning logits, in ForwardOutput order
+  std::vector<int32_t> adapter;                 // [rows]: the row's LoRA adapter slot, -1: none
   std::vector<int> first_row, num_rows;         // per sequence, as ForwardOutput
 
   int num_rows_total() const { return static_cast<int>(ids.size()); }

@@ -34,6 +34,7 @@
 #include "router/text/tokenizer.h"
 #include "nlohmann/json.hpp"
 #include "tools/checkpoint_gen.h"
+#include "tools/lora_gen.h"
 #include "tools/gguf_writer.h"
 #ifdef MOESERVE_WITH_CUDA
 #include "engine/cuda/cuda_backend.h"
@@ -91,6 +92,12 @@ commands:
       --layers N --vocab N --sliding-window N --yarn-factor F   override the preset
       --max-shard-mb N       shard size (default 4096)
       --tokenizer FILE       tokenizer.json to copy in
+      --lora-out DIR         also write a random PEFT LoRA adapter for the checkpoint (docs/lora.md)
+      --lora-layout L        attention (Unsloth's default) | per-expert | fused (default attention)
+      --lora-rank N --lora-alpha F --lora-seed N --lora-dtype bf16|f16|f32   (default 8, 16, 1, bf16)
+      --lora-rslora          alpha / sqrt(r) scaling      --lora-router   also adapt the router
+  merge-lora       write base + adapter as one F32 checkpoint (dense experts): W' = W + scale B A
+      --model DIR --lora DIR --out DIR
   to-gguf          convert a checkpoint to GGUF (llama.cpp)
       --model DIR --out FILE --mode f32|native
   tokenize         encode text with the o200k_harmony tokenizer
@@ -113,7 +120,8 @@ using Flags = std::map<std::string, std::string>;
 
 absl::StatusOr<Flags> ParseFlags(int argc, char** argv, int first) {
   static const char* kBool[] = {"--kv-f32", "--rope-ggml", "--help", "--specials", "--enable-expert-parallel",
-                                "--enable-prefix-caching", "--no-enable-prefix-caching"};
+                                "--enable-prefix-caching", "--no-enable-prefix-caching",
+                                "--lora-rslora", "--lora-router"};
   Flags f;
   for (int i = first; i < argc; ++i) {
     std::string a = argv[i];
@@ -488,6 +496,15 @@ absl::Status GenCheckpoint(FlagReader& f) {
       c.layer_types.push_back(i % 2 == 0 ? LayerType::kSlidingAttention : LayerType::kFullAttention);
     }
   }
+  const std::string lora_out = f.Str("--lora-out", "");
+  LoraGenOptions lo;
+  lo.layout = f.Str("--lora-layout", lo.layout);
+  lo.rank = f.Num<int64_t>("--lora-rank", lo.rank);
+  lo.alpha = f.Num<double>("--lora-alpha", lo.alpha);
+  lo.seed = f.Num<uint64_t>("--lora-seed", lo.seed);
+  lo.dtype = f.Str("--lora-dtype", lo.dtype);
+  lo.rslora = f.Has("--lora-rslora");
+  lo.router = f.Has("--lora-router");
   c.vocab_size = f.Num<int64_t>("--vocab", c.vocab_size);
   c.sliding_window = f.Num<int64_t>("--sliding-window", c.sliding_window);
   if (f.Has("--yarn-factor")) {
@@ -503,7 +520,19 @@ absl::Status GenCheckpoint(FlagReader& f) {
   RETURN_IF_ERROR(GenerateCheckpoint(out, o));
   std::fprintf(stderr, "wrote %s in %.1fs\n", out.c_str(),
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  if (!lora_out.empty()) {
+    RETURN_IF_ERROR(GenerateLoraAdapter(lora_out, c, lo));
+    std::fprintf(stderr, "wrote %s (LoRA, %s, rank %lld)\n", lora_out.c_str(), lo.layout.c_str(),
+                 static_cast<long long>(lo.rank));
+  }
   return absl::OkStatus();
+}
+
+absl::Status MergeLora(FlagReader& f) {
+  const std::string dir = f.Str("--model", ""), lora = f.Str("--lora", ""), out = f.Str("--out", "");
+  RETURN_IF_ERROR(f.Finish());
+  if (dir.empty() || lora.empty() || out.empty()) return absl::InvalidArgumentError("--model, --lora and --out are required");
+  return MergeLoraIntoCheckpoint(dir, lora, out);
 }
 
 absl::Status ToGguf(FlagReader& f) {
@@ -652,6 +681,7 @@ int main(int argc, char** argv) {
     if (cmd == "serve") st = Serve(f);
     else if (cmd == "generate") st = Generate(f);
     else if (cmd == "gen-checkpoint") st = GenCheckpoint(f);
+    else if (cmd == "merge-lora") st = MergeLora(f);
     else if (cmd == "to-gguf") st = ToGguf(f);
     else if (cmd == "logits") st = Logits(f);
     else if (cmd == "tokenize") st = Tokenize(f);

@@ -50,10 +50,35 @@ const char* CpuBackend::PhaseName(int p) {
   return kNames[p];
 }
 
+absl::Status CpuBackend::SetLoraAdapter(int slot, std::shared_ptr<const LoraAdapter> adapter) {
+  if (slot < 0 || slot >= kMaxLoraSlots) {
+    return absl::InvalidArgumentError(absl::StrCat("LoRA slot ", slot, " outside [0, ", kMaxLoraSlots, ")"));
+  }
+  if (adapter && shard().sharded()) {
+    return absl::UnimplementedError("LoRA adapters on tensor/expert-parallel ranks are not supported yet");
+  }
+  if (adapter && static_cast<int64_t>(adapter->layers.size()) != config().num_hidden_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("adapter ", adapter->dir, " has ", adapter->layers.size(),
+                                                   " layers; the model has ", config().num_hidden_layers));
+  }
+  if (slot >= static_cast<int>(loras_.size())) loras_.resize(slot + 1);
+  loras_[slot] = std::move(adapter);
+  while (!loras_.empty() && !loras_.back()) loras_.pop_back();
+  lora_ptrs_.clear();
+  for (const auto& a : loras_) lora_ptrs_.push_back(a.get());
+  return absl::OkStatus();
+}
+
 absl::Status CpuBackend::Forward(std::span<const SequenceInput> batch, ForwardOutput* out) {
   if (shard().sharded() && !comm_) {
     return absl::FailedPreconditionError(absl::StrCat("rank ", shard().rank, " of ", shard().world_size,
                                                       ": the group has not met yet (Init)"));
+  }
+  for (size_t s = 0; s < batch.size(); ++s) {
+    const int32_t a = batch[s].adapter;
+    if (a >= 0 && (a >= static_cast<int32_t>(loras_.size()) || !loras_[a])) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": no LoRA adapter in slot ", a));
+    }
   }
   return GptOssForward(config(), shard(), kv_.options(), *this, batch, out);
 }
@@ -71,6 +96,15 @@ absl::Status CpuBackend::BeginChunk(const StepLayout& step, int r0, int r1) {
   step_ = &step;
   r0_ = r0;
   rows_ = r1 - r0;
+  lora_groups_.clear();
+  for (int r = 0; r < rows_; ++r) {
+    const int32_t slot = step.adapter[r0 + r];
+    if (slot < 0) continue;
+    auto g = std::find_if(lora_groups_.begin(), lora_groups_.end(),
+                          [&](const LoraGroup& x) { return x.adapter == loras_[slot].get(); });
+    if (g == lora_groups_.end()) g = lora_groups_.insert(lora_groups_.end(), LoraGroup{loras_[slot].get(), {}});
+    g->rows.push_back(r);
+  }
   const int64_t widths[] = {c.hidden_size, c.hidden_size, c.q_dim(), c.kv_dim(), c.kv_dim(), c.q_dim(), c.hidden_size};
   for (int b = 0; b < 7; ++b) act_[b].resize(static_cast<size_t>(rows_) * widths[b]);
   // RoPE tables for every row.
@@ -142,15 +176,25 @@ void CpuBackend::Linear(int64_t layer, Tensor x, std::initializer_list<Projectio
   if (outs.size() == 1) {
     const auto [w, b] = weight(outs.begin()->w);
     cpu::Linear(pool_, *w, b, x.data, x.ld, static_cast<int>(x.rows), outs.begin()->y.data, outs.begin()->y.ld);
-    return;
+  } else {
+    // One parallel region for all projections of the same input (q, k and v).
+    std::vector<cpu::LinearOut> many;
+    for (const Projection& p : outs) {
+      const auto [w, b] = weight(p.w);
+      many.push_back({w, b, p.y.data, p.y.ld});
+    }
+    cpu::LinearMany(pool_, many, x.data, x.ld, static_cast<int>(x.rows));
   }
-  // One parallel region for all projections of the same input (q, k and v).
-  std::vector<cpu::LinearOut> many;
   for (const Projection& p : outs) {
-    const auto [w, b] = weight(p.w);
-    many.push_back({w, b, p.y.data, p.y.ld});
+    static constexpr LoraTarget kTarget[] = {LoraTarget::kQ, LoraTarget::kK, LoraTarget::kV, LoraTarget::kO};
+    ApplyLora(layer, kTarget[static_cast<int>(p.w)], x, p.y);
   }
-  cpu::LinearMany(pool_, many, x.data, x.ld, static_cast<int>(x.rows));
+}
+
+void CpuBackend::ApplyLora(int64_t layer, LoraTarget target, Tensor x, Tensor y) {
+  for (const LoraGroup& g : lora_groups_) {
+    cpu::LoraApply(&pool_, g.adapter->factors(layer, target), 0, x.data, x.ld, g.rows, y.data, y.ld, g.rows);
+  }
 }
 
 void CpuBackend::Rope(Tensor x, int num_heads) {
@@ -270,6 +314,7 @@ absl::StatusOr<Routing> CpuBackend::Route(int64_t layer, Tensor h) {
   // The router is tiny (E x H): one thread, no synchronisation.
   std::vector<float> logits(static_cast<size_t>(rows) * ne);
   cpu::LinearRows(lw.router, lw.router_bias.data(), h.data, h.ld, rows, 0, lw.router.rows, logits.data(), ne);
+  ApplyLora(layer, LoraTarget::kRouter, h, Tensor{logits.data(), rows, ne, ne});
   route_idx_.resize(static_cast<size_t>(rows) * k);
   route_weight_.resize(static_cast<size_t>(rows) * k);
   std::vector<int> idx(k);
@@ -300,8 +345,15 @@ void CpuBackend::Experts(int64_t layer, Tensor h, const Routing& routing, Tensor
     pair_expert_[p] = local[routing.idx[p]];
   }
   pair_out_.resize(static_cast<size_t>(pairs) * hs);
+  cpu::ExpertLora lora;
+  if (!lora_groups_.empty()) {
+    pair_adapter_.resize(pairs);
+    for (int p = 0; p < pairs; ++p) pair_adapter_[p] = step_->adapter[r0_ + p / k];
+    lora = {layer, pair_adapter_, lora_ptrs_};
+  }
   cpu::ExpertPairs(pool_, lw.gate_up, lw.down, static_cast<float>(c.swiglu_limit), static_cast<float>(c.swiglu_alpha),
-                   h.data, h.ld, pair_row_, pair_expert_, pair_out_.data(), hs);
+                   h.data, h.ld, pair_row_, pair_expert_, pair_out_.data(), hs,
+                   lora_groups_.empty() ? nullptr : &lora);
   // out = sum_e w_e y_e, each token's terms added in descending weight order so
   // the result does not depend on which other tokens share the batch.
   pool_.ParallelFor(num_rows, 1, [&](int64_t b, int64_t e) {

@@ -37,6 +37,7 @@ class CpuBackend final : public Backend, private ForwardOps {
   parallel::Communicator* communicator() const override { return comm_.get(); }
   const KvCacheOptions& kv_options() const override { return kv_.options(); }
   std::string device() const override { return "cpu"; }
+  absl::Status SetLoraAdapter(int slot, std::shared_ptr<const LoraAdapter> adapter) override;
   absl::Status Forward(std::span<const SequenceInput> batch, ForwardOutput* out) override;
   // Expert selections counted per [layer][expert] since construction.
   const std::vector<int64_t>& expert_counts() const override { return expert_counts_; }
@@ -92,6 +93,18 @@ class CpuBackend final : public Backend, private ForwardOps {
   std::vector<float> gathered_;  // sharded logits: [world, rows, vocab_stride]
   std::vector<int32_t> pair_row_, pair_expert_;
   std::vector<float> pair_out_;  // [rows * k, hidden]
+
+  // LoRA adapters by slot, and the chunk's rows of each slot in use.
+  std::vector<std::shared_ptr<const LoraAdapter>> loras_;
+  std::vector<const LoraAdapter*> lora_ptrs_;  // loras_ as raw pointers, for ExpertPairs
+  struct LoraGroup {
+    const LoraAdapter* adapter;
+    std::vector<int32_t> rows;  // chunk-local
+  };
+  std::vector<LoraGroup> lora_groups_;
+  std::vector<int32_t> pair_adapter_;
+  // Adds every group's update of `target` to y (x: the op's input).
+  void ApplyLora(int64_t layer, LoraTarget target, Tensor x, Tensor y);
 };
 
 }  // namespace moeserve

@@ -155,9 +155,41 @@ void ExpertGemm(const ExpertMatrix& m, int expert, const float* x, int64_t ldx, 
     for (int64_t o = o_begin; o < o_end; ++o) y[t * ldy + o] += b[o];
 }
 
+void LoraApply(ThreadPool* pool, const LoraFactors& f, int64_t e, const float* x, int64_t ldx,
+               std::span<const int32_t> x_rows, float* y, int64_t ldy, std::span<const int32_t> y_rows) {
+  const int n = static_cast<int>(x_rows.size());
+  if (n == 0 || f.empty() || !f.active[e]) return;
+  thread_local std::vector<float> xg, t, u;
+  xg.resize(static_cast<size_t>(n) * f.in);
+  t.resize(static_cast<size_t>(n) * f.rank);
+  u.resize(static_cast<size_t>(n) * f.out);
+  for (int i = 0; i < n; ++i) {
+    std::memcpy(xg.data() + static_cast<size_t>(i) * f.in, x + static_cast<size_t>(x_rows[i]) * ldx, f.in * sizeof(float));
+  }
+  // Shrink: t = A_e x, scaled.
+  LinearRows(f.A(e), nullptr, xg.data(), f.in, n, 0, f.rank, t.data(), f.rank);
+  for (float& v : t) v *= f.scale[e];
+  // Expand: y += B_e t.
+  const float* tp = t.data();
+  float* up = u.data();
+  auto expand = [&, tp, up](int64_t o0, int64_t o1) {
+    LinearRows(f.B(e), nullptr, tp, f.rank, n, o0, o1, up, f.out);
+    for (int i = 0; i < n; ++i) {
+      float* yr = y + static_cast<size_t>(y_rows[i]) * ldy;
+      const float* ur = up + static_cast<size_t>(i) * f.out;
+      for (int64_t o = o0; o < o1; ++o) yr[o] += ur[o];
+    }
+  };
+  if (pool && f.out >= 256) {
+    pool->ParallelFor(f.out, 64, expand);
+  } else {
+    expand(0, f.out);
+  }
+}
+
 void ExpertPairs(ThreadPool& pool, const ExpertMatrix& gate_up, const ExpertMatrix& down, float limit, float alpha,
                  const float* h, int64_t ldh, std::span<const int32_t> pair_row, std::span<const int32_t> pair_expert,
-                 float* y, int64_t ldy) {
+                 float* y, int64_t ldy, const ExpertLora* lora) {
   const int64_t hs = down.rows, inter = down.cols;
   const int ne = static_cast<int>(gate_up.num_experts);
   const bool mxfp4 = gate_up.mxfp4;
@@ -199,17 +231,47 @@ void ExpertPairs(ThreadPool& pool, const ExpertMatrix& gate_up, const ExpertMatr
                  outp + static_cast<size_t>(a.offset) * ld_out, ld_out);
     });
   };
+  // LoRA: each active expert's gathered rows, grouped by adapter, get the
+  // adapter's update of `target` from `in` (rows as `in_row` maps them).
+  const LoraTarget kGateUp = LoraTarget::kGateUp;
+  auto run_lora = [&](LoraTarget target, const float* in, int64_t ld_in, bool in_by_pair_row, float* outp,
+                      int64_t ld_out) {
+    pool.Run(static_cast<int>(active.size()), [&](int task) {
+      const Active& a = active[task];
+      thread_local std::vector<int32_t> x_rows, y_rows;
+      // Slots in first-seen order; a step rarely has more than a few.
+      for (int r = a.offset; r < a.offset + a.count; ++r) {
+        const int32_t slot = lora->pair_adapter[gathered[r]];
+        bool first = slot >= 0;
+        for (int q = a.offset; q < r && first; ++q) first = lora->pair_adapter[gathered[q]] != slot;
+        if (!first || !lora->adapters[slot]) continue;
+        x_rows.clear();
+        y_rows.clear();
+        for (int q = r; q < a.offset + a.count; ++q) {
+          if (lora->pair_adapter[gathered[q]] != slot) continue;
+          x_rows.push_back(in_by_pair_row ? pair_row[gathered[q]] : q);
+          y_rows.push_back(q);
+        }
+        LoraApply(nullptr, lora->adapters[slot]->factors(lora->layer, target), a.expert, in, ld_in, x_rows, outp,
+                  ld_out, y_rows);
+      }
+    });
+  };
   std::vector<float> gu(static_cast<size_t>(total) * 2 * inter);
   run_experts(gate_up, xin.data(), hs, gu.data(), 2 * inter);
+  if (lora) run_lora(kGateUp, h, ldh, /*in_by_pair_row=*/true, gu.data(), 2 * inter);
   std::vector<float> act(static_cast<size_t>(total) * inter);
+  // The down projection's LoRA reads SwiGLU's output in its natural order.
+  std::vector<float> act_plain(lora && mxfp4 ? static_cast<size_t>(total) * inter : 0);
   pool.ParallelFor(total, 1, [&](int64_t b, int64_t e) {
     std::vector<float> tmp(inter);
     for (int64_t r = b; r < e; ++r) {
       float* dst = act.data() + static_cast<size_t>(r) * inter;
       const float* src = gu.data() + static_cast<size_t>(r) * 2 * inter;
       if (mxfp4) {
-        SwiGlu(src, inter, limit, alpha, tmp.data());
-        PermuteForMxfp4(tmp.data(), dst, inter);
+        float* plain = act_plain.empty() ? tmp.data() : act_plain.data() + static_cast<size_t>(r) * inter;
+        SwiGlu(src, inter, limit, alpha, plain);
+        PermuteForMxfp4(plain, dst, inter);
       } else {
         SwiGlu(src, inter, limit, alpha, dst);
       }
@@ -217,6 +279,10 @@ void ExpertPairs(ThreadPool& pool, const ExpertMatrix& gate_up, const ExpertMatr
   });
   std::vector<float> out(static_cast<size_t>(total) * hs);
   run_experts(down, act.data(), inter, out.data(), hs);
+  if (lora) {
+    run_lora(LoraTarget::kDown, act_plain.empty() ? act.data() : act_plain.data(), inter, /*in_by_pair_row=*/false,
+             out.data(), hs);
+  }
   pool.ParallelFor(total, 1, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       std::memcpy(y + static_cast<size_t>(gathered[r]) * ldy, out.data() + static_cast<size_t>(r) * hs, hs * sizeof(float));

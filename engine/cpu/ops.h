@@ -9,6 +9,7 @@
 #include <span>
 #include <vector>
 
+#include "engine/lora.h"
 #include "engine/thread_pool.h"
 #include "engine/weights.h"
 
@@ -63,8 +64,23 @@ void ExpertGemm(const ExpertMatrix& m, int expert, const float* x, int64_t ldx, 
 // with e an index into gate_up/down's experts; pairs with e < 0 are skipped
 // (their rows of y untouched). Pairs are grouped by expert so each expert's
 // weights are read once.   h: [rows, ldh]  y: [pairs, ldy]
+// With `lora`, each pair's adapter also updates its expert's projections:
+// gate_up += its scale · B (A h) before SwiGLU, down likewise after.
+struct ExpertLora {
+  int64_t layer = 0;
+  std::span<const int32_t> pair_adapter;          // per pair: an index into `adapters`, -1: none
+  std::span<const LoraAdapter* const> adapters;  // by slot (null where empty)
+};
 void ExpertPairs(ThreadPool& pool, const ExpertMatrix& gate_up, const ExpertMatrix& down, float limit, float alpha,
                  const float* h, int64_t ldh, std::span<const int32_t> pair_row, std::span<const int32_t> pair_expert,
-                 float* y, int64_t ldy);
+                 float* y, int64_t ldy, const ExpertLora* lora = nullptr);
+
+// A LoRA update in the manner of Punica's shrink / expand:
+//   y[y_rows[i]] += scale_e · B_e (A_e x[x_rows[i]])
+// with expert e's factors of `f` (e = 0 for dense targets). The shrink is one
+// small GEMM on the calling thread; with a pool the expand is split over the
+// output features.
+void LoraApply(ThreadPool* pool, const LoraFactors& f, int64_t e, const float* x, int64_t ldx,
+               std::span<const int32_t> x_rows, float* y, int64_t ldy, std::span<const int32_t> y_rows);
 
 }  // namespace moeserve::cpu
