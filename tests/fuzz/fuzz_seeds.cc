@@ -8,6 +8,7 @@
 #include "base/harmony_tokens.h"
 #include "moeserve/worker/v1/worker.pb.h"
 #include "tools/checkpoint_gen.h"
+#include "tools/lora_gen.h"
 
 namespace fs = std::filesystem;
 
@@ -45,6 +46,27 @@ int main(int argc, char** argv) {
     if (e.path().extension() == ".safetensors") Write(out / "fuzz_safetensors", n++, config + '\xff' + Read(e.path()));
   }
   Write(out / "fuzz_safetensors", n++, std::string("{}\xff", 3) + std::string(8, '\0'));
+
+  // PEFT adapters: adapter_config.json, 0xff, adapter_model.safetensors; one
+  // layer of the tiny model at rank 1 and 2 keeps them small.
+  n = 0;
+  ModelConfig one_layer = *PresetConfig("tiny");
+  one_layer.num_hidden_layers = 1;
+  for (const char* layout : {"attention", "per-expert", "fused"}) {
+    for (int rank : {1, 2}) {
+      LoraGenOptions lo;
+      lo.layout = layout;
+      lo.rank = rank;
+      lo.router = rank == 2;
+      lo.rslora = rank == 2;
+      lo.patterns = rank == 2;
+      lo.dtype = rank == 1 ? "bf16" : "f32";
+      const fs::path dir = out / "tiny_adapter";
+      if (!GenerateLoraAdapter(dir.string(), one_layer, lo).ok()) return 1;
+      Write(out / "fuzz_lora_adapter", n++,
+            Read(dir / "adapter_config.json") + '\xff' + Read(dir / "adapter_model.safetensors"));
+    }
+  }
 
   const std::vector<std::string> texts = {
       "Hello, world! How's it going?", "def f(x):\n    return x**2  # square\n", "日本語のテキストと中文",
