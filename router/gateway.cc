@@ -17,6 +17,7 @@
 #include "nlohmann/json.hpp"
 #include "router/ollama_api.h"
 #include "router/openai_api.h"
+#include "router/text/chat.h"
 #include "router/responses_api.h"
 
 namespace moeserve::router {
@@ -275,11 +276,44 @@ class Session : public std::enable_shared_from_this<Session>, public GenerationS
     }
     if (path == "/v1/models") {
       if (req_.method() != http::verb::get) return ReplyError({405, "use GET"});
-      json j = {{"object", "list"},
-                {"data", json::array({{{"id", api.served_model_name}, {"object", "model"}, {"created", 0},
-                                       {"owned_by", "moeserve"},
-                                       {"max_model_len", api.pool->max_model_len()}}})}};
-      return Reply(http::status::ok, j.dump(), req_.keep_alive());
+      json data = json::array({{{"id", api.served_model_name}, {"object", "model"}, {"created", 0},
+                                 {"owned_by", "moeserve"}, {"root", api.served_model_name}, {"parent", nullptr},
+                                 {"max_model_len", api.pool->max_model_len()}}});
+      if (api.adapters) {
+        for (const auto& a : api.adapters->List()) {
+          data.push_back({{"id", a->name}, {"object", "model"}, {"created", 0}, {"owned_by", "moeserve"},
+                          {"root", a->path}, {"parent", api.served_model_name},
+                          {"max_model_len", api.pool->max_model_len()}});
+        }
+      }
+      return Reply(http::status::ok, json{{"object", "list"}, {"data", data}}.dump(), req_.keep_alive());
+    }
+    if (path == "/v1/load_lora_adapter" || path == "/v1/unload_lora_adapter") {
+      // vLLM's runtime adapter API. Loading reads the files on every worker:
+      // it runs off the I/O threads, and the reply comes on this connection's strand.
+      if (req_.method() != http::verb::post) return ReplyError({405, "use POST"});
+      json body;
+      if (!ParseBody(&body)) return;
+      const bool load = path == "/v1/load_lora_adapter";
+      const auto name = text::StringField(body, "lora_name");
+      if (!name || name->empty()) return ReplyError(BadRequest("'lora_name' is required", "lora_name"));
+      std::string lora_path;
+      if (load) {
+        const auto p = text::StringField(body, "lora_path");
+        if (!p || p->empty()) return ReplyError(BadRequest("'lora_path' is required", "lora_path"));
+        lora_path = *p;
+      }
+      net::post(gw_->compile_pool, [self = shared_from_this(), load, name = *name, lora_path] {
+        WorkerPool& pool = *self->gw_->api->pool;
+        const absl::Status st = load ? pool.LoadAdapter(name, lora_path).status() : pool.UnloadAdapter(name);
+        net::post(self->stream_.get_executor(), [self, st, load, name] {
+          if (!st.ok()) return self->ReplyError(FromStatus(st));
+          self->Reply(http::status::ok,
+                      absl::StrCat("Success: LoRA adapter '", name, load ? "' added successfully." : "' removed successfully."),
+                      self->req_.keep_alive(), 0, "text/plain; charset=utf-8");
+        });
+      });
+      return;
     }
     if (path == "/v1/chat/completions" || path == "/v1/completions") {
       if (req_.method() != http::verb::post) return ReplyError({405, "use POST"});

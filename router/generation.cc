@@ -74,11 +74,15 @@ std::optional<ApiError> Generation::Prepare(const ApiContext& ctx, const Generat
                                             Prepared* out) {
   const RequestLimits& lim = ctx.limits;
   const text::Tokenizer& tok = *ctx.tokenizer;
-  if (!spec.model.empty() && spec.model != ctx.served_model_name) {
-    return ApiError{404, absl::StrCat("The model `", spec.model, "` does not exist."), "invalid_request_error", "model",
-                    "model_not_found"};
-  }
   GenerationRequest& gr = out->request;
+  if (!spec.model.empty() && spec.model != ctx.served_model_name) {
+    if (ctx.adapters) gr.adapter = ctx.adapters->Find(spec.model);
+    if (!gr.adapter) {
+      return ApiError{404, absl::StrCat("The model `", spec.model, "` does not exist."), "invalid_request_error",
+                      "model", "model_not_found"};
+    }
+    gr.cache_key = gr.adapter->cache_key;
+  }
   if (!spec.chat && spec.response_format.type != ResponseFormat::Type::kText) {
     return BadRequest("a JSON response format needs a chat request", "response_format");
   }
@@ -203,6 +207,7 @@ std::optional<ApiError> Generation::Start(ApiContext* ctx, GenerationSpec spec, 
   if (auto err = Prepare(*ctx, spec, ctx->backend->max_model_len(), &prep)) return err;
   auto g = std::make_shared<Generation>(ctx, std::move(spec), std::move(id), std::move(sink));
   g->prompt_ = prep.request.prompt;
+  g->model_name_ = prep.request.adapter ? prep.request.adapter->name : ctx->served_model_name;
   if (prep.request.sampling.prompt_logprobs()) g->prompt_logprobs_.resize(g->prompt_.size());
   g->created_ = std::chrono::duration_cast<std::chrono::seconds>(
                     std::chrono::system_clock::now().time_since_epoch()).count();
@@ -399,6 +404,10 @@ void Generation::OnFinish(Choice& c, RequestStatus st, const std::string& why) {
   const double e2e = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   if (!c.stopped_by_string && (st == RequestStatus::kFinishedError || st == RequestStatus::kFinishedAborted)) {
     ctx_->metrics->RequestFinished(st == RequestStatus::kFinishedError ? "error" : "abort", prompt, completion, e2e);
+    if (model_name_ != ctx_->served_model_name) {
+      ctx_->metrics->LoraRequestFinished(model_name_, st == RequestStatus::kFinishedError ? "error" : "abort", prompt,
+                                         completion);
+    }
     if (done_) return;  // the client is gone
     // A choice that cannot finish fails the request: the others are aborted.
     failed_ = done_ = true;
@@ -434,6 +443,7 @@ void Generation::OnFinish(Choice& c, RequestStatus st, const std::string& why) {
   }
   c.result.finish_reason = finish;
   ctx_->metrics->RequestFinished(finish, prompt, completion, e2e);
+  if (model_name_ != ctx_->served_model_name) ctx_->metrics->LoraRequestFinished(model_name_, finish, prompt, completion);
   GenerationEvent e;
   e.kind = GenerationEvent::Kind::kFinish;
   e.text = finish;

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "router/adapters.h"
 #include "router/errors.h"
 #include "router/grammar/reply_grammar.h"
 #include "router/metrics.h"
@@ -66,6 +67,8 @@ struct ApiContext {
   std::vector<int32_t> eos_token_ids;
   // Compiled reply grammars (structured output); null: requests that need one are refused.
   grammar::ReplyGrammarCache* grammars = nullptr;
+  // LoRA adapters a request may name as its model (null: none).
+  const AdapterRegistry* adapters = nullptr;
 };
 
 enum class ToolChoice { kAuto, kNone, kRequired, kNamed };
@@ -191,6 +194,8 @@ class Generation : public std::enable_shared_from_this<Generation> {
   void Abort();
 
   const GenerationSpec& spec() const { return spec_; }
+  // The model it runs: the served model's name or the adapter's (what responses echo).
+  const std::string& model_name() const { return model_name_; }
   const std::string& id() const { return id_; }
   int64_t created() const { return created_; }  // unix seconds
   const std::vector<int32_t>& prompt() const { return prompt_; }
@@ -223,6 +228,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
   int64_t created_ = 0;
   std::chrono::steady_clock::time_point start_, first_token_, end_;
   std::vector<int32_t> prompt_;
+  std::string model_name_;
   std::vector<std::optional<TokenLogprob>> prompt_logprobs_;
   std::vector<std::unique_ptr<Choice>> choices_;
   std::vector<ChoiceResult> results_;

@@ -128,6 +128,42 @@ void GroupRunner::Stop() {
   EndAll("the router is shutting down", /*hand_on=*/false);
 }
 
+namespace {
+absl::Status FromGrpc(const grpc::Status& st, const std::string& who) {
+  if (st.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(static_cast<int>(st.error_code())),
+                      st.error_code() == grpc::StatusCode::UNAVAILABLE || st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED
+                          ? absl::StrCat("worker ", who, ": ", st.error_message())
+                          : st.error_message());
+}
+}  // namespace
+
+absl::Status GroupRunner::LoadAdapter(const Adapter& adapter, int64_t max_rank, v1::LoadAdapterResponse* out) {
+  v1::LoadAdapterRequest req;
+  req.set_adapter(adapter.slot);
+  req.set_path(adapter.path);
+  req.set_max_rank(max_rank);
+  for (size_t r = 0; r < rank_.size(); ++r) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(5));  // reading the files
+    RETURN_IF_ERROR(FromGrpc(rank_[r].stub->LoadAdapter(&ctx, req, out), ranks_[r]));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GroupRunner::UnloadAdapter(int32_t slot) {
+  v1::UnloadAdapterRequest req;
+  req.set_adapter(slot);
+  for (size_t r = 0; r < rank_.size(); ++r) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    v1::UnloadAdapterResponse res;
+    const grpc::Status st = rank_[r].stub->UnloadAdapter(&ctx, req, &res);
+    if (!st.ok() && st.error_code() != grpc::StatusCode::NOT_FOUND) return FromGrpc(st, ranks_[r]);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<int64_t> GroupRunner::Submit(GenerationRequest g, GenerationCallbacks callbacks, int64_t id_hint) {
   std::lock_guard<std::mutex> lock(mu_);
   if (stop_ || failed_ || !scheduler_) return absl::UnavailableError("no worker group is running");
@@ -139,6 +175,7 @@ absl::StatusOr<int64_t> GroupRunner::Submit(GenerationRequest g, GenerationCallb
   r->stop_token_ids = std::move(g.stop_token_ids);
   r->sampling = std::move(g.sampling);
   r->cache_key = g.cache_key;
+  r->adapter = std::move(g.adapter);
   r->callbacks = std::move(callbacks);
   if (g.grammar) {
     // A request moved from a failed group replays its output through the grammar.
@@ -246,6 +283,7 @@ void GroupRunner::EndAll(const std::string& why, bool hand_on) {
       o.request.stop_token_ids = std::move(r->stop_token_ids);
       o.request.sampling = std::move(r->sampling);
       o.request.cache_key = r->cache_key;
+      o.request.adapter = std::move(r->adapter);
       o.request.grammar = std::move(r->grammar);
       o.callbacks = std::move(r->callbacks);
       orphans.push_back(std::move(o));

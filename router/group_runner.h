@@ -40,7 +40,8 @@ struct GenerationRequest {
   int64_t max_tokens = 16;
   std::vector<int32_t> stop_token_ids;
   worker::v1::SamplingParams sampling;
-  int64_t cache_key = 0;  // prefix-cache namespace (the LoRA adapter); 0: the base model
+  int64_t cache_key = 0;  // prefix-cache namespace (the LoRA adapter's); 0: the base model
+  std::shared_ptr<const Adapter> adapter;  // null: the base model
   // Structured output (router/grammar/): the grammar the output must follow, or null.
   std::shared_ptr<const grammar::CompiledGrammar> grammar;
 };
@@ -104,6 +105,10 @@ class GroupRunner {
   const std::string& address() const { return address_; }
 
   const worker::v1::DescribeResponse& description() const { return description_; }
+  // LoRA adapters on every rank of the group (worker.v1 LoadAdapter /
+  // UnloadAdapter; after Start). The error is the first rank's refusal.
+  absl::Status LoadAdapter(const Adapter& adapter, int64_t max_rank, worker::v1::LoadAdapterResponse* out);
+  absl::Status UnloadAdapter(int32_t slot);
   int num_running() const;
   int num_waiting() const;
   int64_t num_preemptions() const;

@@ -328,6 +328,14 @@ grpc::Status GrpcApi::ListModels(grpc::ServerContext* ctx, const pb::ListModelsR
   pb::Model* m = res->add_models();
   m->set_id(api_->served_model_name);
   m->set_max_model_len(api_->pool->max_model_len());
+  if (api_->adapters) {
+    for (const auto& a : api_->adapters->List()) {
+      pb::Model* am = res->add_models();
+      am->set_id(a->name);
+      am->set_max_model_len(api_->pool->max_model_len());
+      am->set_parent(api_->served_model_name);
+    }
+  }
   return grpc::Status::OK;
 }
 

@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "nlohmann/json.hpp"
 #include "router/gateway.h"
 #include "router/grpc_api.h"
 #include "router/metrics.h"
@@ -44,6 +45,13 @@ constexpr char kUsage[] = R"(usage: moeserve-router --worker HOST:PORT[,HOST:POR
   --responses-store-size N       /v1/responses kept for previous_response_id and GET (default 1024; 0 keeps none)
   --responses-ttl S              how long a stored response is kept, in seconds (default 3600)
   --health-check-interval-ms N   how often workers are checked (default 1000)
+LoRA adapters (docs/lora.md):
+  --lora-modules NAME=PATH ...   PEFT adapters served beside the model, chosen by `model` = NAME; also
+                                 comma-separated, or vLLM's JSON form {"name": ..., "path": ...}
+  --max-loras N                  adapters loaded at once (default 8, or the number of --lora-modules)
+  --max-lora-rank N              adapters of higher rank are refused (default 512)
+  POST /v1/load_lora_adapter {"lora_name", "lora_path"} and /v1/unload_lora_adapter {"lora_name"} change
+  them at run time (behind --api-key when one is set)
 HTTP limits (docs/limits.md):
   --max-connections N            open connections; beyond them requests get 503 (default 4096)
   --max-body-bytes N             request body; beyond it 413 (default 8388608)
@@ -73,8 +81,9 @@ int main(int argc, char** argv) {
                                  "--max-num-queued-requests", "--grpc-port", "--health-check-interval-ms",
                                  "--tensor-parallel-size", "--max-connections", "--max-body-bytes",
                                  "--max-header-bytes", "--http-idle-timeout", "--http-header-timeout",
-                                 "--http-body-timeout", "--ollama-port", "--responses-store-size", "--responses-ttl"}, &help,
-                                {"--enable-prefix-caching", "--no-enable-prefix-caching"});
+                                 "--http-body-timeout", "--ollama-port", "--responses-store-size", "--responses-ttl",
+                                 "--lora-modules", "--max-loras", "--max-lora-rank"}, &help,
+                                {"--enable-prefix-caching", "--no-enable-prefix-caching"}, {"--lora-modules"});
   if (help) {
     std::fputs(kUsage, stdout);
     return 0;
@@ -123,13 +132,56 @@ int main(int argc, char** argv) {
   auto tok = text::Tokenizer::FromTokenizerJson(dir + "/tokenizer.json");
   if (!tok.ok()) return Fail(std::string(tok.status().message()));
 
+  // LoRA adapters: NAME=PATH entries (space- or comma-separated) or vLLM's JSON objects.
+  std::vector<std::pair<std::string, std::string>> loras;
+  for (const std::string& arg : std::vector<std::string>(absl::StrSplit(get("--lora-modules", ""), '\n', absl::SkipEmpty()))) {
+    if (arg.front() == '{') {
+      const nlohmann::json j = nlohmann::json::parse(arg, nullptr, false);
+      if (!j.is_object() || !j.contains("name") || !j["name"].is_string() || !j.contains("path") ||
+          !j["path"].is_string()) {
+        return Fail(absl::StrCat("--lora-modules: ", arg, " is not {\"name\": ..., \"path\": ...}"));
+      }
+      loras.emplace_back(j["name"].get<std::string>(), j["path"].get<std::string>());
+      continue;
+    }
+    for (absl::string_view e : absl::StrSplit(arg, absl::ByAnyChar(", \t"), absl::SkipEmpty())) {
+      const size_t eq = e.find('=');
+      if (eq == absl::string_view::npos || eq == 0 || eq + 1 == e.size()) {
+        return Fail(absl::StrCat("--lora-modules: \"", e, "\" is not NAME=PATH"));
+      }
+      loras.emplace_back(std::string(e.substr(0, eq)), std::string(e.substr(eq + 1)));
+    }
+  }
+  int64_t max_loras = std::max<int64_t>(8, static_cast<int64_t>(loras.size())), max_lora_rank = 512;
+  if (f.count("--max-loras") && (!absl::SimpleAtoi(f["--max-loras"], &max_loras) || max_loras < 1 || max_loras > 254)) {
+    return Fail("--max-loras must be in [1, 254]");
+  }
+  if (static_cast<int64_t>(loras.size()) > max_loras) {
+    return Fail(absl::StrCat("--lora-modules names ", loras.size(), " adapters, over --max-loras ", max_loras));
+  }
+  if (f.count("--max-lora-rank") &&
+      (!absl::SimpleAtoi(f["--max-lora-rank"], &max_lora_rank) || max_lora_rank < 1 || max_lora_rank > 4096)) {
+    return Fail("--max-lora-rank must be in [1, 4096]");
+  }
+
   router::RouterMetrics metrics;
   router::WorkerPoolOptions po;
   po.scheduler = sc;
   po.health_check_interval_ms = static_cast<int>(health_ms);
   po.hooks = metrics.Hooks();
+  std::string name = dir;
+  while (!name.empty() && name.back() == '/') name.pop_back();
+  const std::string served_name = get("--served-model-name", name.substr(name.find_last_of('/') + 1));
+  router::AdapterRegistry adapters(served_name, static_cast<int>(max_loras), max_lora_rank);
+  po.adapters = &adapters;
   router::WorkerPool pool(groups, po);
   if (absl::Status st = pool.Start(); !st.ok()) return Fail(std::string(st.message()));
+  for (const auto& [lora_name, lora_path] : loras) {
+    auto a = pool.LoadAdapter(lora_name, lora_path);
+    if (!a.ok()) return Fail(absl::StrCat("LoRA adapter ", lora_name, ": ", a.status().message()));
+    std::fprintf(stderr, "moeserve-router: LoRA adapter %s (rank %lld, %.1f MB per worker) from %s\n",
+                 lora_name.c_str(), static_cast<long long>(a->rank), a->bytes / 1e6, lora_path.c_str());
+  }
 
   router::ApiContext api;
   api.pool = &pool;
@@ -140,9 +192,8 @@ int main(int argc, char** argv) {
   api.grammars = &grammars;
   metrics.SetQueueLimit(sc.max_num_queued_requests);
   api.eos_token_ids.assign(pool.description().eos_token_ids().begin(), pool.description().eos_token_ids().end());
-  std::string name = dir;
-  while (!name.empty() && name.back() == '/') name.pop_back();
-  api.served_model_name = get("--served-model-name", name.substr(name.find_last_of('/') + 1));
+  api.served_model_name = served_name;
+  api.adapters = &adapters;
   const std::time_t now = std::time(nullptr);
   char date[16];
   std::strftime(date, sizeof(date), "%Y-%m-%d", std::gmtime(&now));

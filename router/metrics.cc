@@ -27,6 +27,22 @@ RouterMetrics::RouterMetrics()
                              .Help("Generated tokens of finished requests.")
                              .Register(*registry_)
                              .Add({})),
+      lora_requests_(prometheus::BuildCounter()
+                         .Name("moeserve_lora_requests_total")
+                         .Help("Finished requests of each LoRA adapter, by finish reason.")
+                         .Register(*registry_)),
+      lora_prompt_tokens_(prometheus::BuildCounter()
+                              .Name("moeserve_lora_prompt_tokens_total")
+                              .Help("Prompt tokens of finished requests of each LoRA adapter.")
+                              .Register(*registry_)),
+      lora_generation_tokens_(prometheus::BuildCounter()
+                                  .Name("moeserve_lora_generation_tokens_total")
+                                  .Help("Generated tokens of finished requests of each LoRA adapter.")
+                                  .Register(*registry_)),
+      lora_loaded_(prometheus::BuildGauge()
+                       .Name("moeserve_lora_adapters")
+                       .Help("LoRA adapters loaded (1 per adapter, with its rank and worker memory as labels).")
+                       .Register(*registry_)),
       prefix_cache_queries_(prometheus::BuildCounter()
                                 .Name("moeserve_prefix_cache_queries_total")
                                 .Help("Tokens of requests looked up in the prefix cache when scheduled (vLLM's "
@@ -110,6 +126,13 @@ void RouterMetrics::RequestFinished(const std::string& finish_reason, int64_t pr
   e2e_.Observe(e2e_seconds);
 }
 
+void RouterMetrics::LoraRequestFinished(const std::string& adapter, const std::string& finish_reason,
+                                        int64_t prompt_tokens, int64_t generation_tokens) {
+  lora_requests_.Add({{"adapter", adapter}, {"finish_reason", finish_reason}}).Increment();
+  lora_prompt_tokens_.Add({{"adapter", adapter}}).Increment(static_cast<double>(prompt_tokens));
+  lora_generation_tokens_.Add({{"adapter", adapter}}).Increment(static_cast<double>(generation_tokens));
+}
+
 void RouterMetrics::FirstToken(double seconds) { ttft_.Observe(seconds); }
 void RouterMetrics::InterToken(double seconds) { itl_.Observe(seconds); }
 
@@ -136,6 +159,16 @@ void RouterMetrics::HttpResponse(int code) { http_responses_.Add({{"code", std::
 std::string RouterMetrics::Serialize(const WorkerPool& pool) {
   const std::vector<GroupStatus> groups = pool.Status();
   std::lock_guard<std::mutex> lock(mu_);
+  if (pool.adapters()) {
+    // Unloaded adapters leave the family: it is rebuilt from the registry.
+    for (auto* m : lora_gauges_) lora_loaded_.Remove(m);
+    lora_gauges_.clear();
+    for (const auto& a : pool.adapters()->List()) {
+      lora_gauges_.push_back(&lora_loaded_.Add(
+          {{"adapter", a->name}, {"rank", std::to_string(a->rank)}, {"bytes", std::to_string(a->bytes)}}));
+      lora_gauges_.back()->Set(1);
+    }
+  }
   preemptions_seen_.resize(groups.size(), 0);
   failures_seen_.resize(groups.size(), 0);
   for (size_t g = 0; g < groups.size(); ++g) {

@@ -26,6 +26,9 @@ class RouterMetrics {
 
   void RequestFinished(const std::string& finish_reason, int64_t prompt_tokens, int64_t generation_tokens,
                        double e2e_seconds);
+  // A finished request of a LoRA adapter (beside RequestFinished), by adapter name.
+  void LoraRequestFinished(const std::string& adapter, const std::string& finish_reason, int64_t prompt_tokens,
+                           int64_t generation_tokens);
   void FirstToken(double seconds);
   void InterToken(double seconds);
   void QueueTime(double seconds);
@@ -44,6 +47,10 @@ class RouterMetrics {
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Counter& prompt_tokens_;
   prometheus::Counter& generation_tokens_;
+  prometheus::Family<prometheus::Counter>& lora_requests_;
+  prometheus::Family<prometheus::Counter>& lora_prompt_tokens_;
+  prometheus::Family<prometheus::Counter>& lora_generation_tokens_;
+  prometheus::Family<prometheus::Gauge>& lora_loaded_;
   prometheus::Counter& prefix_cache_queries_;
   prometheus::Counter& prefix_cache_hits_;
   prometheus::Family<prometheus::Counter>& preemptions_;
@@ -63,6 +70,7 @@ class RouterMetrics {
   std::mutex mu_;  // Serialize's bookkeeping
   std::vector<int64_t> preemptions_seen_, failures_seen_;
   std::atomic<int64_t> queue_limit_{0};
+  std::vector<prometheus::Gauge*> lora_gauges_;
 };
 
 }  // namespace moeserve::router

@@ -160,7 +160,9 @@ std::optional<ApiError> Decode(const ApiContext& ctx, bool chat, const json& bod
   auto model = text::StringField(body, "model");
   if (!model || model->empty()) return BadRequest("model is required", "model");
   o->model = *model;
-  if (!IsServedModel(ctx, *model)) return NotFound(ctx, *model);
+  const auto resolved = ResolveOllamaModel(ctx, *model);
+  if (!resolved) return NotFound(ctx, *model);
+  spec->model = *resolved;  // an adapter's name, or empty for the base model
   for (const char* flag : {"stream", "raw"}) {
     if (body.contains(flag) && !body[flag].is_null() && !body[flag].is_boolean()) {
       return BadRequest(absl::StrCat("'", flag, "' must be a boolean"), flag);
@@ -358,9 +360,16 @@ json Details() {
 
 }  // namespace
 
-bool IsServedModel(const ApiContext& ctx, const std::string& name) {
-  return name == ctx.served_model_name || name == ctx.served_model_name + ":latest";
+std::optional<std::string> ResolveOllamaModel(const ApiContext& ctx, const std::string& name) {
+  if (name == ctx.served_model_name || name == ctx.served_model_name + ":latest") return std::string();
+  if (!ctx.adapters) return std::nullopt;
+  for (const std::string& n : {name, absl::EndsWith(name, ":latest") ? name.substr(0, name.size() - 7) : name}) {
+    if (ctx.adapters->Find(n)) return n;
+  }
+  return std::nullopt;
 }
+
+bool IsServedModel(const ApiContext& ctx, const std::string& name) { return ResolveOllamaModel(ctx, name).has_value(); }
 
 std::optional<ApiError> DecodeOllama(const ApiContext& ctx, bool chat, const ordered_json& body, GenerationSpec* spec,
                                      OllamaOptions* options) {
@@ -397,7 +406,17 @@ std::optional<HttpReply> OllamaInfoRoute(const ApiContext& ctx, const std::strin
     if (method != "GET") return error(405, "use GET");
     json m = {{"name", name + ":latest"}, {"model", name + ":latest"}, {"modified_at", "1970-01-01T00:00:00Z"},
               {"size", 0}, {"digest", digest}, {"details", Details()}};
-    return HttpReply{200, Dump(json{{"models", json::array({m})}})};
+    json models = json::array({m});
+    if (ctx.adapters) {
+      for (const auto& a : ctx.adapters->List()) {
+        json d = Details();
+        d["parent_model"] = name + ":latest";
+        models.push_back({{"name", a->name + ":latest"}, {"model", a->name + ":latest"},
+                          {"modified_at", "1970-01-01T00:00:00Z"}, {"size", a->bytes}, {"digest", digest},
+                          {"details", d}});
+      }
+    }
+    return HttpReply{200, Dump(json{{"models", models}})};
   }
   if (path == "/api/ps") {
     if (method != "GET") return error(405, "use GET");

@@ -46,5 +46,8 @@ std::optional<HttpReply> OllamaInfoRoute(const ApiContext& ctx, const std::strin
 // Whether `name` names the served model the way Ollama clients write it
 // ("gpt-oss", "gpt-oss:latest").
 bool IsServedModel(const ApiContext& ctx, const std::string& name);
+// "" for the served model (name or name:latest), an adapter's name for a LoRA
+// adapter (with or without :latest), nothing for an unknown model.
+std::optional<std::string> ResolveOllamaModel(const ApiContext& ctx, const std::string& name);
 
 }  // namespace moeserve::router

@@ -348,7 +348,7 @@ class OpenAiEncoder : public HttpEncoder {
     std::string out;
     if (opts_.include_usage) {
       out += Sse(json{{"id", g.id()}, {"object", chat_ ? "chat.completion.chunk" : "text_completion"},
-                      {"created", g.created()}, {"model", ctx_.served_model_name}, {"choices", json::array()},
+                      {"created", g.created()}, {"model", g.model_name()}, {"choices", json::array()},
                       {"usage", UsageJson(g.usage())}});
     }
     return out + "data: [DONE]\n\n";
@@ -391,7 +391,7 @@ class OpenAiEncoder : public HttpEncoder {
       choices.push_back(std::move(choice));
     }
     json res = {{"id", g.id()}, {"object", chat_ ? "chat.completion" : "text_completion"}, {"created", g.created()},
-                {"model", ctx_.served_model_name}, {"choices", std::move(choices)}, {"usage", UsageJson(g.usage())}};
+                {"model", g.model_name()}, {"choices", std::move(choices)}, {"usage", UsageJson(g.usage())}};
     if (opts_.return_token_ids) res["prompt_token_ids"] = g.prompt();
     return Dump(res);
   }
@@ -411,7 +411,7 @@ class OpenAiEncoder : public HttpEncoder {
     }
     if (opts_.return_token_ids) choice["token_ids"] = token_ids;
     return Sse({{"id", g.id()}, {"object", chat_ ? "chat.completion.chunk" : "text_completion"},
-                {"created", g.created()}, {"model", ctx_.served_model_name},
+                {"created", g.created()}, {"model", g.model_name()},
                 {"choices", json::array({std::move(choice)})}});
   }
 

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "moeserve/worker/v1/worker.pb.h"
+#include "router/adapters.h"
 #include "router/block_hash.h"
 #include "router/grammar/matcher.h"
 
@@ -74,6 +75,8 @@ struct Request {
   worker::v1::SamplingParams sampling;
   // Part of every block hash: requests with different keys (LoRA adapters) never share blocks.
   int64_t cache_key = 0;
+  // The LoRA adapter it runs with (null: the base model); held, it stays loaded.
+  std::shared_ptr<const Adapter> adapter;
   // Structured output: the reply's grammar and where the output so far left it
   // (advanced by every sampled token; its mask goes with each step that samples).
   std::shared_ptr<const grammar::CompiledGrammar> grammar;

@@ -87,6 +87,7 @@ void Scheduler::Emit(Request* r, int64_t n, SchedulerOutput* out) {
     d.num_scheduled = n;
     d.tables = t;
     d.sampling = r->sampling;
+    d.adapter = r->adapter ? r->adapter->slot : 0;
     out->new_sequences.push_back(std::move(d));
   } else {
     CachedSequenceData d;

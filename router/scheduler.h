@@ -61,6 +61,7 @@ struct NewSequenceData {
   int64_t num_scheduled;
   BlockTables tables;
   worker::v1::SamplingParams sampling;
+  int32_t adapter = 0;  // LoRA slot (router/adapters.h), 0: the base model
 };
 
 // A sequence the worker holds: what changed since the last step (vLLM's CachedRequestData).

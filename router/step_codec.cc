@@ -23,6 +23,7 @@ v1::StepRequest EncodeStep(uint64_t step_id, const SchedulerOutput& out) {
     n->mutable_sliding_blocks()->Add(d.tables[kSlidingGroup].begin(), d.tables[kSlidingGroup].end());
     *n->mutable_sampling() = d.sampling;
     n->set_num_prompt_tokens(d.num_prompt_tokens);
+    n->set_adapter(d.adapter);
   }
   for (const CachedSequenceData& d : out.cached) {
     v1::RunningSequence* n = req.add_running();

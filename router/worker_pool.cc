@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status.h"
 
 namespace moeserve::router {
 
@@ -92,6 +93,18 @@ absl::Status WorkerPool::Connect(int g, int timeout_ms) {
   auto runner = std::make_shared<GroupRunner>(ranks, options_.scheduler, std::move(hooks));
   if (absl::Status st = runner->Start(timeout_ms); !st.ok()) return st;
   const v1::DescribeResponse& d = runner->description();
+  // The adapters the other groups hold, before the group takes requests.
+  std::lock_guard<std::mutex> adapters_lock(adapters_mu_);
+  if (options_.adapters) {
+    for (const Adapter& a : options_.adapters->Resident()) {
+      v1::LoadAdapterResponse res;
+      if (absl::Status st = runner->LoadAdapter(a, options_.adapters->max_rank(), &res); !st.ok()) {
+        std::lock_guard<std::mutex> lock(mu_);
+        graveyard_.push_back(runner);
+        return absl::Status(st.code(), absl::StrCat("worker ", address, ": LoRA adapter ", a.name, ": ", st.message()));
+      }
+    }
+  }
   std::lock_guard<std::mutex> lock(mu_);
   if (!described_) {
     description_ = d;
@@ -215,6 +228,62 @@ void WorkerPool::HealthLoop() {
     for (auto& r : dead) r->Stop();
     dead.clear();
     for (int g = 0; g < static_cast<int>(groups_.size()); ++g) CheckGroup(g);
+    ReapAdapters();
+  }
+}
+
+absl::StatusOr<Adapter> WorkerPool::LoadAdapter(const std::string& name, const std::string& path) {
+  if (!options_.adapters) return absl::FailedPreconditionError("this router serves no LoRA adapters");
+  std::lock_guard<std::mutex> adapters_lock(adapters_mu_);
+  ASSIGN_OR_RETURN(Adapter a, options_.adapters->Reserve(name, path));
+  std::vector<std::shared_ptr<GroupRunner>> runners;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const Group& g : groups_)
+      if (g.runner) runners.push_back(g.runner);
+  }
+  absl::Status st = runners.empty() ? absl::UnavailableError("no worker group is up") : absl::OkStatus();
+  size_t loaded = 0;
+  for (; st.ok() && loaded < runners.size(); ++loaded) {
+    v1::LoadAdapterResponse res;
+    st = runners[loaded]->LoadAdapter(a, options_.adapters->max_rank(), &res);
+    a.rank = res.rank();
+    a.bytes = res.bytes();
+  }
+  if (!st.ok()) {
+    for (size_t i = 0; i < loaded; ++i) (void)runners[i]->UnloadAdapter(a.slot);
+    options_.adapters->Cancel(a);
+    return st;
+  }
+  options_.adapters->Publish(a);
+  return a;
+}
+
+absl::Status WorkerPool::UnloadAdapter(const std::string& name) {
+  if (!options_.adapters) return absl::NotFoundError(absl::StrCat("The lora adapter '", name, "' cannot be found."));
+  RETURN_IF_ERROR(options_.adapters->Retire(name));
+  ReapAdapters();
+  return absl::OkStatus();
+}
+
+void WorkerPool::ReapAdapters() {
+  if (!options_.adapters) return;
+  std::lock_guard<std::mutex> adapters_lock(adapters_mu_);
+  const std::vector<Adapter> drained = options_.adapters->Drained();
+  if (drained.empty()) return;
+  std::vector<std::shared_ptr<GroupRunner>> runners;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const Group& g : groups_)
+      if (g.runner) runners.push_back(g.runner);
+  }
+  for (const Adapter& a : drained) {
+    // A worker that still holds a finished sequence of it refuses; the next round retries.
+    bool all = true;
+    for (auto& r : runners) {
+      if (r->alive()) all = r->UnloadAdapter(a.slot).ok() && all;
+    }
+    if (all) options_.adapters->Free(a.slot);
   }
 }
 

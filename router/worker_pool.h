@@ -33,6 +33,8 @@ struct WorkerPoolOptions {
   int health_check_timeout_ms = 2000;
   // Observers shared by all groups (queue time, step latency); on_orphans is the pool's.
   RunnerHooks hooks;
+  // LoRA adapters every group holds (null: none can be loaded).
+  AdapterRegistry* adapters = nullptr;
 };
 
 struct GroupStatus {
@@ -69,6 +71,14 @@ class WorkerPool : public GenerationBackend {
   bool ready() const;  // at least one group is up
   std::vector<GroupStatus> Status() const;
 
+  // LoRA adapters (router/adapters.h), loaded on every group that is up and
+  // on groups that (re)join. The error is a worker's refusal (InvalidArgument
+  // for files that are not a valid adapter for this model) or the registry's.
+  absl::StatusOr<Adapter> LoadAdapter(const std::string& name, const std::string& path);
+  // Retires the name now; the workers drop it once no request holds it.
+  absl::Status UnloadAdapter(const std::string& name);
+  AdapterRegistry* adapters() const { return options_.adapters; }
+
  private:
   struct Group {
     std::string address;              // the ranks' addresses joined with "+"
@@ -89,6 +99,7 @@ class WorkerPool : public GenerationBackend {
   absl::Status Connect(int g, int timeout_ms);  // describes the worker and starts a runner (no lock held)
   void HealthLoop();
   void CheckGroup(int g);
+  void ReapAdapters();  // unloads drained adapters from the workers
   absl::StatusOr<int64_t> Place(int64_t id, GenerationRequest request, GenerationCallbacks callbacks, int exclude);
   void OnOrphans(int g, int64_t incarnation, std::vector<OrphanedRequest> orphans, const std::string& why);
   GenerationCallbacks Wrap(int64_t id, GenerationCallbacks callbacks);
@@ -107,6 +118,7 @@ class WorkerPool : public GenerationBackend {
   std::vector<std::pair<int64_t, RequestStatus>> pending_finishes_;
   std::vector<std::shared_ptr<GroupRunner>> graveyard_;  // failed runners, stopped by the health thread
 
+  std::mutex adapters_mu_;  // serialises adapter loads, unloads and the loads of a joining group
   std::mutex health_mu_;
   std::condition_variable health_cv_;
   bool stop_ = false;

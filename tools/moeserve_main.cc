@@ -2,7 +2,7 @@
 //
 //   moeserve serve           start a worker and the router on loopback (the OpenAI API)
 //   moeserve generate        generate text with a model (the demo model by default)
-//   moeserve gen-checkpoint  write a random-weight gpt-oss checkpoint
+//   moeserve gen-checkpoint  write a random-weight gpt-oss checkpoint (and LoRA adapters: gen-lora, merge-lora)
 //   moeserve to-gguf         convert a checkpoint to GGUF for llama.cpp
 //   moeserve logits          dump logits of a token sequence (for reference tests)
 //   moeserve tokenize        encode text with the o200k_harmony tokenizer
@@ -73,6 +73,7 @@ commands:
       --max-connections N --max-body-bytes N --max-header-bytes N --http-idle-timeout S
       --http-header-timeout S --http-body-timeout S (HTTP limits, docs/limits.md)
       --enable-prefix-caching (default) | --no-enable-prefix-caching
+      --lora-modules NAME=PATH ... --max-loras N --max-lora-rank N   LoRA adapters (docs/lora.md)
                              passed to moeserve-worker / moeserve-router
   generate         generate text from a prompt
       --model DIR            model directory (default: the demo model)
@@ -96,6 +97,9 @@ commands:
       --lora-layout L        attention (Unsloth's default) | per-expert | fused (default attention)
       --lora-rank N --lora-alpha F --lora-seed N --lora-dtype bf16|f16|f32   (default 8, 16, 1, bf16)
       --lora-rslora          alpha / sqrt(r) scaling      --lora-router   also adapt the router
+  gen-lora         write a random PEFT LoRA adapter for an existing checkpoint
+      --model DIR --out DIR  and the --lora-* flags of gen-checkpoint without the prefix: --layout L --rank N
+                             --alpha F --seed N --dtype bf16|f16|f32 --rslora --router
   merge-lora       write base + adapter as one F32 checkpoint (dense experts): W' = W + scale B A
       --model DIR --lora DIR --out DIR
   to-gguf          convert a checkpoint to GGUF (llama.cpp)
@@ -121,7 +125,7 @@ using Flags = std::map<std::string, std::string>;
 absl::StatusOr<Flags> ParseFlags(int argc, char** argv, int first) {
   static const char* kBool[] = {"--kv-f32", "--rope-ggml", "--help", "--specials", "--enable-expert-parallel",
                                 "--enable-prefix-caching", "--no-enable-prefix-caching",
-                                "--lora-rslora", "--lora-router"};
+                                "--lora-rslora", "--lora-router", "--rslora", "--router"};
   Flags f;
   for (int i = first; i < argc; ++i) {
     std::string a = argv[i];
@@ -134,6 +138,13 @@ absl::StatusOr<Flags> ParseFlags(int argc, char** argv, int first) {
     for (const char* b : kBool) is_bool |= a == b;
     if (is_bool) {
       f[a].assign(1, '1');  // (not = "1": GCC 12 warns falsely, -Wrestrict)
+    } else if (a == "--lora-modules") {  // vLLM's list form: NAME=PATH NAME=PATH ...
+      std::string& v = f[a];
+      for (; i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0; ++i) {
+        if (!v.empty()) v += '\n';
+        v += argv[i + 1];
+      }
+      if (v.empty()) return absl::InvalidArgumentError("flag --lora-modules needs a value");
     } else {
       if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat("flag ", a, " needs a value"));
       f[a] = argv[++i];
@@ -405,7 +416,8 @@ absl::Status Serve(FlagReader& f) {
   for (const char* k : {"--max-model-len", "--max-num-seqs", "--max-num-batched-tokens", "--max-num-queued-requests",
                         "--api-key", "--served-model-name", "--grpc-port", "--max-connections", "--max-body-bytes",
                         "--max-header-bytes", "--http-idle-timeout", "--http-header-timeout", "--http-body-timeout",
-                        "--ollama-port", "--responses-store-size", "--responses-ttl"}) {
+                        "--ollama-port", "--responses-store-size", "--responses-ttl", "--lora-modules",
+                        "--max-loras", "--max-lora-rank"}) {
     if (f.Has(k)) router_args.insert(router_args.end(), {k, f.Str(k, "")});
   }
   for (const char* k : {"--enable-prefix-caching", "--no-enable-prefix-caching"}) {
@@ -526,6 +538,22 @@ absl::Status GenCheckpoint(FlagReader& f) {
                  static_cast<long long>(lo.rank));
   }
   return absl::OkStatus();
+}
+
+absl::Status GenLora(FlagReader& f) {
+  const std::string dir = f.Str("--model", ""), out = f.Str("--out", "");
+  LoraGenOptions lo;
+  lo.layout = f.Str("--layout", lo.layout);
+  lo.rank = f.Num<int64_t>("--rank", lo.rank);
+  lo.alpha = f.Num<double>("--alpha", lo.alpha);
+  lo.seed = f.Num<uint64_t>("--seed", lo.seed);
+  lo.dtype = f.Str("--dtype", lo.dtype);
+  lo.rslora = f.Has("--rslora");
+  lo.router = f.Has("--router");
+  RETURN_IF_ERROR(f.Finish());
+  if (dir.empty() || out.empty()) return absl::InvalidArgumentError("--model and --out are required");
+  ASSIGN_OR_RETURN(const ModelConfig c, LoadModelConfig(dir));
+  return GenerateLoraAdapter(out, c, lo);
 }
 
 absl::Status MergeLora(FlagReader& f) {
@@ -682,6 +710,7 @@ int main(int argc, char** argv) {
     else if (cmd == "generate") st = Generate(f);
     else if (cmd == "gen-checkpoint") st = GenCheckpoint(f);
     else if (cmd == "merge-lora") st = MergeLora(f);
+    else if (cmd == "gen-lora") st = GenLora(f);
     else if (cmd == "to-gguf") st = ToGguf(f);
     else if (cmd == "logits") st = Logits(f);
     else if (cmd == "tokenize") st = Tokenize(f);

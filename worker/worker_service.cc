@@ -98,6 +98,16 @@ WorkerService::WorkerService(std::unique_ptr<Backend> model, const WorkerOptions
                          .Help("Sequences whose state the worker holds.")
                          .Register(*registry_)
                          .Add({});
+  lora_adapters_ = &prometheus::BuildGauge()
+                        .Name("moeserve_worker_lora_adapters")
+                        .Help("LoRA adapters loaded.")
+                        .Register(*registry_)
+                        .Add({});
+  lora_bytes_ = &prometheus::BuildGauge()
+                     .Name("moeserve_worker_lora_adapter_bytes")
+                     .Help("Memory the loaded LoRA adapters take.")
+                     .Register(*registry_)
+                     .Add({});
   kv_usage_ = &prometheus::BuildGauge()
                    .Name("moeserve_worker_kv_cache_usage_ratio")
                    .Help("Fraction of KV blocks referenced by held sequences, per cache group.")
@@ -282,6 +292,75 @@ grpc::Status WorkerService::Health(grpc::ServerContext*, const v1::HealthRequest
 }
 
 namespace {
+grpc::Status ToGrpc(const absl::Status& st) {
+  return grpc::Status(static_cast<grpc::StatusCode>(static_cast<int>(st.code())), std::string(st.message()));
+}
+}  // namespace
+
+grpc::Status WorkerService::LoadAdapter(grpc::ServerContext*, const v1::LoadAdapterRequest* req,
+                                        v1::LoadAdapterResponse* out) {
+  const int32_t slot = req->adapter();
+  if (slot < 1 || slot >= kMaxLoraSlots) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat("adapter slot ", slot, " outside [1, ",
+                                                                         kMaxLoraSlots, ")"));
+  }
+  if (model_->shard().sharded()) {
+    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                        "LoRA adapters on tensor/expert-parallel ranks are not supported yet");
+  }
+  // Files are read outside the step lock: steps go on meanwhile.
+  auto adapter = LoadLoraAdapter(req->path(), model_->config(), {req->max_rank()});
+  if (!adapter.ok()) return ToGrpc(adapter.status());
+  const int64_t bytes = static_cast<int64_t>((*adapter)->bytes());
+  out->set_rank((*adapter)->max_rank);
+  out->set_bytes(bytes);
+  out->set_summary((*adapter)->summary);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [id, seq] : sequences_) {
+    if (seq.adapter == slot) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          absl::StrCat("adapter slot ", slot, " is in use by sequence ", id));
+    }
+  }
+  if (absl::Status st = model_->SetLoraAdapter(slot, std::move(*adapter)); !st.ok()) return ToGrpc(st);
+  adapter_bytes_[slot] = bytes;
+  int64_t total = 0;
+  for (const auto& [s, b] : adapter_bytes_) total += b;
+  lora_adapters_->Set(static_cast<double>(adapter_bytes_.size()));
+  lora_bytes_->Set(static_cast<double>(total));
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::UnloadAdapter(grpc::ServerContext*, const v1::UnloadAdapterRequest* req,
+                                          v1::UnloadAdapterResponse*) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int32_t slot = req->adapter();
+  if (!adapter_bytes_.count(slot)) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND, absl::StrCat("no adapter in slot ", slot));
+  }
+  for (const auto& [id, seq] : sequences_) {
+    if (seq.adapter == slot) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          absl::StrCat("adapter slot ", slot, " is in use by sequence ", id));
+    }
+  }
+  if (absl::Status st = model_->SetLoraAdapter(slot, nullptr); !st.ok()) return ToGrpc(st);
+  adapter_bytes_.erase(slot);
+  int64_t total = 0;
+  for (const auto& [s, b] : adapter_bytes_) total += b;
+  lora_adapters_->Set(static_cast<double>(adapter_bytes_.size()));
+  lora_bytes_->Set(static_cast<double>(total));
+  return grpc::Status::OK;
+}
+
+void WorkerService::DropAdapters() {
+  for (const auto& [slot, bytes] : adapter_bytes_) (void)model_->SetLoraAdapter(slot, nullptr);
+  adapter_bytes_.clear();
+  lora_adapters_->Set(0);
+  lora_bytes_->Set(0);
+}
+
+namespace {
 
 // A TokenMask as mask words over the vocabulary (engine/batch.h); error text when malformed.
 std::string DecodeTokenMask(const v1::TokenMask& m, int64_t vocab, std::vector<uint32_t>* words) {
@@ -380,6 +459,10 @@ v1::StepResult WorkerService::RunStep(const v1::StepRequest& req,
     s.prompt_logprobs = n.sampling().prompt_logprobs();
     s.num_prompt = np;
     s.top_logprobs = n.sampling().top_logprobs();
+    s.adapter = n.adapter();
+    if (s.adapter != 0 && !adapter_bytes_.count(s.adapter)) {
+      return fail(absl::StrCat("sequence ", n.id(), ": no LoRA adapter is loaded as ", s.adapter));
+    }
     if (n.num_scheduled() < 1 || s.num_computed < 0 ||
         s.num_computed + n.num_scheduled() > static_cast<int64_t>(s.tokens.size())) {
       return fail(absl::StrCat("sequence ", n.id(), ": scheduled tokens outside the known tokens"));
@@ -415,6 +498,7 @@ v1::StepResult WorkerService::RunStep(const v1::StepRequest& req,
     in.start_pos = s.num_computed;
     in.block_tables[kFullGroup] = s.tables[kFullGroup];
     in.block_tables[kSlidingGroup] = s.tables[kSlidingGroup];
+    in.adapter = s.adapter == 0 ? -1 : s.adapter;
     // A mask applies to the step's sample; a chunk that does not reach the end samples nothing.
     if (s.num_computed + scheduled[i] == static_cast<int64_t>(s.tokens.size())) in.token_mask = masks[i];
     // Prompt logprobs: every row whose next token is a prompt token returns logits.
@@ -555,6 +639,7 @@ grpc::Status WorkerService::Execute(grpc::ServerContext* ctx,
   std::lock_guard<std::mutex> lock(mu_);
   sequences_.clear();
   sequences_held_->Set(0);
+  DropAdapters();
   for (int g = 0; g < kNumCacheGroups; ++g) {
     kv_usage_->Add({{"group", g == kFullGroup ? "full" : "sliding"}}).Set(0);
   }

@@ -18,6 +18,10 @@
 // all ranks hold the same sequences. A collective that fails leaves the ranks
 // out of step: the worker exits (status 3) and its group is restarted whole.
 //
+// LoRA adapters (engine/lora.h) are loaded into numbered slots by the router
+// (LoadAdapter) and chosen per new sequence; they belong to the router's
+// session and are dropped with its sequences when its stream ends.
+//
 // Thread-safety: steps run one at a time (a mutex around the model);
 // Describe, Health and the store may run concurrently.
 #pragma once
@@ -62,6 +66,10 @@ class WorkerService final : public moeserve::worker::v1::Worker::Service {
   grpc::Status Health(grpc::ServerContext*, const v1::HealthRequest*, v1::HealthResponse* out) override;
   grpc::Status StoreSet(grpc::ServerContext*, const v1::StoreSetRequest* req, v1::StoreSetResponse*) override;
   grpc::Status StoreGet(grpc::ServerContext*, const v1::StoreGetRequest* req, v1::StoreGetResponse* out) override;
+  grpc::Status LoadAdapter(grpc::ServerContext*, const v1::LoadAdapterRequest* req,
+                           v1::LoadAdapterResponse* out) override;
+  grpc::Status UnloadAdapter(grpc::ServerContext*, const v1::UnloadAdapterRequest* req,
+                             v1::UnloadAdapterResponse*) override;
 
   // One step, without gRPC (also used by tests). With req.masks_follow, `read_masks` reads the follow-up
   // request with the step's token masks (after the forward pass); Step reads
@@ -85,6 +93,7 @@ class WorkerService final : public moeserve::worker::v1::Worker::Service {
     bool prompt_logprobs = false;
     int64_t num_prompt = 0;
     int top_logprobs = 0;
+    int32_t adapter = 0;  // LoRA slot, 0: the base model
   };
 
   // Rank 0 samples; the others take its tokens. False: the step's collective failed.
@@ -98,12 +107,15 @@ class WorkerService final : public moeserve::worker::v1::Worker::Service {
   std::mutex mu_;
   std::mutex session_mu_;  // held by the one Execute stream being served
   std::unordered_map<int64_t, Sequence> sequences_;
+  std::unordered_map<int32_t, int64_t> adapter_bytes_;  // loaded LoRA slots (under mu_)
+  void DropAdapters();  // (under mu_)
 
   void UpdateMetrics(int64_t batch_tokens, double step_seconds);
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Histogram* step_seconds_;
   prometheus::Histogram* batch_tokens_;
   prometheus::Gauge* sequences_held_;
+  prometheus::Gauge *lora_adapters_, *lora_bytes_;
   prometheus::Family<prometheus::Gauge>* kv_usage_;
   prometheus::Family<prometheus::Counter>* expert_selections_;
   prometheus::Counter* collective_seconds_;
