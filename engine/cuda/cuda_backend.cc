@@ -433,8 +433,95 @@ absl::Status CudaBackend::RefreshExpertCache() {
   return absl::OkStatus();
 }
 
+absl::Status CudaBackend::SetLoraAdapter(int slot, std::shared_ptr<const LoraAdapter> adapter) {
+  if (slot < 0 || slot >= kMaxLoraSlots) {
+    return absl::InvalidArgumentError(absl::StrCat("LoRA slot ", slot, " outside [0, ", kMaxLoraSlots, ")"));
+  }
+  if (adapter && shard().sharded()) {
+    return absl::UnimplementedError("LoRA adapters on tensor/expert-parallel ranks are not supported yet");
+  }
+  if (adapter && plan_.n_cpu_moe > 0) {
+    return absl::UnimplementedError("LoRA adapters with host experts (--n-cpu-moe) are not supported yet");
+  }
+  const ModelConfig& c = config();
+  if (adapter && static_cast<int64_t>(adapter->layers.size()) != c.num_hidden_layers) {
+    return absl::InvalidArgumentError("the adapter's layer count is not the model's");
+  }
+  // Steps in flight may read the slot's old factors.
+  RETURN_IF_ERROR(Cuda(cudaStreamSynchronize(stream_), "LoRA"));
+  if (!lora_tables_.get()) {
+    ASSIGN_OR_RETURN(lora_tables_, DeviceBuffer::Allocate(kMaxLoraSlots * sizeof(void*)));
+    RETURN_IF_ERROR(Cuda(cudaMemset(lora_tables_.get(), 0, kMaxLoraSlots * sizeof(void*)), "LoRA tables"));
+    ASSIGN_OR_RETURN(lora_rows_, DeviceBuffer::Allocate(max_rows_ * 4));
+  }
+  if (slot >= static_cast<int>(lora_.size())) lora_.resize(slot + 1);
+  const LoraEntry* table = nullptr;
+  if (!adapter) {
+    lora_[slot].reset();
+  } else {
+    // Entries [layer][target][expert]; factors packed in f32.
+    const int64_t E = c.num_local_experts;
+    std::vector<LoraEntry> entries(static_cast<size_t>(c.num_hidden_layers) * kNumLoraTargets * E,
+                                   LoraEntry{nullptr, nullptr, 0.0f, 0});
+    size_t floats = 0;
+    for (const auto& layer : adapter->layers)
+      for (const LoraFactors& f : layer) floats += static_cast<size_t>(f.experts) * f.rank * (f.in + f.out);
+    auto dev = std::make_unique<LoraDevice>();
+    dev->host = adapter;
+    ASSIGN_OR_RETURN(dev->factors, DeviceBuffer::Allocate(std::max<size_t>(floats, 1) * 4));
+    ASSIGN_OR_RETURN(dev->entries, DeviceBuffer::Allocate(entries.size() * sizeof(LoraEntry)));
+    std::vector<float> host(floats);
+    const float* base = dev->factors.as<float>();
+    size_t at = 0;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      for (int t = 0; t < kNumLoraTargets; ++t) {
+        const LoraFactors& f = adapter->layers[l][t];
+        for (int64_t e = 0; e < f.experts; ++e) {
+          const size_t na = static_cast<size_t>(f.rank) * f.in, nb = static_cast<size_t>(f.out) * f.rank;
+          ConvertToF32(f.dtype, f.A(e).data, host.data() + at, na);
+          ConvertToF32(f.dtype, f.B(e).data, host.data() + at + na, nb);
+          if (f.active[e]) entries[(l * kNumLoraTargets + t) * E + e] = {base + at, base + at + na, f.scale[e],
+                                                                          static_cast<int32_t>(f.rank)};
+          at += na + nb;
+        }
+      }
+    }
+    RETURN_IF_ERROR(Cuda(cudaMemcpy(dev->factors.get(), host.data(), floats * 4, cudaMemcpyHostToDevice), "LoRA factors"));
+    RETURN_IF_ERROR(Cuda(cudaMemcpy(dev->entries.get(), entries.data(), entries.size() * sizeof(LoraEntry),
+                                    cudaMemcpyHostToDevice), "LoRA entries"));
+    table = dev->entries.as<LoraEntry>();
+    lora_[slot] = std::move(dev);
+  }
+  RETURN_IF_ERROR(Cuda(cudaMemcpy(lora_tables_.as<const LoraEntry*>() + slot, &table, sizeof(table),
+                                  cudaMemcpyHostToDevice), "LoRA tables"));
+  // The shrink's scratch: one row of the widest rank per (row, expert) pair.
+  int64_t rank = 0;
+  for (const auto& d : lora_)
+    if (d) rank = std::max(rank, d->host->max_rank);
+  if (rank > lora_max_rank_) {
+    ASSIGN_OR_RETURN(lora_scratch_, DeviceBuffer::Allocate(max_rows_ * c.num_experts_per_tok * rank * 4));
+    lora_max_rank_ = rank;
+  }
+  return absl::OkStatus();
+}
+
+void CudaBackend::ApplyLora(int64_t layer, LoraTarget target, const float* x, int64_t ldx, int64_t in,
+                            const int32_t* x_row, const int32_t* slot_row, const int32_t* item_expert, int items,
+                            float* y, int64_t ldy, int64_t out) {
+  if (!chunk_lora_) return;
+  const int64_t base = (layer * kNumLoraTargets + static_cast<int>(target)) * config().num_local_experts;
+  LoraApply(lora_tables_.as<const LoraEntry* const>(), base, x, ldx, in, x_row, slot_row, item_expert,
+            lora_rows_.as<int32_t>(), items, lora_scratch_.as<float>(), lora_max_rank_, y, ldy, out, stream_);
+}
+
 absl::Status CudaBackend::Forward(std::span<const SequenceInput> batch, ForwardOutput* out) {
   if (shard().sharded() && !comm_) return absl::FailedPreconditionError("the group has not met yet (Init)");
+  for (size_t s = 0; s < batch.size(); ++s) {
+    const int32_t a = batch[s].adapter;
+    if (a >= 0 && (a >= static_cast<int32_t>(lora_.size()) || !lora_[a])) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": no LoRA adapter in slot ", a));
+    }
+  }
   if (counts_seen_.empty()) counts_seen_.assign(static_cast<size_t>(plan_.n_cpu_moe) * config().num_local_experts, 0);
   RETURN_IF_ERROR(RefreshExpertCache());
   return GptOssForward(config(), shard(), kv_, *this, batch, out);
@@ -458,6 +545,11 @@ absl::Status CudaBackend::BeginChunk(const StepLayout& step, int r0, int r1) {
     }
   }
   RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(ids_, step.ids.data() + r0, n * 4, cudaMemcpyHostToDevice, s), "ids"));
+  chunk_lora_ = std::any_of(step.adapter.begin() + r0, step.adapter.begin() + r1, [](int32_t a) { return a >= 0; });
+  if (chunk_lora_) {
+    RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(lora_rows_.get(), step.adapter.data() + r0, n * 4, cudaMemcpyHostToDevice, s),
+                         "LoRA rows"));
+  }
   RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(pos_, step.pos.data() + r0, n * 8, cudaMemcpyHostToDevice, s), "positions"));
   for (int g = 0; g < kNumCacheGroups; ++g) {
     RETURN_IF_ERROR(
@@ -508,6 +600,9 @@ void CudaBackend::Linear(int64_t layer, Tensor x, std::initializer_list<Projecti
     const uint16_t* w = p.w == Dense::kQ ? d.q : p.w == Dense::kK ? d.k : p.w == Dense::kV ? d.v : d.o;
     const float* b = p.w == Dense::kQ ? d.q_bias : p.w == Dense::kK ? d.k_bias : p.w == Dense::kV ? d.v_bias : d.o_bias;
     LinearBf16(w, p.y.cols, x.cols, b, x.data, x.ld, static_cast<int>(x.rows), p.y.data, p.y.ld, stream_);
+    static constexpr LoraTarget kTarget[] = {LoraTarget::kQ, LoraTarget::kK, LoraTarget::kV, LoraTarget::kO};
+    ApplyLora(layer, kTarget[static_cast<int>(p.w)], x.data, x.ld, x.cols, nullptr, nullptr, nullptr,
+              static_cast<int>(x.rows), p.y.data, p.y.ld, p.y.cols);
   }
 }
 
@@ -546,6 +641,7 @@ absl::StatusOr<Routing> CudaBackend::Route(int64_t layer, Tensor h) {
   const int ne = static_cast<int>(c.num_local_experts), k = static_cast<int>(c.num_experts_per_tok);
   const int rows = static_cast<int>(h.rows);
   LinearF32(d.router, ne, h.cols, d.router_bias, h.data, h.ld, rows, router_logits_, ne, stream_);
+  ApplyLora(layer, LoraTarget::kRouter, h.data, h.ld, h.cols, nullptr, nullptr, nullptr, rows, router_logits_, ne, ne);
   RETURN_IF_ERROR(TopKSoftmax(router_logits_, rows, ne, k, topk_idx_, topk_w_, stream_));
   CountExperts(topk_idx_, rows * k, counts_ + layer * ne, stream_);
   return Routing{topk_idx_, topk_w_};
@@ -570,10 +666,13 @@ void CudaBackend::Experts(int64_t layer, Tensor h, const Routing& routing, Tenso
   }
   ExpertMxfp4(d.gu_blocks, d.gu_scales, d.gu_bias, 2 * inter, hs, h.data, h.ld, pair_row_, experts, pairs, gate_up_,
               2 * inter, stream_);
+  ApplyLora(layer, LoraTarget::kGateUp, h.data, h.ld, hs, pair_row_, pair_row_, experts, pairs, gate_up_, 2 * inter,
+            2 * inter);
   SwiGlu(gate_up_, 2 * inter, pairs, inter, static_cast<float>(c.swiglu_limit), static_cast<float>(c.swiglu_alpha),
          act_, inter, stream_);
   ExpertMxfp4(d.down_blocks, d.down_scales, d.down_bias, hs, inter, act_, inter, pair_identity_, experts, pairs,
               down_, hs, stream_);
+  ApplyLora(layer, LoraTarget::kDown, act_, inter, inter, nullptr, pair_row_, experts, pairs, down_, hs, hs);
   MoeCombine(down_, hs, routing.weight, static_cast<int>(h.rows), k, hs, out.data, out.ld, stream_);
 }
 

@@ -92,6 +92,10 @@ class CudaBackend final : public Backend, private ForwardOps {
   std::string device() const override { return info_.name; }
   absl::Status Forward(std::span<const SequenceInput> batch, ForwardOutput* out) override;
   const std::vector<int64_t>& expert_counts() const override { return expert_counts_; }
+  // Copies the adapter's factors to the device (f32) and its entry table
+  // (ops.h LoraEntry); refused on tensor/expert-parallel ranks and with host
+  // experts (--n-cpu-moe) for now.
+  absl::Status SetLoraAdapter(int slot, std::shared_ptr<const LoraAdapter> adapter) override;
 
   int64_t weight_bytes() const { return weight_bytes_; }
   // The --n-cpu-moe split and expert cache a device of `device_bytes` would
@@ -119,6 +123,9 @@ class CudaBackend final : public Backend, private ForwardOps {
   absl::Status LoadSlot(int64_t slot, int64_t layer, int64_t global_expert);
   absl::Status RefreshExpertCache();
   absl::Status HostExperts(int64_t layer, Tensor h, const Routing& routing, Tensor out);
+  // y += each row's adapter's update of `target` (items: rows, or pairs with their row and expert maps).
+  void ApplyLora(int64_t layer, LoraTarget target, const float* x, int64_t ldx, int64_t in, const int32_t* x_row,
+                 const int32_t* slot_row, const int32_t* item_expert, int items, float* y, int64_t ldy, int64_t out);
 
   // ForwardOps.
   int max_rows() const override { return static_cast<int>(max_rows_); }
@@ -187,6 +194,16 @@ class CudaBackend final : public Backend, private ForwardOps {
   int32_t* pair_local_ = nullptr;  // the step's pairs, mapped
   float* gathered_ = nullptr;      // [world, kLogitRows, vocab_stride]
   std::vector<float> host_gathered_;
+  // LoRA adapters: per slot the host adapter (kept alive) and its device
+  // factors and entries; the slot -> entries table; the chunk's row slots.
+  struct LoraDevice {
+    std::shared_ptr<const LoraAdapter> host;
+    DeviceBuffer factors, entries;
+  };
+  std::vector<std::unique_ptr<LoraDevice>> lora_;
+  DeviceBuffer lora_tables_, lora_rows_, lora_scratch_;
+  int64_t lora_max_rank_ = 0;  // the scratch's width
+  bool chunk_lora_ = false;    // some row of the chunk runs an adapter
   // Structured output: a logits chunk's token masks, on the device and staged on the host.
   uint32_t* mask_words_ = nullptr;
   std::vector<uint32_t> host_masks_;

@@ -121,6 +121,26 @@ void AddInPlace(float* x, int64_t ldx, const float* y, int64_t ldy, int rows, in
 // logprob[r] = logits[r, ids[r]] - logsumexp(logits[r]).   logits: [rows, vocab]
 void ArgmaxLogprob(const float* logits, int rows, int64_t vocab, int32_t* ids, float* logprob, cudaStream_t stream);
 
+// LoRA (engine/lora.h) on the device. An adapter's factors in f32, one entry
+// per (layer, target, expert): A [rank, in], B [out, rank], its scale; a = null
+// where the adapter leaves the expert alone.
+struct LoraEntry {
+  const float* a;
+  const float* b;
+  float scale;
+  int32_t rank;
+};
+// For items i < items (rows, or (row, expert) pairs):
+//   y[i] += scale · B (A x[x_row[i]])
+// with the entry tables[slot][entry_base + item_expert[i]] of slot =
+// row_adapter[slot_row[i]]; null maps are the identity, a null item_expert
+// means entry 0; slot -1, an empty slot or a null entry leaves y[i] alone.
+//   tables: [slots] device pointers (null: empty)  t: [items, max_rank] scratch
+//   (max_rank >= every entry's rank)  x: [*, ldx] (in wide)  y: [items, ldy] (out wide)
+void LoraApply(const LoraEntry* const* tables, int64_t entry_base, const float* x, int64_t ldx, int64_t in,
+               const int32_t* x_row, const int32_t* slot_row, const int32_t* item_expert, const int32_t* row_adapter,
+               int items, float* t, int64_t max_rank, float* y, int64_t ldy, int64_t out, cudaStream_t stream);
+
 // Structured output: logits[r, t] = -inf where bit t of masks[r] is clear
 // (bit t is bit t % 32 of word t / 32).   logits: [rows, vocab]  masks: [rows, words]
 void MaskLogits(float* logits, int rows, int64_t vocab, const uint32_t* masks, int64_t words, cudaStream_t stream);

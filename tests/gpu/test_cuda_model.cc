@@ -16,6 +16,7 @@
 #include "engine/cpu/cpu_backend.h"
 #include "tests/test_util.h"
 #include "tools/checkpoint_gen.h"
+#include "tools/lora_gen.h"
 
 namespace moeserve {
 namespace {
@@ -30,7 +31,7 @@ struct Step {
 // Runs the same plan of steps on a backend: sequences prefilled in chunks,
 // then decoded, with block tables interleaved across sequences.
 Step Run(Backend& m, const std::vector<std::vector<int32_t>>& seqs, const std::vector<std::vector<size_t>>& plan,
-         int bs) {
+         int bs, const std::vector<int>& adapters = {}) {
   const int n = static_cast<int>(seqs.size());
   std::vector<std::vector<int32_t>> tables(n);
   for (int s = 0; s < n; ++s) {
@@ -48,6 +49,7 @@ Step Run(Backend& m, const std::vector<std::vector<int32_t>>& seqs, const std::v
       in.block_tables[0] = tables[s];
       in.block_tables[1] = tables[s];
       in.all_logits = true;
+      if (!adapters.empty()) in.adapter = adapters[s];
       batch.push_back(in);
       done[s] += step[s];
     }
@@ -201,6 +203,80 @@ TEST(CudaBackend, TokenMasksApplyOnBothBackends) {
     bad[0].token_mask = none;
     EXPECT_FALSE(m->Forward(bad, &fo).ok());
   }
+}
+
+// LoRA adapters of every layout in one ragged batch with the base model: the
+// device's shrink/expand against the CPU backend's.
+TEST(CudaBackend, LoraAdaptersMatchTheCpu) {
+  if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const std::string dir = testing::TinyCheckpoint("cuda_lora", "mxfp4", "bf16", 1.0);
+  auto wc = LoadModelWeights(dir);
+  auto wg = LoadModelWeights(dir);
+  ASSERT_TRUE(wc.ok() && wg.ok());
+  const ModelConfig c = (*wc)->config;
+  CpuOptions mo;
+  mo.num_threads = 2;
+  mo.kv.block_size = 16;
+  mo.kv.num_blocks[0] = mo.kv.num_blocks[1] = 4 * 64;
+  mo.kv.dtype = KvDtype::kF32;
+  CpuBackend cpu(std::move(*wc), mo);
+  cuda::CudaOptions co;
+  co.block_size = 16;
+  co.kv_dtype = KvDtype::kF32;
+  co.max_num_seqs = 256;
+  co.max_rows_per_chunk = 64;  // chunks: the row slots are per chunk
+  co.gpu_memory_utilization = 0.5;
+  co.progress = false;
+  auto gpu = cuda::CudaBackend::Create(std::move(*wg), co);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  ASSERT_GE((*gpu)->kv_options().num_blocks[1], 4 * 64);
+  const std::vector<std::pair<std::string, std::function<void(LoraGenOptions&)>>> layouts = {
+      {"attention", [](LoraGenOptions& o) { o.dtype = "f32"; }},
+      {"per-expert", [](LoraGenOptions& o) { o.skip_expert = 3; }},
+      {"fused", [](LoraGenOptions& o) { o.router = o.rslora = true; o.rank = 16; }}};
+  for (int a = 0; a < 3; ++a) {
+    LoraGenOptions o;
+    o.layout = layouts[a].first;
+    o.seed = 20 + a;
+    layouts[a].second(o);
+    const std::string adir = testing::TempDir("cuda_lora_" + std::to_string(a));
+    ASSERT_TRUE(GenerateLoraAdapter(adir, c, o).ok());
+    auto ad = LoadLoraAdapter(adir, c);
+    ASSERT_TRUE(ad.ok()) << ad.status();
+    ASSERT_TRUE(cpu.SetLoraAdapter(a + 2, *ad).ok());
+    ASSERT_TRUE((*gpu)->SetLoraAdapter(a + 2, *ad).ok());
+  }
+  const int vocab = static_cast<int>(c.vocab_size);
+  const std::vector<std::vector<int32_t>> seqs = {RandomTokens(70, vocab, 1), RandomTokens(40, vocab, 2),
+                                                  RandomTokens(50, vocab, 3), RandomTokens(30, vocab, 4)};
+  const std::vector<std::vector<size_t>> plan = {{40, 30, 7, 20}, {20, 1, 30, 1}, {1, 1, 1, 1}, {9, 8, 12, 8}};
+  const std::vector<int> adapters = {-1, 2, 3, 4};
+  const Step want = moeserve::Run(cpu, seqs, plan, 16, adapters);
+  const Step got = moeserve::Run(**gpu, seqs, plan, 16, adapters);
+  const Step base = moeserve::Run(cpu, seqs, plan, 16);
+  ASSERT_EQ(got.rows.size(), want.rows.size());
+  double worst = 0, changed = 0;
+  for (size_t r = 0; r < want.rows.size(); ++r) {
+    double num = 0, den = 0, moved = 0;
+    for (size_t t = 0; t < want.rows[r].size(); ++t) {
+      num += (got.rows[r][t] - want.rows[r][t]) * (got.rows[r][t] - want.rows[r][t]);
+      den += want.rows[r][t] * want.rows[r][t];
+      moved += (base.rows[r][t] - want.rows[r][t]) * (base.rows[r][t] - want.rows[r][t]);
+    }
+    worst = std::max(worst, num / den);
+    changed = std::max(changed, moved / den);
+  }
+  EXPECT_LT(worst, 1e-8) << "worst per-position NMSE of the logits";
+  EXPECT_GT(changed, 1e-3) << "the adapters change nothing";
+  // Unloading: the slot is empty on the device too.
+  ASSERT_TRUE((*gpu)->SetLoraAdapter(3, nullptr).ok());
+  SequenceInput in;
+  in.tokens = std::span(seqs[0]).subspan(0, 5);
+  const std::vector<int32_t> table = {0, 1};
+  in.block_tables[0] = in.block_tables[1] = table;
+  in.adapter = 3;
+  ForwardOutput fo;
+  EXPECT_EQ((*gpu)->Forward({&in, 1}, &fo).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(CudaBackend, Bf16KvCacheMatchesTheCpu) {
