@@ -8,11 +8,15 @@
 // emulated-GPU ranks (joined by Gloo: emulated device memory is host memory;
 // on GPUs the same calls go to NCCL) give the CPU's greedy text and logprobs,
 // also with the experts of the first layers in host memory (--n-cpu-moe).
-//   node cuda_emu_e2e.mjs --worker BIN --cuda-emu-worker BIN --router BIN --model DIR
+// A LoRA adapter loaded at run time on both gives the same greedy text.
+//   node cuda_emu_e2e.mjs --worker BIN --cuda-emu-worker BIN --router BIN --model DIR --moeserve BIN
 import { check, finish, parseArgs, start } from "./procs.mjs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { default: OpenAI } = await import(join(here, "../node/node_modules/openai/index.mjs"));
@@ -24,14 +28,14 @@ const common = ["--model", args.model, "--port", "0", "--max-num-seqs", "8", "--
 const cpuWorker = await start(args.worker, [...common, "--device", "cpu", "--kv-cache-memory", "64MiB", "--threads", "1"]);
 const gpuWorker = await start(args["cuda-emu-worker"], [...common, "--device", "cuda", "--gpu-memory-utilization", "0.25"]);
 const routerFlags = ["--model", args.model, "--port", "0", "--max-num-batched-tokens", "256"];
-const cpu = new OpenAI({ baseURL: `http://${await start(args.router, ["--worker", cpuWorker, ...routerFlags])}/v1`,
-                         apiKey: "x", maxRetries: 0, timeout: 600_000 });
-const gpu = new OpenAI({ baseURL: `http://${await start(args.router, ["--worker", gpuWorker, ...routerFlags])}/v1`,
-                         apiKey: "x", maxRetries: 0, timeout: 600_000 });
+const cpuRouter = await start(args.router, ["--worker", cpuWorker, ...routerFlags]);
+const gpuRouter = await start(args.router, ["--worker", gpuWorker, ...routerFlags]);
+const cpu = new OpenAI({ baseURL: `http://${cpuRouter}/v1`, apiKey: "x", maxRetries: 0, timeout: 600_000 });
+const gpu = new OpenAI({ baseURL: `http://${gpuRouter}/v1`, apiKey: "x", maxRetries: 0, timeout: 600_000 });
 
 // Greedy tokens with the CPU's top-2 logprobs at each step.
-async function complete(client, prompt, maxTokens) {
-  const r = await client.completions.create({ model, prompt, max_tokens: maxTokens, temperature: 0, logprobs: 2,
+async function complete(client, prompt, maxTokens, name = model) {
+  const r = await client.completions.create({ model: name, prompt, max_tokens: maxTokens, temperature: 0, logprobs: 2,
                                                return_token_ids: true });
   const c = r.choices[0];
   return { ids: c.token_ids, top: c.logprobs.top_logprobs, text: c.text, finish: c.finish_reason };
@@ -87,6 +91,26 @@ await check("a batch of concurrent requests (ragged prefill + decode in one step
 
 // fp8 K/V on both backends (the same E4M3 encoding): the same greedy tokens; a K/V value whose f32 inputs
 // differ in the last bit may take the neighbouring fp8 code (6 %), so a near-tie is looser than with f32.
+await check("a LoRA adapter loaded at run time: CUDA (emulated) equals the CPU", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "moeserve-emu-lora-"));
+  try {
+    execFileSync(args.moeserve, ["gen-lora", "--model", args.model, "--out", dir, "--layout", "fused", "--router",
+                                 "--rank", "8", "--seed", "5"]);
+    for (const router of [cpuRouter, gpuRouter]) {
+      const r = await fetch(`http://${router}/v1/load_lora_adapter`, { method: "POST",
+        body: JSON.stringify({ lora_name: "tuned", lora_path: dir }) });
+      assert.equal(r.status, 200, await r.text());
+    }
+    const prompt = "The capital of France is";
+    const [base, want, got] = await Promise.all([complete(cpu, prompt, 6), complete(cpu, prompt, 6, "tuned"),
+                                                 complete(gpu, prompt, 6, "tuned")]);
+    assertSameGreedy(want, got, "tuned");
+    assert.notDeepEqual(want.top[0], base.top[0], "the adapter changes nothing");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 await check("--kv-cache-dtype fp8: CUDA (emulated) equals the CPU", async () => {
   const fp8 = [...common.slice(0, -1), "fp8"];
   const cpuFp8 = await start(args.worker, [...fp8, "--device", "cpu", "--kv-cache-memory", "64MiB", "--threads", "1"]);
