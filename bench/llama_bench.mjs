@@ -2,7 +2,7 @@
 // moeserve_bench on a GGUF of the same weights, printed as the same JSON lines.
 //
 //   node bench/llama_bench.mjs --gguf F [--pp 512] [--tg 128] [--batches 1,8,64]
-//        [--sweep-steps 8] [--reps 2] [--threads 2]
+//        [--sweep-steps 8] [--reps 2] [--threads 2] [--lora F (a GGUF LoRA, applied to every sequence)]
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -16,6 +16,7 @@ const pp = Number(args.pp ?? 512), tg = Number(args.tg ?? 128), reps = Number(ar
 const threads = Number(args.threads ?? 2), steps = Number(args["sweep-steps"] ?? 8);
 const batches = (args.batches ?? "1,2,4,8,16,32,64").split(",").map(Number).filter(b => b > 0);
 const out = o => console.log(JSON.stringify(o));
+const lora = args.lora ? { lora: { adapters: [{ filePath: args.lora, scale: 1 }] } } : {};
 const now = () => performance.now() / 1000;
 
 const t0 = now();
@@ -26,7 +27,7 @@ const prompt = Array.from({ length: pp }, (_, i) => (i * 7919 + 13) % 100000);
 
 {
   const ctx = await model.createContext({ contextSize: Math.max(pp, tg) + 64, batchSize: Math.min(pp, 512), threads,
-                                          sequences: 1 });
+                                          sequences: 1, ...lora });
   const seq = ctx.getSequence();
   await seq.evaluateWithoutGeneratingNewTokens([1]);  // warm-up
   await seq.clearHistory();
@@ -48,7 +49,8 @@ const prompt = Array.from({ length: pp }, (_, i) => (i * 7919 + 13) % 100000);
   await ctx.dispose();
 }
 for (const b of batches) {
-  const ctx = await model.createContext({ contextSize: b * (steps + 16), batchSize: Math.max(b, 32), threads, sequences: b });
+  const ctx = await model.createContext({ contextSize: b * (steps + 16), batchSize: Math.max(b, 32), threads, sequences: b,
+                                          ...lora });
   const seqs = Array.from({ length: b }, () => ctx.getSequence());
   let best = 0;
   for (let r = 0; r < reps; r++) {

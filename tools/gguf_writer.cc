@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/cpu/kernels.h"
+#include "engine/lora.h"
 #include "engine/weights.h"
 
 namespace moeserve {
@@ -59,6 +60,41 @@ struct OutTensor {
 
 void AppendF32(std::string* out, const std::vector<float>& v) {
   out->append(reinterpret_cast<const char*>(v.data()), v.size() * 4);
+}
+
+
+// Header, tensor infos, data.
+absl::Status WriteFile(const std::string& out_path, const Buf& kv, uint64_t n_kv, const std::vector<OutTensor>& tensors) {
+  Buf head;
+  head.Raw("GGUF", 4);
+  head.U32(3);
+  head.U64(tensors.size());
+  head.U64(n_kv);
+  head.Raw(kv.data.data(), kv.data.size());
+  uint64_t off = 0;
+  for (const OutTensor& t : tensors) {
+    head.Str(t.name);
+    head.U32(static_cast<uint32_t>(t.ne.size()));
+    for (uint64_t d : t.ne) head.U64(d);
+    head.U32(t.type);
+    head.U64(off);
+    off += (t.nbytes + kAlign - 1) / kAlign * kAlign;
+  }
+  while (head.data.size() % kAlign) head.data.push_back('\0');
+  std::ofstream f(out_path, std::ios::binary | std::ios::trunc);
+  if (!f) return absl::PermissionDeniedError(absl::StrCat("cannot write ", out_path));
+  f.write(head.data.data(), static_cast<std::streamsize>(head.data.size()));
+  std::string data;
+  for (const OutTensor& t : tensors) {
+    data.clear();
+    t.produce(&data);
+    if (data.size() != t.nbytes) return absl::InternalError(absl::StrCat("GGUF tensor ", t.name, " size mismatch"));
+    data.resize((data.size() + kAlign - 1) / kAlign * kAlign, '\0');
+    f.write(data.data(), static_cast<std::streamsize>(data.size()));
+  }
+  f.close();
+  if (!f) return absl::DataLossError(absl::StrCat("writing ", out_path, " failed (disk full?)"));
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -234,37 +270,79 @@ absl::Status WriteGguf(const std::string& model_dir, const std::string& out_path
   key("tokenizer.ggml.add_bos_token", kBool);
   kv.Raw("\0", 1);
 
-  // Header, tensor infos, data.
-  Buf head;
-  head.Raw("GGUF", 4);
-  head.U32(3);
-  head.U64(tensors.size());
-  head.U64(n_kv);
-  head.Raw(kv.data.data(), kv.data.size());
-  uint64_t off = 0;
-  for (const OutTensor& t : tensors) {
-    head.Str(t.name);
-    head.U32(static_cast<uint32_t>(t.ne.size()));
-    for (uint64_t d : t.ne) head.U64(d);
-    head.U32(t.type);
-    head.U64(off);
-    off += (t.nbytes + kAlign - 1) / kAlign * kAlign;
+  return WriteFile(out_path, kv, n_kv, tensors);
+}
+
+}  // namespace moeserve
+
+namespace moeserve {
+
+absl::Status WriteGgufLora(const std::string& model_dir, const std::string& adapter_dir, const std::string& out_path) {
+  ASSIGN_OR_RETURN(const ModelConfig c, LoadModelConfig(model_dir));
+  ASSIGN_OR_RETURN(std::shared_ptr<const LoraAdapter> a, LoadLoraAdapter(adapter_dir, c));
+  std::vector<OutTensor> tensors;
+  // lora_a [E][rank][in] and lora_b [E][out rows picked by row_of][rank], scaled.
+  auto pair = [&](const std::string& name, const LoraFactors& f, uint64_t out_rows,
+                  std::function<int64_t(int64_t)> row_of) {
+    const uint64_t n = f.experts, r = f.rank, in = f.in;
+    std::vector<uint64_t> ne_a = {in, r}, ne_b = {r, out_rows};
+    if (n > 1) ne_a.push_back(n), ne_b.push_back(n);
+    tensors.push_back({name + ".lora_a", ne_a, kGgmlF32, n * r * in * 4, [&f, n, r, in](std::string* o) {
+                         std::vector<float> v(r * in);
+                         for (uint64_t e = 0; e < n; ++e) {
+                           ConvertToF32(f.dtype, f.A(e).data, v.data(), v.size());
+                           AppendF32(o, v);
+                         }
+                       }});
+    tensors.push_back({name + ".lora_b", ne_b, kGgmlF32, n * out_rows * r * 4, [&f, n, r, out_rows, row_of](std::string* o) {
+                         std::vector<float> b(f.out * r), v(out_rows * r);
+                         for (uint64_t e = 0; e < n; ++e) {
+                           ConvertToF32(f.dtype, f.B(e).data, b.data(), b.size());
+                           for (uint64_t j = 0; j < out_rows; ++j)
+                             for (uint64_t k = 0; k < r; ++k) v[j * r + k] = f.scale[e] * b[row_of(j) * r + k];
+                           AppendF32(o, v);
+                         }
+                       }});
+  };
+  auto same = [](int64_t j) { return j; };
+  auto even = [](int64_t j) { return 2 * j; };
+  auto odd = [](int64_t j) { return 2 * j + 1; };
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = absl::StrCat("blk.", l, ".");
+    const auto& L = a->layers[l];
+    const std::pair<LoraTarget, const char*> dense[] = {{LoraTarget::kQ, "attn_q"}, {LoraTarget::kK, "attn_k"},
+                                                        {LoraTarget::kV, "attn_v"}, {LoraTarget::kO, "attn_output"},
+                                                        {LoraTarget::kRouter, "ffn_gate_inp"}};
+    for (const auto& [t, name] : dense) {
+      const LoraFactors& f = L[static_cast<int>(t)];
+      if (!f.empty()) pair(p + name + ".weight", f, f.out, same);
+    }
+    if (const LoraFactors& f = L[static_cast<int>(LoraTarget::kGateUp)]; !f.empty()) {
+      pair(p + "ffn_gate_exps.weight", f, f.out / 2, even);
+      pair(p + "ffn_up_exps.weight", f, f.out / 2, odd);
+    }
+    if (const LoraFactors& f = L[static_cast<int>(LoraTarget::kDown)]; !f.empty()) {
+      pair(p + "ffn_down_exps.weight", f, f.out, same);
+    }
   }
-  while (head.data.size() % kAlign) head.data.push_back('\0');
-  std::ofstream f(out_path, std::ios::binary | std::ios::trunc);
-  if (!f) return absl::PermissionDeniedError(absl::StrCat("cannot write ", out_path));
-  f.write(head.data.data(), static_cast<std::streamsize>(head.data.size()));
-  std::string data;
-  for (const OutTensor& t : tensors) {
-    data.clear();
-    t.produce(&data);
-    if (data.size() != t.nbytes) return absl::InternalError(absl::StrCat("GGUF tensor ", t.name, " size mismatch"));
-    data.resize((data.size() + kAlign - 1) / kAlign * kAlign, '\0');
-    f.write(data.data(), static_cast<std::streamsize>(data.size()));
-  }
-  f.close();
-  if (!f) return absl::DataLossError(absl::StrCat("writing ", out_path, " failed (disk full?)"));
-  return absl::OkStatus();
+  Buf kv;
+  uint64_t n_kv = 0;
+  auto key = [&](const std::string& k, uint32_t type) {
+    kv.Str(k);
+    kv.U32(type);
+    ++n_kv;
+  };
+  key("general.architecture", kString);
+  kv.Str("gpt-oss");
+  key("general.type", kString);
+  kv.Str("adapter");
+  key("general.alignment", kU32);
+  kv.U32(kAlign);
+  key("adapter.type", kString);
+  kv.Str("lora");
+  key("adapter.lora.alpha", kF32v);
+  kv.F32(0.0f);  // scale 1: each module's scale is in its lora_b
+  return WriteFile(out_path, kv, n_kv, tensors);
 }
 
 }  // namespace moeserve

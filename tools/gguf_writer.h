@@ -22,4 +22,13 @@ enum class GgufMode { kF32, kNative };
 
 absl::Status WriteGguf(const std::string& model_dir, const std::string& out_path, GgufMode mode);
 
+// A PEFT LoRA adapter of the model as a llama.cpp GGUF LoRA (general.type
+// "adapter", adapter.type "lora"), for llama.cpp's --lora: F32 lora_a / lora_b
+// per adapted tensor of WriteGguf's names ([in, r] and [r, out] in ggml order,
+// a third dimension for the experts), gate_up split into ffn_gate_exps (even
+// rows) and ffn_up_exps (odd rows) as WriteGguf splits the weights. Each
+// module's scale is folded into its lora_b and adapter.lora.alpha is 0, so
+// llama.cpp applies scale 1 (rank and alpha patterns and rsLoRA survive).
+absl::Status WriteGgufLora(const std::string& model_dir, const std::string& adapter_dir, const std::string& out_path);
+
 }  // namespace moeserve

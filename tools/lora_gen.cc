@@ -336,7 +336,6 @@ absl::Status MergeLoraIntoCheckpoint(const std::string& base_dir, const std::str
       fs::copy_file(base_dir + "/" + extra, out_dir + "/" + extra, fs::copy_options::overwrite_existing, ec);
     }
   }
-  (void)H;
   return absl::OkStatus();
 }
 

@@ -104,6 +104,7 @@ commands:
       --model DIR --lora DIR --out DIR
   to-gguf          convert a checkpoint to GGUF (llama.cpp)
       --model DIR --out FILE --mode f32|native
+      --lora DIR             write the PEFT adapter in DIR as a GGUF LoRA for the model instead (llama.cpp --lora)
   tokenize         encode text with the o200k_harmony tokenizer
       --tokenizer FILE       tokenizer.json (default: the demo model's)
       --tiktoken FILE        a .tiktoken ranks file instead (harmony specials added)
@@ -115,7 +116,7 @@ commands:
                              "auto_drop_analysis": bool} or {"chat": {"messages", "tools", "reasoning_effort",
                              "date"}} (an OpenAI chat request); each OUT line: {"ids": [...]} or {"error": "..."}
   logits           write logits for a token sequence (prefill, then one token per step)
-      --model DIR --tokens IDS --prefill N --out FILE [--kv-f32]
+      --model DIR --tokens IDS --prefill N --out FILE [--kv-f32] [--lora DIR (a PEFT adapter)]
       [--rope-ggml]          RoPE/YaRN computed as ggml does (llama.cpp comparisons)
       [--device cpu|cuda]    the backend (default cpu)
 )";
@@ -565,8 +566,10 @@ absl::Status MergeLora(FlagReader& f) {
 
 absl::Status ToGguf(FlagReader& f) {
   const std::string dir = f.Str("--model", ""), out = f.Str("--out", ""), mode = f.Str("--mode", "f32");
+  const std::string lora = f.Str("--lora", "");
   RETURN_IF_ERROR(f.Finish());
   if (dir.empty() || out.empty()) return absl::InvalidArgumentError("--model and --out are required");
+  if (!lora.empty()) return WriteGgufLora(dir, lora, out);
   if (mode != "f32" && mode != "native") return absl::InvalidArgumentError("--mode must be f32 or native");
   return WriteGguf(dir, out, mode == "f32" ? GgufMode::kF32 : GgufMode::kNative);
 }
@@ -648,6 +651,7 @@ absl::Status Logits(FlagReader& f) {
   const int threads = f.Num<int>("--threads", 0);
   const bool kv_f32 = f.Has("--kv-f32"), rope_ggml = f.Has("--rope-ggml");
   const std::string device = f.Str("--device", "cpu");
+  const std::string lora = f.Str("--lora", "");
   RETURN_IF_ERROR(f.Finish());
   ASSIGN_OR_RETURN(auto ids, ParseIds(tokens));
   if (ids.empty() || prefill < 1 || prefill > static_cast<int64_t>(ids.size())) {
@@ -672,15 +676,21 @@ absl::Status Logits(FlagReader& f) {
   } else {
     return absl::InvalidArgumentError("--device must be cpu or cuda");
   }
+  if (!lora.empty()) {
+    ASSIGN_OR_RETURN(auto adapter, LoadLoraAdapter(lora, model->config()));
+    RETURN_IF_ERROR(model->SetLoraAdapter(0, std::move(adapter)));
+  }
   SingleSequence seq(*model, static_cast<int64_t>(ids.size()));
   std::ofstream o(out_path, std::ios::binary | std::ios::trunc);
   if (!o) return absl::PermissionDeniedError(absl::StrCat("cannot write ", out_path));
   ForwardOutput out;
   SequenceInput in = seq.Input(std::span(ids).subspan(0, prefill), 0, true);
+  if (!lora.empty()) in.adapter = 0;
   RETURN_IF_ERROR(model->Forward({&in, 1}, &out));
   o.write(reinterpret_cast<const char*>(out.logits.data()), static_cast<std::streamsize>(out.logits.size() * 4));
   for (size_t p = prefill; p < ids.size(); ++p) {
     in = seq.Input(std::span(ids).subspan(p, 1), static_cast<int64_t>(p), true);
+    if (!lora.empty()) in.adapter = 0;
     RETURN_IF_ERROR(model->Forward({&in, 1}, &out));
     o.write(reinterpret_cast<const char*>(out.logits.data()), static_cast<std::streamsize>(out.logits.size() * 4));
   }

@@ -166,9 +166,19 @@ void LoraApply(ThreadPool* pool, const LoraFactors& f, int64_t e, const float* x
   for (int i = 0; i < n; ++i) {
     std::memcpy(xg.data() + static_cast<size_t>(i) * f.in, x + static_cast<size_t>(x_rows[i]) * ldx, f.in * sizeof(float));
   }
-  // Shrink: t = A_e x, scaled.
-  LinearRows(f.A(e), nullptr, xg.data(), f.in, n, 0, f.rank, t.data(), f.rank);
-  for (float& v : t) v *= f.scale[e];
+  // Shrink: t = A_e x, scaled (rows split over the pool for prefill chunks).
+  const Matrix a = f.A(e);
+  const float* xp = xg.data();
+  float* tp0 = t.data();
+  auto shrink = [&, xp, tp0](int64_t r0, int64_t r1) {
+    LinearRows(a, nullptr, xp + r0 * f.in, f.in, static_cast<int>(r1 - r0), 0, f.rank, tp0 + r0 * f.rank, f.rank);
+    for (int64_t i = r0 * f.rank; i < r1 * f.rank; ++i) tp0[i] *= f.scale[e];
+  };
+  if (pool && n >= 32) {
+    pool->ParallelFor(n, 8, shrink);
+  } else {
+    shrink(0, n);
+  }
   // Expand: y += B_e t.
   const float* tp = t.data();
   float* up = u.data();

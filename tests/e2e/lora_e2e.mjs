@@ -5,8 +5,9 @@
 // wrote for the fused adapter, as the reference. Adapters loaded and unloaded
 // at run time while other streams run, bad adapters refused with the API's
 // error shape, prefix-cache namespaces, the Ollama API and metrics.
-//   node lora_e2e.mjs --worker BIN --router BIN --model DIR --moeserve BIN
-import { check, finish, parseArgs, start } from "./procs.mjs";
+//   node lora_e2e.mjs --worker BIN --router BIN --model DIR --moeserve BIN --proto DIR
+import { check, finish, parseArgs, start, startProc } from "./procs.mjs";
+import { createRequire } from "node:module";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { execFileSync } from "node:child_process";
@@ -16,6 +17,9 @@ import assert from "node:assert/strict";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { default: OpenAI } = await import(join(here, "../node/node_modules/openai/index.mjs"));
+const require = createRequire(join(here, "../node/node_modules/x.js"));
+const grpc = require("@grpc/grpc-js");
+const protoLoader = require("@grpc/proto-loader");
 const args = parseArgs(process.argv.slice(2));
 const tmp = mkdtempSync(join(tmpdir(), "moeserve-lora-"));
 process.on("exit", () => rmSync(tmp, { recursive: true, force: true }));
@@ -38,9 +42,10 @@ const metricsPort = 20000 + Math.floor(Math.random() * 20000);
 const common = ["--port", "0", "--kv-cache-memory", "64MiB", "--max-num-seqs", "16", "--max-model-len", "2048",
   "--kv-cache-dtype", "f32", "--threads", "1"];
 const workerAddr = await start(args.worker, ["--model", args.model, ...common, "--metrics-port", String(metricsPort)]);
-const routerAddr = await start(args.router, ["--worker", workerAddr, "--model", args.model, "--port", "0",
+const routerProc = await startProc(args.router, ["--worker", workerAddr, "--model", args.model, "--port", "0",
   "--api-key", key, "--max-num-batched-tokens", "256", "--lora-modules", `attn=${attn}`, `expert=${expert}`,
-  "--lora-modules", `{"name": "fused", "path": "${fused}"}`, "--max-loras", "4"]);
+  "--lora-modules", `{"name": "fused", "path": "${fused}"}`, "--max-loras", "4", "--grpc-port", "0"]);
+const routerAddr = routerProc.addr;
 const mergedWorker = await start(args.worker, ["--model", join(tmp, "merged"), ...common]);
 const mergedRouter = await start(args.router, ["--worker", mergedWorker, "--model", join(tmp, "merged"), "--port", "0",
   "--max-num-batched-tokens", "256", "--served-model-name", "merged"]);
@@ -204,6 +209,36 @@ await check("the Ollama API and chat completions choose adapters too", async () 
   assert.equal(res.status, 200, JSON.stringify(j));
   assert.equal(j.response, solo.attn.text);
   assert.equal(j.model, "attn:latest");
+});
+
+await check("the Responses API and gRPC choose adapters too", async () => {
+  const r = await client.responses.create({ model: "fused", input: "What is 2 + 2?", max_output_tokens: 12,
+    temperature: 0 });
+  assert.equal(r.model, "fused");
+  const c = await client.chat.completions.create({ model: "fused", max_tokens: 12, temperature: 0,
+    messages: [{ role: "user", content: "What is 2 + 2?" }] });
+  assert.equal(r.output_text, c.choices[0].message.content ?? "");
+  const base = await client.chat.completions.create({ model, max_tokens: 12, temperature: 0,
+    messages: [{ role: "user", content: "What is 2 + 2?" }] });
+  const def = protoLoader.loadSync(join(args.proto, "moeserve/v1/moeserve.proto"),
+    { keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true });
+  const stub = new (grpc.loadPackageDefinition(def).moeserve.v1.Moeserve)(routerProc.grpc,
+    grpc.credentials.createInsecure());
+  const md = new grpc.Metadata();
+  md.set("authorization", `Bearer ${key}`);
+  const unary = (method, req) => new Promise((res, rej) => stub[method](req, md, (e, v) => (e ? rej(e) : res(v))));
+  const models = await unary("ListModels", {});
+  assert.deepEqual(models.models.map(m => [m.id, m.parent]), [[model, ""], ["attn", model], ["expert2", model], ["fused", model]]);
+  const chat = { messages: [{ role: "user", content: "What is 2 + 2?" }] };
+  const g = await unary("GenerateUnary", { model: "fused", chat, max_tokens: 12, temperature: 0 });
+  assert.equal(g.choices[0].text, c.choices[0].message.content ?? "");
+  assert.deepEqual(g.choices[0].token_ids.length, c.usage.completion_tokens);
+  const gb = await unary("GenerateUnary", { chat, max_tokens: 12, temperature: 0 });
+  assert.equal(gb.choices[0].text + gb.choices[0].reasoning, (base.choices[0].message.content ?? "") +
+    (base.choices[0].message.reasoning_content ?? ""));
+  assert.notEqual(g.choices[0].text + g.choices[0].reasoning, gb.choices[0].text + gb.choices[0].reasoning,
+    "gRPC served the base model for the adapter");
+  await assert.rejects(unary("GenerateUnary", { model: "nope", chat, max_tokens: 2 }), e => e.code === 5);
 });
 
 await check("per-adapter metrics", async () => {

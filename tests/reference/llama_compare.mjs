@@ -3,6 +3,7 @@
 //
 //   node llama_compare.mjs --gguf F --model DIR --moeserve BIN [--prompt-len 64]
 //        [--gen 16] [--tol 1e-4] [--seed 1] [--rope-ggml] [--threads 2]
+//        [--lora DIR --lora-gguf F]   (a PEFT adapter: moeserve serves DIR, llama.cpp --lora F)
 //
 // llama.cpp runs with an F32 KV cache and flash attention off (its tightest
 // setting); moeserve with an F32 KV cache. Exits 1 when max |dlogit| > tol or
@@ -33,6 +34,7 @@ const vocab = JSON.parse(readFileSync(join(args.model, "config.json"), "utf8")).
 const context = await model.createContext({
   contextSize: promptLen + gen + 16, batchSize: promptLen + gen + 16, threads, flashAttention: false,
   experimentalKvCacheKeyType: "F32", experimentalKvCacheValueType: "F32",
+  ...(args["lora-gguf"] ? { lora: { adapters: [{ filePath: args["lora-gguf"], scale: 1 }] } } : {}),
 });
 const seq = context.getSequence();
 
@@ -60,7 +62,7 @@ await model.dispose();
 const dir = mkdtempSync(join(tmpdir(), "moeserve-llama-"));
 const out = join(dir, "logits.bin");
 const cmd = [args.moeserve, ["logits", "--model", args.model, "--tokens", tokens.join(","), "--prefill", String(promptLen),
-  "--out", out, "--kv-f32", ...(args["rope-ggml"] ? ["--rope-ggml"] : [])]];
+  "--out", out, "--kv-f32", ...(args["rope-ggml"] ? ["--rope-ggml"] : []), ...(args.lora ? ["--lora", args.lora] : [])]];
 const run = spawnSync(cmd[0], cmd[1], { stdio: ["ignore", "inherit", "inherit"] });
 if (run.status !== 0) { console.error("moeserve logits failed"); process.exit(1); }
 const ours = new Float32Array(readFileSync(out).buffer.slice(0));
