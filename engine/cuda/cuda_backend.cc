@@ -332,6 +332,9 @@ absl::Status CudaBackend::SetUpHostExperts(const CudaOptions& o, int64_t max_pai
   ASSIGN_OR_RETURN(DeviceBuffer ps, DeviceBuffer::Allocate(max_pairs * 4));
   pair_slot_ = ps.as<int32_t>();
   buffers_.push_back(std::move(ps));
+  ASSIGN_OR_RETURN(DeviceBuffer pe, DeviceBuffer::Allocate(max_pairs * 4));
+  pair_lora_expert_ = pe.as<int32_t>();
+  buffers_.push_back(std::move(pe));
   slot_of_.assign(plan_.n_cpu_moe, std::vector<int32_t>(ne, -1));
   score_.assign(plan_.n_cpu_moe * ne, 0.0);
   const int64_t slots = plan_.cache_slots;
@@ -440,9 +443,6 @@ absl::Status CudaBackend::SetLoraAdapter(int slot, std::shared_ptr<const LoraAda
   if (adapter && shard().sharded()) {
     return absl::UnimplementedError("LoRA adapters on tensor/expert-parallel ranks are not supported yet");
   }
-  if (adapter && plan_.n_cpu_moe > 0) {
-    return absl::UnimplementedError("LoRA adapters with host experts (--n-cpu-moe) are not supported yet");
-  }
   const ModelConfig& c = config();
   if (adapter && static_cast<int64_t>(adapter->layers.size()) != c.num_hidden_layers) {
     return absl::InvalidArgumentError("the adapter's layer count is not the model's");
@@ -546,6 +546,7 @@ absl::Status CudaBackend::BeginChunk(const StepLayout& step, int r0, int r1) {
   }
   RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(ids_, step.ids.data() + r0, n * 4, cudaMemcpyHostToDevice, s), "ids"));
   chunk_lora_ = std::any_of(step.adapter.begin() + r0, step.adapter.begin() + r1, [](int32_t a) { return a >= 0; });
+  chunk_adapter_ = step.adapter.data() + r0;
   if (chunk_lora_) {
     RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(lora_rows_.get(), step.adapter.data() + r0, n * 4, cudaMemcpyHostToDevice, s),
                          "LoRA rows"));
@@ -714,17 +715,38 @@ absl::Status CudaBackend::HostExperts(int64_t layer, Tensor h, const Routing& ro
                          "pair slots"));
     ExpertMxfp4(cache_.gu_blocks, cache_.gu_scales, cache_.gu_bias, 2 * inter, hs, h.data, h.ld, pair_row_, pair_slot_,
                 pairs, gate_up_, 2 * inter, stream_);
+    if (chunk_lora_) {  // LoRA of the cached pairs, by their experts' ids (-1: the host computes the pair)
+      host_lora_expert_.resize(pairs);
+      for (int p = 0; p < pairs; ++p) host_lora_expert_[p] = host_slot_[p] >= 0 ? host_idx_[p] : -1;
+      RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(pair_lora_expert_, host_lora_expert_.data(), pairs * 4,
+                                           cudaMemcpyHostToDevice, stream_), "pair experts"));
+      ApplyLora(layer, LoraTarget::kGateUp, h.data, h.ld, hs, pair_row_, pair_row_, pair_lora_expert_, pairs, gate_up_,
+                2 * inter, 2 * inter);
+    }
     SwiGlu(gate_up_, 2 * inter, pairs, inter, static_cast<float>(c.swiglu_limit), static_cast<float>(c.swiglu_alpha),
            act_, inter, stream_);
     ExpertMxfp4(cache_.down_blocks, cache_.down_scales, cache_.down_bias, hs, inter, act_, inter, pair_identity_,
                 pair_slot_, pairs, down_, hs, stream_);
+    if (chunk_lora_) {
+      ApplyLora(layer, LoraTarget::kDown, act_, inter, inter, nullptr, pair_row_, pair_lora_expert_, pairs, down_, hs, hs);
+    }
   } else {
     RETURN_IF_ERROR(Cuda(cudaMemsetAsync(down_, 0, static_cast<size_t>(pairs) * hs * 4, stream_), "memset"));
   }
   host_down_.assign(static_cast<size_t>(pairs) * hs, 0.0f);
   const LayerWeights& lw = weights_->layers[layer];
+  // LoRA of the host pairs: the CPU kernels' own path, with the host copies of the adapters.
+  cpu::ExpertLora lora;
+  if (chunk_lora_) {
+    host_pair_adapter_.resize(pairs);
+    for (int p = 0; p < pairs; ++p) host_pair_adapter_[p] = chunk_adapter_[p / k];
+    lora_host_ptrs_.assign(lora_.size(), nullptr);
+    for (size_t s = 0; s < lora_.size(); ++s) lora_host_ptrs_[s] = lora_[s] ? lora_[s]->host.get() : nullptr;
+    lora = {layer, host_pair_adapter_, lora_host_ptrs_};
+  }
   cpu::ExpertPairs(*host_pool_, lw.gate_up, lw.down, static_cast<float>(c.swiglu_limit),
-                   static_cast<float>(c.swiglu_alpha), host_h_.data(), hs, host_row_, host_expert_, host_down_.data(), hs);
+                   static_cast<float>(c.swiglu_alpha), host_h_.data(), hs, host_row_, host_expert_, host_down_.data(), hs,
+                   chunk_lora_ ? &lora : nullptr);
   RETURN_IF_ERROR(Cuda(cudaMemcpyAsync(host_down_dev_, host_down_.data(), host_down_.size() * 4,
                                        cudaMemcpyHostToDevice, stream_),
                        "host experts to device"));

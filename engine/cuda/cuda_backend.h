@@ -93,8 +93,8 @@ class CudaBackend final : public Backend, private ForwardOps {
   absl::Status Forward(std::span<const SequenceInput> batch, ForwardOutput* out) override;
   const std::vector<int64_t>& expert_counts() const override { return expert_counts_; }
   // Copies the adapter's factors to the device (f32) and its entry table
-  // (ops.h LoraEntry); refused on tensor/expert-parallel ranks and with host
-  // experts (--n-cpu-moe) for now.
+  // (ops.h LoraEntry); refused on tensor/expert-parallel ranks for now. Host
+  // experts (--n-cpu-moe) apply it with the CPU kernels from the host copy.
   absl::Status SetLoraAdapter(int slot, std::shared_ptr<const LoraAdapter> adapter) override;
 
   int64_t weight_bytes() const { return weight_bytes_; }
@@ -204,6 +204,11 @@ class CudaBackend final : public Backend, private ForwardOps {
   DeviceBuffer lora_tables_, lora_rows_, lora_scratch_;
   int64_t lora_max_rank_ = 0;  // the scratch's width
   bool chunk_lora_ = false;    // some row of the chunk runs an adapter
+  const int32_t* chunk_adapter_ = nullptr;  // the chunk's row slots (host, the step's layout)
+  // Host experts with LoRA: per pair its adapter slot (host pairs) or expert (device-cached pairs).
+  int32_t* pair_lora_expert_ = nullptr;
+  std::vector<int32_t> host_pair_adapter_, host_lora_expert_;
+  std::vector<const LoraAdapter*> lora_host_ptrs_;
   // Structured output: a logits chunk's token masks, on the device and staged on the host.
   uint32_t* mask_words_ = nullptr;
   std::vector<uint32_t> host_masks_;

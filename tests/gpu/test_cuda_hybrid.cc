@@ -2,7 +2,8 @@
 // kernels inside the CUDA backend's forward, against the all-device run of the
 // same backend (under the CUDA emulation in CI, on a lent GPU there): the same
 // logits whether the device cache of host experts is empty, holds them all,
-// or changes every step; auto picks the split from a small device budget.
+// or changes every step, also with a LoRA adapter; auto picks the split from a
+// small device budget.
 // Label gpu/emu; skipped without a device.
 #include <gtest/gtest.h>
 
@@ -13,6 +14,7 @@
 #include "engine/kv_cache.h"
 #include "tests/test_util.h"
 #include "tools/checkpoint_gen.h"
+#include "tools/lora_gen.h"
 
 namespace moeserve {
 namespace {
@@ -46,7 +48,8 @@ std::unique_ptr<cuda::CudaBackend> Open(const cuda::CudaOptions& co) {
 }
 
 // Logits of every position: two sequences, a prefill then decode steps.
-std::vector<std::vector<float>> Drive(Backend& m) {
+// With `adapter` >= 0, the second sequence runs that LoRA slot.
+std::vector<std::vector<float>> Drive(Backend& m, int adapter = -1) {
   const int vocab = static_cast<int>(m.config().vocab_size);
   std::vector<int32_t> seq[2] = {RandomTokens(30, vocab, 1), RandomTokens(11, vocab, 2)};
   std::vector<int32_t> tables[2];
@@ -61,6 +64,7 @@ std::vector<std::vector<float>> Drive(Backend& m) {
       batch[s].start_pos = done[s];
       batch[s].block_tables[0] = batch[s].block_tables[1] = tables[s];
       batch[s].all_logits = true;
+      if (s == 1) batch[s].adapter = adapter;
     }
     ForwardOutput out;
     const absl::Status st = m.Forward(batch, &out);
@@ -132,6 +136,45 @@ TEST(CudaHybrid, HostExpertsMatchAllDeviceWhateverTheCache) {
       EXPECT_GT(st.hits, 0);
       EXPECT_GT(st.misses, 0);
     }
+  }
+}
+
+// A LoRA adapter (fused experts and the router) on a sequence beside the base
+// model: host experts apply it with the CPU kernels, cached ones on the device.
+TEST(CudaHybrid, HostExpertsServeLoraAdapters) {
+  if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  const std::string dir = testing::TempDir("cuda_hybrid_lora");
+  LoraGenOptions lo;
+  lo.layout = "fused";
+  lo.router = true;
+  lo.rank = 8;
+  auto cfg = LoadModelConfig(Checkpoint());
+  ASSERT_TRUE(cfg.ok());
+  ASSERT_TRUE(GenerateLoraAdapter(dir, *cfg, lo).ok());
+  auto adapter = LoadLoraAdapter(dir, *cfg);
+  ASSERT_TRUE(adapter.ok()) << adapter.status();
+  cuda::CudaOptions all = Options();
+  all.n_cpu_moe = 0;
+  auto ref_model = Open(all);
+  ASSERT_TRUE(ref_model);
+  ASSERT_TRUE(ref_model->SetLoraAdapter(1, *adapter).ok());
+  const auto ref = Drive(*ref_model, 1);
+  const auto base = Drive(*ref_model);
+  EXPECT_GT(MaxDiff(ref, base), 0.05) << "the adapter changes nothing";
+  const int64_t expert = ExpertBytes(ref_model->config());
+  ref_model.reset();
+  for (const auto& [name, bytes, policy] :
+       {std::tuple<const char*, int64_t, cuda::ExpertCachePolicy>{"cache empty", 0, cuda::ExpertCachePolicy::kHot},
+        {"cache thrashing", 3 * expert, cuda::ExpertCachePolicy::kThrash},
+        {"cache full", -1, cuda::ExpertCachePolicy::kHot}}) {
+    cuda::CudaOptions co = Options();
+    co.n_cpu_moe = 3;
+    co.expert_cache_bytes = bytes;
+    co.expert_cache_policy = policy;
+    auto m = Open(co);
+    ASSERT_TRUE(m);
+    ASSERT_TRUE(m->SetLoraAdapter(1, *adapter).ok());
+    EXPECT_LT(MaxDiff(Drive(*m, 1), ref), 1e-4) << name;
   }
 }
 
