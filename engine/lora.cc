@@ -115,6 +115,21 @@ absl::StatusOr<bool> PatternMatches(const std::string& key, const std::string& m
   }
 }
 
+// The value of the first pattern key matching the module (or its parameter), if any.
+template <typename T>
+absl::Status ApplyPattern(const std::vector<std::pair<std::string, T>>& pattern, const std::string& module,
+                          const std::string& param, T* value) {
+  for (const auto& [key, v] : pattern) {
+    ASSIGN_OR_RETURN(const bool hit, PatternMatches(key, module));
+    ASSIGN_OR_RETURN(const bool hit2, PatternMatches(key, param));
+    if (hit || hit2) {
+      *value = v;
+      break;
+    }
+  }
+  return absl::OkStatus();
+}
+
 // One parsed tensor name.
 struct Key {
   int64_t layer = -1;
@@ -188,23 +203,20 @@ const char* LoraTargetName(LoraTarget t) {
   return kNames[static_cast<int>(t)];
 }
 
-Matrix LoraFactors::A(int64_t e) const {
+namespace {
+// Expert e's [rows, cols] matrix of a stack of them.
+Matrix StackedMatrix(const std::vector<uint8_t>& bytes, DType dtype, int64_t e, int64_t rows, int64_t cols) {
   Matrix m;
   m.dtype = dtype;
-  m.rows = rank;
-  m.cols = in;
-  m.data = a.data() + static_cast<size_t>(e) * rank * in * DTypeSize(dtype);
+  m.rows = rows;
+  m.cols = cols;
+  m.data = bytes.data() + static_cast<size_t>(e) * rows * cols * DTypeSize(dtype);
   return m;
 }
+}  // namespace
 
-Matrix LoraFactors::B(int64_t e) const {
-  Matrix m;
-  m.dtype = dtype;
-  m.rows = out;
-  m.cols = rank;
-  m.data = b.data() + static_cast<size_t>(e) * out * rank * DTypeSize(dtype);
-  return m;
-}
+Matrix LoraFactors::A(int64_t e) const { return StackedMatrix(a, dtype, e, rank, in); }
+Matrix LoraFactors::B(int64_t e) const { return StackedMatrix(b, dtype, e, out, rank); }
 
 size_t LoraAdapter::bytes() const {
   size_t n = 0;
@@ -327,22 +339,8 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> LoadLoraAdapter(const std::st
                    : module_name;
     int64_t want_r = pc.r;
     double alpha = pc.alpha;
-    for (const auto& [key, v] : pc.rank_pattern) {
-      ASSIGN_OR_RETURN(const bool hit, PatternMatches(key, module_name));
-      ASSIGN_OR_RETURN(const bool hit2, PatternMatches(key, param_name));
-      if (hit || hit2) {
-        want_r = v;
-        break;
-      }
-    }
-    for (const auto& [key, v] : pc.alpha_pattern) {
-      ASSIGN_OR_RETURN(const bool hit, PatternMatches(key, module_name));
-      ASSIGN_OR_RETURN(const bool hit2, PatternMatches(key, param_name));
-      if (hit || hit2) {
-        alpha = v;
-        break;
-      }
-    }
+    RETURN_IF_ERROR(ApplyPattern(pc.rank_pattern, module_name, param_name, &want_r));
+    RETURN_IF_ERROR(ApplyPattern(pc.alpha_pattern, module_name, param_name, &alpha));
     if (r != want_r) {
       return bad(p.a, absl::StrCat("rank ", r, ", but adapter_config.json gives this module r = ", want_r));
     }

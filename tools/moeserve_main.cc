@@ -492,6 +492,19 @@ absl::Status Serve(FlagReader& f) {
   }
 }
 
+// gen-lora's flags (prefix "--") and gen-checkpoint's (prefix "--lora-").
+LoraGenOptions LoraFlags(FlagReader& f, const std::string& p) {
+  LoraGenOptions lo;
+  lo.layout = f.Str(p + "layout", lo.layout);
+  lo.rank = f.Num<int64_t>(p + "rank", lo.rank);
+  lo.alpha = f.Num<double>(p + "alpha", lo.alpha);
+  lo.seed = f.Num<uint64_t>(p + "seed", lo.seed);
+  lo.dtype = f.Str(p + "dtype", lo.dtype);
+  lo.rslora = f.Has(p + "rslora");
+  lo.router = f.Has(p + "router");
+  return lo;
+}
+
 absl::Status GenCheckpoint(FlagReader& f) {
   const std::string out = f.Str("--out", "");
   ASSIGN_OR_RETURN(ModelConfig c, PresetConfig(f.Str("--preset", "tiny")));
@@ -510,14 +523,7 @@ absl::Status GenCheckpoint(FlagReader& f) {
     }
   }
   const std::string lora_out = f.Str("--lora-out", "");
-  LoraGenOptions lo;
-  lo.layout = f.Str("--lora-layout", lo.layout);
-  lo.rank = f.Num<int64_t>("--lora-rank", lo.rank);
-  lo.alpha = f.Num<double>("--lora-alpha", lo.alpha);
-  lo.seed = f.Num<uint64_t>("--lora-seed", lo.seed);
-  lo.dtype = f.Str("--lora-dtype", lo.dtype);
-  lo.rslora = f.Has("--lora-rslora");
-  lo.router = f.Has("--lora-router");
+  const LoraGenOptions lo = LoraFlags(f, "--lora-");
   c.vocab_size = f.Num<int64_t>("--vocab", c.vocab_size);
   c.sliding_window = f.Num<int64_t>("--sliding-window", c.sliding_window);
   if (f.Has("--yarn-factor")) {
@@ -543,14 +549,7 @@ absl::Status GenCheckpoint(FlagReader& f) {
 
 absl::Status GenLora(FlagReader& f) {
   const std::string dir = f.Str("--model", ""), out = f.Str("--out", "");
-  LoraGenOptions lo;
-  lo.layout = f.Str("--layout", lo.layout);
-  lo.rank = f.Num<int64_t>("--rank", lo.rank);
-  lo.alpha = f.Num<double>("--alpha", lo.alpha);
-  lo.seed = f.Num<uint64_t>("--seed", lo.seed);
-  lo.dtype = f.Str("--dtype", lo.dtype);
-  lo.rslora = f.Has("--rslora");
-  lo.router = f.Has("--router");
+  const LoraGenOptions lo = LoraFlags(f, "--");
   RETURN_IF_ERROR(f.Finish());
   if (dir.empty() || out.empty()) return absl::InvalidArgumentError("--model and --out are required");
   ASSIGN_OR_RETURN(const ModelConfig c, LoadModelConfig(dir));
