@@ -55,14 +55,23 @@ uint16_t F32ToF16(float f) {
 void ConvertToF32(DType t, const void* src, float* dst, size_t n) {
   switch (t) {
     case DType::kF32: std::memcpy(dst, src, n * 4); break;
+    // Elements are read with memcpy: a tensor of a file may start at any byte.
     case DType::kBF16: {
-      const uint16_t* s = static_cast<const uint16_t*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = Bf16ToF32(s[i]);
+      const char* s = static_cast<const char*>(src);
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, s + 2 * i, 2);
+        dst[i] = Bf16ToF32(h);
+      }
       break;
     }
     case DType::kF16: {
-      const uint16_t* s = static_cast<const uint16_t*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = F16ToF32(s[i]);
+      const char* s = static_cast<const char*>(src);
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, s + 2 * i, 2);
+        dst[i] = F16ToF32(h);
+      }
       break;
     }
     case DType::kU8: {
