@@ -1,13 +1,15 @@
 // Deployment files (docker/, deploy/) checked against the code, since no
 // container engine runs in CI:
 //  - every metric a Grafana panel queries is documented in docs/metrics.md and
-//    is exported by a live router or worker (real processes, one request);
+//    is exported by a live router or worker (real processes, a request to the
+//    model and one to a LoRA adapter);
 //  - the YAML files parse, and compose services, ports, Prometheus targets,
 //    the router's --worker lists and the Kubernetes replica count agree;
 //  - the Dockerfile builds targets that exist and its flags are real flags.
-//   node deploy_check.mjs --worker BIN --router BIN --model DIR --root DIR
+//   node deploy_check.mjs --worker BIN --router BIN --model DIR --root DIR --moeserve BIN
 import { check, finish, killAll, parseArgs, start } from "./procs.mjs";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 import assert from "node:assert/strict";
@@ -37,10 +39,17 @@ await check("every dashboard metric is exported by a live router or worker", asy
   const metricsPort = 20000 + Math.floor(Math.random() * 20000);
   const worker = await start(args.worker, ["--model", args.model, "--port", "0", "--metrics-port", String(metricsPort),
     "--kv-cache-memory", "32MiB"]);
-  const router = await start(args.router, ["--worker", worker, "--model", args.model, "--port", "0"]);
-  const r = await fetch(`http://${router}/v1/completions`, { method: "POST", headers: { "content-type": "application/json" },
-    body: JSON.stringify({ prompt: "Hello", max_tokens: 3 }) });
-  assert.equal(r.status, 200);
+  // A LoRA adapter, so that its per-adapter series exist.
+  const lora = mkdtempSync(join(tmpdir(), "moeserve-deploy-lora-"));
+  process.on("exit", () => rmSync(lora, { recursive: true, force: true }));
+  execFileSync(args.moeserve, ["gen-lora", "--model", args.model, "--out", lora]);
+  const router = await start(args.router, ["--worker", worker, "--model", args.model, "--port", "0",
+    "--lora-modules", `tuned=${lora}`]);
+  for (const model of [undefined, "tuned"]) {
+    const r = await fetch(`http://${router}/v1/completions`, { method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model, prompt: "Hello", max_tokens: 3 }) });
+    assert.equal(r.status, 200);
+  }
   const live = (await (await fetch(`http://${router}/metrics`)).text()) +
     (await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text());
   for (const m of metricsUsed) assert.match(live, new RegExp(`^${m}(_bucket|_count)?[{ ]`, "m"), `${m} is not exported`);
