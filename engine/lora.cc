@@ -130,6 +130,13 @@ absl::Status ApplyPattern(const std::vector<std::pair<std::string, T>>& pattern,
   return absl::OkStatus();
 }
 
+// "" or ".base_layer" repeated: how deep PEFT nested a ParamWrapper.
+bool OnlyBaseLayers(absl::string_view rest) {
+  while (absl::ConsumePrefix(&rest, ".base_layer")) {
+  }
+  return rest.empty();
+}
+
 // One parsed tensor name.
 struct Key {
   int64_t layer = -1;
@@ -295,8 +302,7 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> LoadLoraAdapter(const std::st
     } else if (m == "mlp.experts.gate_up_proj" || m == "mlp.experts.down_proj") {
       site.target = m == "mlp.experts.gate_up_proj" ? LoraTarget::kGateUp : LoraTarget::kDown;
       site.fused = true;
-    } else if (absl::ConsumePrefix(&m, "mlp.experts") &&
-               (m.empty() || std::regex_match(std::string(m), std::regex("(\\.base_layer)+")))) {
+    } else if (absl::ConsumePrefix(&m, "mlp.experts") && OnlyBaseLayers(m)) {
       site.fused = by_shape = true;
     } else {
       return absl::InvalidArgumentError(absl::StrCat(

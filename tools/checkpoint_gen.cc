@@ -234,6 +234,17 @@ absl::StatusOr<ModelConfig> PresetConfig(const std::string& name) {
   return c;
 }
 
+absl::Status PrepareCheckpointDir(const std::string& out_dir) {
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", out_dir, ": ", ec.message()));
+  for (const auto& entry : fs::directory_iterator(out_dir)) {
+    const std::string n = entry.path().filename().string();
+    if (n.rfind("model", 0) == 0 && n.find(".safetensors") != std::string::npos) fs::remove(entry.path());
+  }
+  return absl::OkStatus();
+}
+
 absl::Status GenerateCheckpoint(const std::string& out_dir, const CheckpointGenOptions& o) {
   RETURN_IF_ERROR(o.config.Validate());
   if (o.experts != "mxfp4" && o.experts != "bf16" && o.experts != "f16" && o.experts != "f32") {
@@ -249,14 +260,8 @@ absl::Status GenerateCheckpoint(const std::string& out_dir, const CheckpointGenO
     config.quantization_config = {};
   }
   RETURN_IF_ERROR(config.Validate());
+  RETURN_IF_ERROR(PrepareCheckpointDir(out_dir));
   std::error_code ec;
-  fs::create_directories(out_dir, ec);
-  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", out_dir, ": ", ec.message()));
-  // Remove stale shards of an earlier run so the index is the whole truth.
-  for (const auto& entry : fs::directory_iterator(out_dir)) {
-    const std::string n = entry.path().filename().string();
-    if (n.rfind("model", 0) == 0 && n.find(".safetensors") != std::string::npos) fs::remove(entry.path());
-  }
   CheckpointGenOptions opts = o;
   opts.config = config;
   const std::vector<TensorSpec> specs = Specs(opts);

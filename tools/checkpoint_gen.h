@@ -29,6 +29,10 @@ struct CheckpointGenOptions {
 
 absl::Status GenerateCheckpoint(const std::string& out_dir, const CheckpointGenOptions& options);
 
+// Creates `out_dir` and removes the model*.safetensors shards of an earlier
+// run, so the files written next are the whole truth.
+absl::Status PrepareCheckpointDir(const std::string& out_dir);
+
 // Named presets: "tiny" (tests), "mid" (8 KV heads: tensor-parallel tests), "demo" (the demo model), "20b", "120b".
 absl::StatusOr<ModelConfig> PresetConfig(const std::string& name);
 

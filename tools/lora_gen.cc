@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/dtype.h"
 #include "engine/safetensors.h"
+#include "tools/checkpoint_gen.h"
 #include "nlohmann/json.hpp"
 
 namespace moeserve {
@@ -321,13 +322,8 @@ absl::Status MergeLoraIntoCheckpoint(const std::string& base_dir, const std::str
 
   std::vector<OutTensor> out;
   for (auto& [name, v] : w) out.push_back(OutTensor{name, shapes[name], std::vector<float>(v.begin(), v.end())});
+  RETURN_IF_ERROR(PrepareCheckpointDir(out_dir));
   std::error_code ec;
-  fs::create_directories(out_dir, ec);
-  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", out_dir, ": ", ec.message()));
-  for (const auto& entry : fs::directory_iterator(out_dir)) {
-    const std::string n = entry.path().filename().string();
-    if (n.rfind("model", 0) == 0 && n.find(".safetensors") != std::string::npos) fs::remove(entry.path());
-  }
   RETURN_IF_ERROR(WriteSafetensors(out_dir + "/model.safetensors", out, DType::kF32));
   c.quantization_config = {};
   std::ofstream(out_dir + "/config.json") << c.ToJson();
