@@ -173,18 +173,30 @@ class ReferenceModel {
       }
     }
   }
-  // Expert weight (out row r, in column i) from MXFP4 blocks or HF dense layout.
-  double ExpertW(const std::string& prefix, int64_t e, int64_t rows, int64_t cols, int64_t r, int64_t i) const {
+  // An experts projection's tensors, looked up once per layer: MXFP4 blocks
+  // and scales, or the HF dense layout.
+  struct ExpertTensors {
+    const TensorView* blocks = nullptr;
+    const TensorView* scales = nullptr;
+    const TensorView* dense = nullptr;
+  };
+  ExpertTensors Experts(const std::string& prefix) const {
+    ExpertTensors t;
+    if ((t.blocks = ck_.Find(prefix + "_blocks")) != nullptr) t.scales = &T(prefix + "_scales");
+    else t.dense = &T(prefix);
+    return t;
+  }
+  // Expert weight (out row r, in column i).
+  double ExpertW(const ExpertTensors& t, int64_t e, int64_t rows, int64_t cols, int64_t r, int64_t i) const {
     static const double kE2M1[16] = {0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6};
-    if (const TensorView* b = ck_.Find(prefix + "_blocks")) {
-      const TensorView& sc = T(prefix + "_scales");
+    if (t.blocks != nullptr) {
       const int64_t groups = cols / 32, g = i / 32, in_group = i % 32;
-      const uint8_t byte = static_cast<const uint8_t*>(b->data)[((e * rows + r) * groups + g) * 16 + in_group / 2];
+      const uint8_t byte = static_cast<const uint8_t*>(t.blocks->data)[((e * rows + r) * groups + g) * 16 + in_group / 2];
       const int code = in_group % 2 == 0 ? (byte & 15) : (byte >> 4);
-      const int s = static_cast<const uint8_t*>(sc.data)[(e * rows + r) * groups + g];
+      const int s = static_cast<const uint8_t*>(t.scales->data)[(e * rows + r) * groups + g];
       return std::ldexp(kE2M1[code], s - 127);
     }
-    return Elem(T(prefix), (e * cols + i) * rows + r);
+    return Elem(*t.dense, (e * cols + i) * rows + r);
   }
   std::vector<double> Moe(const std::string& p, const std::vector<double>& h) {
     const int64_t E = c_.num_local_experts, H = c_.hidden_size, I = c_.intermediate_size;
@@ -198,6 +210,7 @@ class ReferenceModel {
     std::vector<double> out(H, 0.0);
     const std::string gu = p + "mlp.experts.gate_up_proj", dn = p + "mlp.experts.down_proj";
     const auto gub = Vec(gu + "_bias"), dnb = Vec(dn + "_bias");
+    const ExpertTensors gut = Experts(gu), dnt = Experts(dn);
     for (int s = 0; s < k; ++s) {
       const int e = order[s];
       const double w = std::exp(logits[e] - logits[order[0]]) / den;
@@ -205,8 +218,8 @@ class ReferenceModel {
       for (int64_t j = 0; j < I; ++j) {
         double g = gub[e * 2 * I + 2 * j], u = gub[e * 2 * I + 2 * j + 1];
         for (int64_t i = 0; i < H; ++i) {
-          g += ExpertW(gu, e, 2 * I, H, 2 * j, i) * h[i];
-          u += ExpertW(gu, e, 2 * I, H, 2 * j + 1, i) * h[i];
+          g += ExpertW(gut, e, 2 * I, H, 2 * j, i) * h[i];
+          u += ExpertW(gut, e, 2 * I, H, 2 * j + 1, i) * h[i];
         }
         const double lim = c_.swiglu_limit;
         if (g > lim) ++clamped_gates_;
@@ -217,7 +230,7 @@ class ReferenceModel {
       }
       for (int64_t r = 0; r < H; ++r) {
         double y = dnb[e * H + r];
-        for (int64_t j = 0; j < I; ++j) y += ExpertW(dn, e, H, I, r, j) * act[j];
+        for (int64_t j = 0; j < I; ++j) y += ExpertW(dnt, e, H, I, r, j) * act[j];
         out[r] += w * y;
       }
     }
