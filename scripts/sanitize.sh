@@ -4,6 +4,9 @@
 #                              and e2e tests (not gpu, slow, nor emu: the CUDA
 #                              emulator switches stacks with Boost.Context,
 #                              whose Debian build lacks ASan's fiber hooks).
+#                              The numeric kernels (engine/cpu/kernels*.cc)
+#                              are built without ASan and UBSan there; what
+#                              sizes and indexes their buffers is instrumented.
 #                              The same build holds the fuzz targets
 #                              (scripts/fuzz.sh).
 #   scripts/sanitize.sh tsan   build-tsan/: TSan; builds what the concurrency
@@ -47,6 +50,7 @@ else
   labels="tsan"
   exclude="gpu|slow"
 fi
+echo "sanitize ($kind): build took $SECONDS s"
 status=0
 (cd "$dir" && ctest --output-on-failure -j"${JOBS:-2}" -L "$labels" -LE "$exclude" "$@") || status=$?
 if compgen -G "$logs/*" >/dev/null; then

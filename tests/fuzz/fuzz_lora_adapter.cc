@@ -3,8 +3,6 @@
 // against the tiny model must give a clear error or an adapter whose factors
 // have the sizes their shapes say; a loaded adapter then serves a 3-token
 // step on the CPU backend (every factor read inside its buffers).
-#include <unistd.h>
-
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -14,6 +12,7 @@
 
 #include "engine/cpu/cpu_backend.h"
 #include "engine/lora.h"
+#include "tests/fuzz/fuzz_util.h"
 #include "tools/checkpoint_gen.h"
 
 namespace {
@@ -21,9 +20,7 @@ namespace {
 moeserve::CpuBackend& TinyBackend() {
   using namespace moeserve;
   static std::unique_ptr<CpuBackend> backend = [] {
-    static const std::string dir =
-        std::filesystem::temp_directory_path() / ("moeserve_fuzz_lora_tiny_" + std::to_string(getpid()));
-    std::atexit([] { std::filesystem::remove_all(dir); });
+    const std::string dir = moeserve::fuzz::ScratchDir("lora_tiny");
     CheckpointGenOptions o;
     o.config = *PresetConfig("tiny");
     if (!GenerateCheckpoint(dir, o).ok()) std::abort();
@@ -43,13 +40,7 @@ moeserve::CpuBackend& TinyBackend() {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace moeserve;
   CpuBackend& backend = TinyBackend();
-  static const std::string dir = [] {
-    static const std::string d =
-        std::filesystem::temp_directory_path() / ("moeserve_fuzz_lora_" + std::to_string(getpid()));
-    std::filesystem::create_directories(d);
-    std::atexit([] { std::filesystem::remove_all(d); });
-    return d;
-  }();
+  static const std::string dir = fuzz::ScratchDir("lora");
   const uint8_t* split = static_cast<const uint8_t*>(std::memchr(data, 0xff, size));
   const size_t config_len = split ? static_cast<size_t>(split - data) : size;
   const uint8_t* file = split ? split + 1 : data + size;

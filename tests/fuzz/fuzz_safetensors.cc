@@ -2,8 +2,6 @@
 // the input is split at the first 0xff byte into a config.json text and a
 // safetensors file. Opening must return a clear error or a consistent file
 // (every view inside the mapping), never crash or read out of bounds.
-#include <unistd.h>
-
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -13,6 +11,7 @@
 
 #include "engine/config.h"
 #include "engine/safetensors.h"
+#include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace moeserve;
@@ -24,11 +23,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   const uint8_t* file = split ? split + 1 : data;
   const size_t file_len = size - (file - data);
-  static const std::string path = [] {
-    static const std::string p = "/tmp/moeserve_fuzz_" + std::to_string(getpid()) + ".safetensors";
-    std::atexit([] { std::remove(p.c_str()); });
-    return p;
-  }();
+  static const std::string path = fuzz::ScratchDir("safetensors") + "/model.safetensors";
   {
     std::ofstream f(path, std::ios::binary | std::ios::trunc);
     f.write(reinterpret_cast<const char*>(file), static_cast<std::streamsize>(file_len));
