@@ -45,13 +45,15 @@ export function killAll() {
 // the tally, stops the children and exits non-zero if any check failed.
 let passed = 0, failed = 0;
 export async function check(name, fn) {
+  const t0 = performance.now();
+  const took = () => `(${((performance.now() - t0) / 1000).toFixed(1)} s)`;
   try {
     await fn();
     passed++;
-    console.log(`ok - ${name}`);
+    console.log(`ok - ${name} ${took()}`);
   } catch (e) {
     failed++;
-    console.log(`FAIL - ${name}: ${e?.stack ?? e}`);
+    console.log(`FAIL - ${name} ${took()}: ${e?.stack ?? e}`);
   }
 }
 export function finish() {
