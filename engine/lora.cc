@@ -42,7 +42,9 @@ absl::StatusOr<PeftConfig> ReadConfig(const std::string& path) {
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path, " (is this a PEFT adapter directory?)"));
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (text.size() > kMaxConfigBytes) return ConfigError(path, "over 1 MB");
-  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  // Ordered: the first rank/alpha pattern key that matches decides, in the
+  // file's order (PEFT iterates the dict it loaded).
+  const nlohmann::ordered_json j = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return ConfigError(path, "not a JSON object");
   PeftConfig c;
   if (j.contains("peft_type") && !(j["peft_type"].is_string() && j["peft_type"].get<std::string>() == "LORA")) {
@@ -105,9 +107,65 @@ absl::StatusOr<PeftConfig> ReadConfig(const std::string& path) {
   return c;
 }
 
+// A rank/alpha pattern that std::regex (a backtracking matcher) could take
+// exponential time or deep recursion on: longer than 256 characters, or a
+// group repeated by `*`, `+` or `{...}` that itself holds a quantifier or an
+// alternation, as in (a+)+ or (a|aa)*. PEFT's keys are module names or
+// simple expressions such as `layers\.[0-9]+\.self_attn\.o_proj`.
+absl::Status CheckPatternCost(const std::string& key) {
+  auto refuse = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat("adapter_config.json: pattern \"", key.substr(0, 64), "\" ", why));
+  };
+  if (key.size() > 256) return refuse("is longer than 256 characters");
+  std::vector<bool> risky = {false};  // per open group: it holds a quantifier or `|`
+  bool in_class = false;
+  bool after_risky_group = false;  // the last atom was a group that holds one
+  for (size_t i = 0; i < key.size(); ++i) {
+    const char c = key[i];
+    bool closed_risky_group = false;
+    if (in_class) {
+      if (c == '\\') ++i;
+      else if (c == ']') in_class = false;
+      continue;
+    }
+    switch (c) {
+      case '\\': ++i; break;
+      case '[': in_class = true; break;
+      case '(': risky.push_back(false); break;
+      case ')':
+        if (risky.size() > 1) {
+          closed_risky_group = risky.back();
+          risky.pop_back();
+          if (closed_risky_group) risky.back() = true;
+        }
+        break;
+      case '*':
+      case '+':
+      case '{':
+        if (after_risky_group) {
+          return refuse("repeats a group that holds a quantifier or an alternation (slow to match); "
+                        "write it without the nested repetition");
+        }
+        risky.back() = true;
+        break;
+      case '|':
+      case '?': risky.back() = true; break;
+      default: break;
+    }
+    after_risky_group = closed_risky_group;
+  }
+  return absl::OkStatus();
+}
+
 // PEFT's pattern match: `key` matches a module name that is it, or ends in
-// "." followed by it (key a regular expression).
+// "." followed by it (key a regular expression; a key with no metacharacter
+// is compared as text).
 absl::StatusOr<bool> PatternMatches(const std::string& key, const std::string& module) {
+  if (key.find_first_of("\\^$.|?*+()[]{}") == std::string::npos) {
+    return module == key || (module.size() > key.size() && absl::EndsWith(module, key) &&
+                             module[module.size() - key.size() - 1] == '.');
+  }
+  RETURN_IF_ERROR(CheckPatternCost(key));
   try {
     return std::regex_match(module, std::regex("(.*\\.)?(" + key + ")"));
   } catch (const std::regex_error&) {

@@ -298,7 +298,7 @@ class RefusalTest : public ::testing::Test {
     path_ = dir_ + "/adapter_model.safetensors";
     tensors_ = ReadAll(path_);
     std::ifstream in(dir_ + "/adapter_config.json");
-    config_ = json::parse(in);
+    config_ = nlohmann::ordered_json::parse(in);
   }
   // Loads after writing the (mutated) config and tensors; returns the error.
   std::string Error(int64_t max_rank = 0) {
@@ -308,6 +308,13 @@ class RefusalTest : public ::testing::Test {
     EXPECT_FALSE(a.ok()) << "loaded";
     return a.ok() ? "" : std::string(a.status().message());
   }
+  bool Loads() {
+    std::ofstream(dir_ + "/adapter_config.json") << config_.dump();
+    WriteAll(path_, tensors_);
+    auto a = LoadLoraAdapter(dir_, cfg_, {});
+    EXPECT_TRUE(a.ok()) << a.status();
+    return a.ok();
+  }
   RawTensor* Find(const std::string& suffix) {
     for (RawTensor& t : tensors_)
       if (absl::EndsWith(t.name, suffix)) return &t;
@@ -316,7 +323,7 @@ class RefusalTest : public ::testing::Test {
   ModelConfig cfg_;
   std::string dir_, path_;
   std::vector<RawTensor> tensors_;
-  json config_;
+  nlohmann::ordered_json config_;
 };
 
 TEST_F(RefusalTest, TheUnmodifiedAdapterLoads) {
@@ -357,6 +364,27 @@ TEST_F(RefusalTest, ConfigFeatures) {
   config_["r"] = 8;
   config_["rank_pattern"] = {{"(", 4}};
   EXPECT_NE(Error().find("not a valid regex"), std::string::npos);
+  // Patterns a backtracking matcher could take exponential time on are refused
+  // before they are compiled; plain names and simple expressions are not.
+  for (const char* slow : {"(a+)+", "(q|qq)*_proj", "((o+_proj))*", "(x*){2,}"}) {
+    config_["rank_pattern"] = {{slow, 4}};
+    EXPECT_NE(Error().find("slow to match"), std::string::npos) << slow;
+  }
+  config_["rank_pattern"] = {{std::string(300, '.'), 4}};
+  EXPECT_NE(Error().find("longer than 256 characters"), std::string::npos);
+  // A regex key that matches every q_proj gives them rank 4, which the file's
+  // rank-8 factors contradict; a literal key that matches nothing changes nothing.
+  config_["rank_pattern"] = {{"layers\\.[0-9]+\\.self_attn\\.(q|k)_proj", 4}};
+  EXPECT_NE(Error().find("r = 4"), std::string::npos) << Error();
+  config_["rank_pattern"] = {{"self_attn.q_proj", 4}};
+  EXPECT_NE(Error().find("r = 4"), std::string::npos) << Error();
+  config_["rank_pattern"] = {{"attn.q_proj", 4}};
+  EXPECT_TRUE(Loads());
+  config_["rank_pattern"] = {{"q_proj", 8}, {"(q)+_proj", 4}};
+  EXPECT_TRUE(Loads()) << "the first key that matches, in the file's order, decides";
+  config_["rank_pattern"] = {{"(q)+_proj", 4}, {"q_proj", 8}};
+  EXPECT_NE(Error().find("r = 4"), std::string::npos);
+  config_["rank_pattern"] = nullptr;
 }
 
 TEST_F(RefusalTest, RankOverTheServerLimit) {

@@ -107,7 +107,7 @@ absl::StatusOr<MergeConfig> ReadMergeConfig(const std::string& path) {
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
   std::stringstream ss;
   ss << in.rdbuf();
-  const json j = json::parse(ss.str(), nullptr, false);
+  const nlohmann::ordered_json j = nlohmann::ordered_json::parse(ss.str(), nullptr, false);  // patterns in file order
   if (j.is_discarded() || !j.is_object() || !j.contains("r") || !j["r"].is_number_integer()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": not a LoRA adapter config"));
   }
