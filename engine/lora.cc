@@ -37,76 +37,6 @@ absl::Status ConfigError(const std::string& path, const std::string& what) {
 
 bool Truthy(const json& j) { return !j.is_null() && !(j.is_boolean() && !j.get<bool>()); }
 
-absl::StatusOr<PeftConfig> ReadConfig(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path, " (is this a PEFT adapter directory?)"));
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (text.size() > kMaxConfigBytes) return ConfigError(path, "over 1 MB");
-  // Ordered: the first rank/alpha pattern key that matches decides, in the
-  // file's order (PEFT iterates the dict it loaded).
-  const nlohmann::ordered_json j = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return ConfigError(path, "not a JSON object");
-  PeftConfig c;
-  if (j.contains("peft_type") && !(j["peft_type"].is_string() && j["peft_type"].get<std::string>() == "LORA")) {
-    return ConfigError(path, absl::StrCat("peft_type ", j["peft_type"].dump(), " is not LORA"));
-  }
-  if (j.contains("use_dora") && Truthy(j["use_dora"])) return ConfigError(path, "DoRA (use_dora) is not supported");
-  if (j.contains("lora_bias") && Truthy(j["lora_bias"])) return ConfigError(path, "lora_bias is not supported");
-  if (j.contains("fan_in_fan_out") && Truthy(j["fan_in_fan_out"])) {
-    return ConfigError(path, "fan_in_fan_out (Conv1D layouts) is not supported");
-  }
-  if (j.contains("bias") && !(j["bias"].is_string() && j["bias"].get<std::string>() == "none")) {
-    return ConfigError(path, absl::StrCat("bias ", j["bias"].dump(), ": trained base biases are not supported"));
-  }
-  if (j.contains("modules_to_save") && !j["modules_to_save"].is_null() &&
-      !(j["modules_to_save"].is_array() && j["modules_to_save"].empty())) {
-    return ConfigError(path, absl::StrCat("modules_to_save ", j["modules_to_save"].dump(),
-                                          ": fully trained modules are not supported (merge them into the base)"));
-  }
-  if (!j.contains("r") || !j["r"].is_number_integer() || j["r"].get<int64_t>() <= 0) {
-    return ConfigError(path, "r must be a positive integer");
-  }
-  c.r = j["r"].get<int64_t>();
-  c.alpha = static_cast<double>(c.r);
-  if (j.contains("lora_alpha")) {
-    if (!j["lora_alpha"].is_number()) return ConfigError(path, "lora_alpha must be a number");
-    c.alpha = j["lora_alpha"].get<double>();
-  }
-  if (j.contains("use_rslora")) {
-    if (!j["use_rslora"].is_boolean()) return ConfigError(path, "use_rslora must be true or false");
-    c.rslora = j["use_rslora"].get<bool>();
-  }
-  for (const char* key : {"rank_pattern", "alpha_pattern"}) {
-    if (!j.contains(key) || j[key].is_null()) continue;
-    if (!j[key].is_object()) return ConfigError(path, absl::StrCat(key, " must be an object"));
-    for (const auto& [k, v] : j[key].items()) {
-      if (std::string(key) == "rank_pattern") {
-        if (!v.is_number_integer() || v.get<int64_t>() <= 0) {
-          return ConfigError(path, absl::StrCat("rank_pattern[\"", k, "\"] must be a positive integer"));
-        }
-        c.rank_pattern.emplace_back(k, v.get<int64_t>());
-      } else {
-        if (!v.is_number()) return ConfigError(path, absl::StrCat("alpha_pattern[\"", k, "\"] must be a number"));
-        c.alpha_pattern.emplace_back(k, v.get<double>());
-      }
-    }
-  }
-  if (j.contains("target_parameters") && !j["target_parameters"].is_null()) {
-    if (!j["target_parameters"].is_array()) return ConfigError(path, "target_parameters must be a list");
-    for (const json& t : j["target_parameters"]) {
-      const std::string s = t.is_string() ? t.get<std::string>() : t.dump();
-      const bool known = t.is_string() && (absl::EndsWith(s, "experts.gate_up_proj") ||
-                                           absl::EndsWith(s, "experts.down_proj") || absl::EndsWith(s, "router.weight"));
-      if (!known) {
-        return ConfigError(path, absl::StrCat("target_parameters entry ", t.dump(),
-                                              ": gpt-oss parameters that take LoRA are mlp.experts.gate_up_proj, "
-                                              "mlp.experts.down_proj and mlp.router.weight"));
-      }
-    }
-  }
-  return c;
-}
-
 // A rank/alpha pattern that std::regex (a backtracking matcher) could take
 // exponential time or deep recursion on: longer than 256 characters, or a
 // group repeated by `*`, `+` or `{...}` that itself holds a quantifier or an
@@ -157,6 +87,77 @@ absl::Status CheckPatternCost(const std::string& key) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<PeftConfig> ReadConfig(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path, " (is this a PEFT adapter directory?)"));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (text.size() > kMaxConfigBytes) return ConfigError(path, "over 1 MB");
+  // Ordered: the first rank/alpha pattern key that matches decides, in the
+  // file's order (PEFT iterates the dict it loaded).
+  const nlohmann::ordered_json j = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return ConfigError(path, "not a JSON object");
+  PeftConfig c;
+  if (j.contains("peft_type") && !(j["peft_type"].is_string() && j["peft_type"].get<std::string>() == "LORA")) {
+    return ConfigError(path, absl::StrCat("peft_type ", j["peft_type"].dump(), " is not LORA"));
+  }
+  if (j.contains("use_dora") && Truthy(j["use_dora"])) return ConfigError(path, "DoRA (use_dora) is not supported");
+  if (j.contains("lora_bias") && Truthy(j["lora_bias"])) return ConfigError(path, "lora_bias is not supported");
+  if (j.contains("fan_in_fan_out") && Truthy(j["fan_in_fan_out"])) {
+    return ConfigError(path, "fan_in_fan_out (Conv1D layouts) is not supported");
+  }
+  if (j.contains("bias") && !(j["bias"].is_string() && j["bias"].get<std::string>() == "none")) {
+    return ConfigError(path, absl::StrCat("bias ", j["bias"].dump(), ": trained base biases are not supported"));
+  }
+  if (j.contains("modules_to_save") && !j["modules_to_save"].is_null() &&
+      !(j["modules_to_save"].is_array() && j["modules_to_save"].empty())) {
+    return ConfigError(path, absl::StrCat("modules_to_save ", j["modules_to_save"].dump(),
+                                          ": fully trained modules are not supported (merge them into the base)"));
+  }
+  if (!j.contains("r") || !j["r"].is_number_integer() || j["r"].get<int64_t>() <= 0) {
+    return ConfigError(path, "r must be a positive integer");
+  }
+  c.r = j["r"].get<int64_t>();
+  c.alpha = static_cast<double>(c.r);
+  if (j.contains("lora_alpha")) {
+    if (!j["lora_alpha"].is_number()) return ConfigError(path, "lora_alpha must be a number");
+    c.alpha = j["lora_alpha"].get<double>();
+  }
+  if (j.contains("use_rslora")) {
+    if (!j["use_rslora"].is_boolean()) return ConfigError(path, "use_rslora must be true or false");
+    c.rslora = j["use_rslora"].get<bool>();
+  }
+  for (const char* key : {"rank_pattern", "alpha_pattern"}) {
+    if (!j.contains(key) || j[key].is_null()) continue;
+    if (!j[key].is_object()) return ConfigError(path, absl::StrCat(key, " must be an object"));
+    for (const auto& [k, v] : j[key].items()) {
+      RETURN_IF_ERROR(CheckPatternCost(k));  // once per key, before any match
+      if (std::string(key) == "rank_pattern") {
+        if (!v.is_number_integer() || v.get<int64_t>() <= 0) {
+          return ConfigError(path, absl::StrCat("rank_pattern[\"", k, "\"] must be a positive integer"));
+        }
+        c.rank_pattern.emplace_back(k, v.get<int64_t>());
+      } else {
+        if (!v.is_number()) return ConfigError(path, absl::StrCat("alpha_pattern[\"", k, "\"] must be a number"));
+        c.alpha_pattern.emplace_back(k, v.get<double>());
+      }
+    }
+  }
+  if (j.contains("target_parameters") && !j["target_parameters"].is_null()) {
+    if (!j["target_parameters"].is_array()) return ConfigError(path, "target_parameters must be a list");
+    for (const json& t : j["target_parameters"]) {
+      const std::string s = t.is_string() ? t.get<std::string>() : t.dump();
+      const bool known = t.is_string() && (absl::EndsWith(s, "experts.gate_up_proj") ||
+                                           absl::EndsWith(s, "experts.down_proj") || absl::EndsWith(s, "router.weight"));
+      if (!known) {
+        return ConfigError(path, absl::StrCat("target_parameters entry ", t.dump(),
+                                              ": gpt-oss parameters that take LoRA are mlp.experts.gate_up_proj, "
+                                              "mlp.experts.down_proj and mlp.router.weight"));
+      }
+    }
+  }
+  return c;
+}
+
 // PEFT's pattern match: `key` matches a module name that is it, or ends in
 // "." followed by it (key a regular expression; a key with no metacharacter
 // is compared as text).
@@ -165,7 +166,6 @@ absl::StatusOr<bool> PatternMatches(const std::string& key, const std::string& m
     return module == key || (module.size() > key.size() && absl::EndsWith(module, key) &&
                              module[module.size() - key.size() - 1] == '.');
   }
-  RETURN_IF_ERROR(CheckPatternCost(key));
   try {
     return std::regex_match(module, std::regex("(.*\\.)?(" + key + ")"));
   } catch (const std::regex_error&) {
