@@ -1,6 +1,7 @@
 #include "router/grammar/matcher.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <numeric>
 #include <thread>
@@ -133,9 +134,48 @@ int32_t GrammarRunner::Next(int32_t state, int32_t symbol) {
     }
   }
   const int32_t next = Intern(std::move(out));
-  if (symbol < 256) byte_next_[static_cast<size_t>(state) * 256 + symbol] = next;
-  else special_next_[Pack(state, symbol)] = next;
+  if (symbol < 256) {
+    const size_t classes = ByteClasses(state), row = static_cast<size_t>(state) * 256;
+    const uint8_t k = byte_class_[classes + symbol];
+    for (int b = 0; b < 256; ++b) {
+      if (byte_class_[classes + b] == k) byte_next_[row + b] = next;
+    }
+  } else {
+    special_next_[Pack(state, symbol)] = next;
+  }
   return next;
+}
+
+size_t GrammarRunner::ByteClasses(int32_t state) {
+  if (states_[state].byte_classes >= 0) return static_cast<size_t>(states_[state].byte_classes) * 256;
+  std::vector<int32_t> sets;
+  for (uint64_t c : states_[state].configs) {
+    for (const Grammar::Edge& e : g_.node(node_of(c)).edges) {
+      if (e.kind == Grammar::Edge::kBytes) sets.push_back(e.arg);
+    }
+  }
+  std::sort(sets.begin(), sets.end());
+  sets.erase(std::unique(sets.begin(), sets.end()), sets.end());
+  // Partition refinement: each byte set splits every class into the bytes
+  // inside it and those outside (word-wide set operations; classes are few).
+  std::vector<ByteSet> classes{ByteSet().set()};
+  for (int32_t set : sets) {
+    const ByteSet& in = g_.byte_set(set);
+    for (size_t k = 0, n = classes.size(); k < n; ++k) {
+      ByteSet inside = classes[k] & in;
+      if (inside.none() || inside == classes[k]) continue;
+      classes[k] &= ~in;
+      classes.push_back(inside);
+    }
+  }
+  std::array<uint8_t, 256> cls{};  // at most 256 classes: ids fit a byte
+  for (size_t k = 1; k < classes.size(); ++k) {
+    for (size_t b = classes[k]._Find_first(); b < 256; b = classes[k]._Find_next(b)) cls[b] = static_cast<uint8_t>(k);
+  }
+  const size_t block = byte_class_.size() / 256;
+  byte_class_.insert(byte_class_.end(), cls.begin(), cls.end());
+  states_[state].byte_classes = static_cast<int32_t>(block);
+  return block * 256;
 }
 
 int32_t GrammarRunner::NextBytes(int32_t state, const std::string& bytes, size_t from) {

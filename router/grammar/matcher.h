@@ -3,7 +3,9 @@
 // A parse state is a set of configurations (NFA node, return stack); stacks
 // are hash-consed frames, and states are interned with memoized transitions,
 // so stepping a byte is a table lookup after the first time (a lazily built
-// DFA over the grammar's pushdown states).
+// DFA over the grammar's pushdown states). Bytes that take the same edges of
+// a state (a string's ordinary characters, a digit range) lead to the same
+// state, so one step answers its whole class of bytes.
 //
 // The mask follows xgrammar's split. For every grammar node, once, the
 // vocabulary (sorted by bytes, walked with shared prefixes) is run from that
@@ -96,10 +98,14 @@ class GrammarRunner {
   struct State {
     std::vector<uint64_t> configs;
     bool can_end = false;
+    int32_t byte_classes = -1;  // block of byte_class_, once a byte was stepped from here
   };
   int32_t Push(int32_t ret, int32_t parent);
   void Closure(int32_t node, int32_t frame, std::vector<uint64_t>* out);
   int32_t Intern(std::vector<uint64_t> configs);
+  // Splits the 256 bytes into classes that take the same edges of `state`'s
+  // configurations (so lead to the same state); returns the block's offset.
+  size_t ByteClasses(int32_t state);
 
   const Grammar& g_;
   std::vector<std::pair<int32_t, int32_t>> frames_;  // (return node, parent frame)
@@ -107,6 +113,7 @@ class GrammarRunner {
   std::vector<State> states_;
   absl::flat_hash_map<std::vector<uint64_t>, int32_t> state_index_;
   std::vector<int32_t> byte_next_;                   // [state * 256 + byte], -2: not computed
+  std::vector<uint8_t> byte_class_;                  // 256 per block: a byte's class in its state
   absl::flat_hash_map<uint64_t, int32_t> special_next_;
   absl::flat_hash_map<uint64_t, bool> seen_;          // scratch for Closure
 };

@@ -1,5 +1,5 @@
 // JSON Schema -> grammar -> token masks. The input is a schema (JSON text), a
-// NUL byte, then a document fed one byte-token at a time. A schema the
+// NUL byte, then a document (its first 64 bytes) fed one byte-token at a time. A schema the
 // compiler takes must give a grammar whose mask agrees with Accept at every
 // step (a token is in the mask exactly when the matcher takes it), and a
 // document the grammar accepts whole must be JSON. Nothing may crash, hang
@@ -33,6 +33,9 @@ std::shared_ptr<const moeserve::grammar::TokenTable> Vocab() {
 
 }  // namespace
 
+constexpr size_t kMaxNodes = 20'000;
+constexpr size_t kMaxDocument = 64;  // bytes of document fed, one mask each
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace moeserve::grammar;
   const std::string input(reinterpret_cast<const char*>(data), size);
@@ -41,11 +44,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const nlohmann::ordered_json schema = nlohmann::ordered_json::parse(input.substr(0, nul), nullptr, false);
   if (schema.is_discarded()) return 0;
   absl::StatusOr<Grammar> g = JsonSchemaGrammar(schema);
-  if (!g.ok() || g->nodes().size() > 200'000) return 0;  // refused, or too big to fuzz quickly
+  // Refused, or too big to fuzz quickly: every input compiles its own grammar
+  // and computes a mask per document byte, so both are kept small enough for
+  // thousands of runs a second (the e2e and unit tests cover large schemas).
+  if (!g.ok() || g->nodes().size() > kMaxNodes) return 0;
   auto compiled = std::make_shared<CompiledGrammar>(std::move(*g), Vocab());
   GrammarMatcher m(compiled);
   std::string doc;
-  for (size_t i = nul + 1; i < size && i < nul + 1 + 256; ++i) {
+  for (size_t i = nul + 1; i < size && i < nul + 1 + kMaxDocument; ++i) {
     const int32_t token = data[i];
     const bool in_mask = MaskHas(m.Mask(), token);
     const bool taken = m.Accept(token);

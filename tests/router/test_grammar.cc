@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <set>
 
 #include "nlohmann/json.hpp"
 #include "router/grammar/json_schema.h"
@@ -182,6 +183,106 @@ TEST(GrammarMatcherTest, MaskEqualsBruteForceAlongRandomWalks) {
     }
   }
   EXPECT_GT(complete, 5);
+}
+
+// An independent simulation of a compiled grammar's pushdown automaton, with
+// every return stack spelled out and epsilon edges followed one by one (the
+// runner uses precomputed closures, shared frames and byte classes).
+class ReferencePda {
+ public:
+  using Config = std::pair<int32_t, std::vector<int32_t>>;  // node, return nodes (innermost last)
+  explicit ReferencePda(const Grammar& g) : g_(g) {}
+  std::set<Config> Root() const {
+    std::set<Config> out;
+    Close({g_.rule_start(g_.root()), {}}, &out);
+    return out;
+  }
+  std::set<Config> Step(const std::set<Config>& from, uint8_t byte) const {
+    std::set<Config> out;
+    for (const auto& [node, stack] : from) {
+      for (const Grammar::Edge& e : g_.node(node).edges) {
+        if (e.kind == Grammar::Edge::kBytes && g_.byte_set(e.arg).test(byte)) Close({e.to, stack}, &out);
+      }
+    }
+    return out;
+  }
+  // Some configuration can still take a symbol, or end the input.
+  bool Live(const std::set<Config>& s) const {
+    for (const auto& [node, stack] : s) {
+      for (const Grammar::Edge& e : g_.node(node).edges) {
+        if (e.kind == Grammar::Edge::kBytes || e.kind == Grammar::Edge::kSpecial) return true;
+      }
+    }
+    return CanEnd(s);
+  }
+  bool CanEnd(const std::set<Config>& s) const {
+    for (const auto& [node, stack] : s) {
+      if (stack.empty() && g_.node(node).accept) return true;
+    }
+    return false;
+  }
+
+ private:
+  // Every configuration reachable without consuming, all of them kept.
+  void Close(Config c, std::set<Config>* out) const {
+    if (!out->insert(c).second) return;
+    const Grammar::Node& n = g_.node(c.first);
+    if (n.accept && !c.second.empty()) {
+      std::vector<int32_t> rest(c.second.begin(), c.second.end() - 1);
+      Close({c.second.back(), std::move(rest)}, out);
+    }
+    for (const Grammar::Edge& e : n.edges) {
+      if (e.kind == Grammar::Edge::kEps) Close({e.to, c.second}, out);
+      if (e.kind == Grammar::Edge::kCall) {
+        std::vector<int32_t> deeper = c.second;
+        deeper.push_back(e.to);
+        Close({g_.rule_start(e.arg), std::move(deeper)}, out);
+      }
+    }
+  }
+  const Grammar& g_;
+};
+
+// Along random walks, every byte from every state visited: the runner's step
+// is dead, and can end, exactly when the reference's is (this covers the
+// byte classes: a byte answered from its class's step must agree too).
+TEST(GrammarRunnerTest, StepsEqualAReferencePushdownAutomaton) {
+  const std::vector<const char*> schemas = {
+      R"({"type":"object","properties":{"name":{"type":"string","maxLength":3},"n":{"type":"integer","minimum":-5,"maximum":120}},"required":["name"]})",
+      R"({"$defs":{"t":{"type":"object","properties":{"k":{"type":"array","items":{"$ref":"#/$defs/t"},"maxItems":2}},"required":["k"]}},"$ref":"#/$defs/t"})",
+      R"({"enum":["ab","b\u00e9",1.5,null,"\u4e2d"]})",
+      R"({"type":"string","pattern":"^[a-f0-9]{2,4}(x|yz)*$"})",
+      R"({"type":"array","items":{"type":"number"},"minItems":1,"maxItems":3})",
+      R"(true)",
+  };
+  std::mt19937 rng(11);
+  for (const char* text : schemas) {
+    const Grammar g = Compile(json::parse(text));
+    const ReferencePda ref(g);
+    for (int walk = 0; walk < 6; ++walk) {
+      GrammarRunner run(g);
+      int32_t s = run.Root();
+      std::set<ReferencePda::Config> r = ref.Root();
+      std::string doc;
+      for (int step = 0; step < 40; ++step) {
+        ASSERT_EQ(run.can_end(s), ref.CanEnd(r)) << text << " after '" << doc << "'";
+        std::vector<int> live;
+        for (int b = 0; b < 256; ++b) {
+          const int32_t next = run.Next(s, b);
+          const std::set<ReferencePda::Config> rnext = ref.Step(r, static_cast<uint8_t>(b));
+          ASSERT_EQ(next == GrammarRunner::kDead, !ref.Live(rnext)) << text << " after '" << doc << "' byte " << b;
+          if (next == GrammarRunner::kDead) continue;
+          ASSERT_EQ(run.can_end(next), ref.CanEnd(rnext)) << text << " after '" << doc << "' byte " << b;
+          live.push_back(b);
+        }
+        if (live.empty()) break;
+        const int b = live[rng() % live.size()];
+        s = run.Next(s, b);
+        r = ref.Step(r, static_cast<uint8_t>(b));
+        doc += static_cast<char>(b);
+      }
+    }
+  }
 }
 
 TEST(GrammarMatcherTest, SpecialTokensAndRefusal) {
