@@ -31,10 +31,10 @@ std::shared_ptr<const moeserve::grammar::TokenTable> Vocab() {
   return v;
 }
 
-}  // namespace
-
 constexpr size_t kMaxNodes = 20'000;
 constexpr size_t kMaxDocument = 64;  // bytes of document fed, one mask each
+
+}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace moeserve::grammar;
