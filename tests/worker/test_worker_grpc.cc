@@ -27,11 +27,12 @@ namespace {
 namespace v1 = moeserve::worker::v1;
 
 // The checkpoint on the engine in this process, with the worker's block size.
-std::unique_ptr<CpuBackend> ReferenceEngine(const std::string& dir) {
+std::unique_ptr<CpuBackend> ReferenceEngine(const std::string& dir, KvDtype kv_dtype = KvDtype::kBf16) {
   auto w = LoadModelWeights(dir);
   EXPECT_TRUE(w.ok()) << w.status();
   CpuOptions mo;
   mo.num_threads = 2;
+  mo.kv.dtype = kv_dtype;
   mo.kv.block_size = 4;
   mo.kv.num_blocks[0] = mo.kv.num_blocks[1] = 64;
   return std::make_unique<CpuBackend>(std::move(*w), mo);
@@ -327,10 +328,15 @@ TEST(WorkerGrpcTest, ExecutesStepsLikeTheEngine) {
 // Prompt logprobs: a 20-token prompt in chunks of 12 and 8 returns the
 // logprob of tokens 1..19, each the log-softmax (computed here, in double) of
 // the row before it from the same forward on the engine in this process, with
-// the top 3 in order; a chunk of more than 128 prompt rows is refused.
+// the top 3 in order; a chunk of more than 128 prompt rows is refused. Both
+// sides keep K/V in f32: chunks of 12 and 8 split the experts' tokens
+// differently from one forward of 20 (GEMV or panel kernels, which sum in
+// different orders), and a last-bit difference can move a bf16 K/V value by
+// a whole bf16 step, past this test's 1e-4.
 TEST(WorkerGrpcTest, PromptLogprobsOfEveryPromptToken) {
   const std::string dir = testing::TinyCheckpoint("worker_plp", "mxfp4", "bf16", 1.0);
-  testing::WorkerProcess proc(dir, {"--kv-cache-memory", "16MiB", "--block-size", "4", "--max-num-seqs", "4"});
+  testing::WorkerProcess proc(
+      dir, {"--kv-cache-memory", "16MiB", "--block-size", "4", "--max-num-seqs", "4", "--kv-cache-dtype", "f32"});
   ASSERT_FALSE(proc.address().empty()) << "worker did not start";
   auto stub = v1::Worker::NewStub(grpc::CreateChannel(proc.address(), grpc::InsecureChannelCredentials()));
   const std::vector<int32_t> prompt = testing::RandomTokens(20, 500, 7);
@@ -340,7 +346,7 @@ TEST(WorkerGrpcTest, PromptLogprobsOfEveryPromptToken) {
   // Reference rows: the whole prompt in one forward with every row's logits.
   std::vector<std::vector<double>> want_lp(20);  // [position] -> log-softmax over the vocabulary
   {
-    std::unique_ptr<CpuBackend> engine = ReferenceEngine(dir);
+    std::unique_ptr<CpuBackend> engine = ReferenceEngine(dir, KvDtype::kF32);
     CpuBackend& m = *engine;
     SequenceInput in;
     in.tokens = prompt;
