@@ -1,9 +1,9 @@
 // JSON Schema -> grammar -> token masks. The input is a schema (JSON text), a
-// NUL byte, then a document (its first 64 bytes) fed one byte-token at a time. A schema the
-// compiler takes must give a grammar whose mask agrees with Accept at every
-// step (a token is in the mask exactly when the matcher takes it), and a
-// document the grammar accepts whole must be JSON. Nothing may crash, hang
-// or grow without bound; refused schemas just end the run.
+// NUL byte, then a document (its first 64 bytes) fed one byte-token at a
+// time. A schema the compiler takes must give a grammar whose mask agrees
+// with Accept at every step (a token is in the mask exactly when the matcher
+// takes it), and a document the grammar accepts whole must be JSON. Nothing
+// may crash, hang or grow without bound; refused schemas just end the run.
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -45,8 +45,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (schema.is_discarded()) return 0;
   absl::StatusOr<Grammar> g = JsonSchemaGrammar(schema);
   // Refused, or too big to fuzz quickly: every input compiles its own grammar
-  // and computes a mask per document byte, so both are kept small enough for
-  // thousands of runs a second (the e2e and unit tests cover large schemas).
+  // and computes a mask per document byte, so both are kept small (the e2e
+  // and unit tests cover large schemas).
   if (!g.ok() || g->nodes().size() > kMaxNodes) return 0;
   auto compiled = std::make_shared<CompiledGrammar>(std::move(*g), Vocab());
   GrammarMatcher m(compiled);
