@@ -15,6 +15,7 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -211,8 +212,20 @@ int main(int argc, char** argv) {
   if (f.count("--metrics-port")) {
     int64_t mport;
     if (!absl::SimpleAtoi(f["--metrics-port"], &mport) || mport < 1 || mport > 65535) return Fail("bad --metrics-port");
+    // prometheus-cpp writes its response without "Connection: close", so with
+    // civetweb's default (no keep-alive) the socket closes right after a
+    // response that the client may take as reusable: undici, Python sessions
+    // and the like then fail the next request sent on it. Keep-alive makes the
+    // server honour the reuse; idle connections close after 5 s, and more
+    // threads than scrapers keep one idle client from holding up the others.
+    // civetweb writes the headers and the body separately: without TCP_NODELAY
+    // Nagle holds the body for the client's delayed ACK, ~40 ms a scrape on an
+    // open connection.
+    const std::vector<std::string> options = {
+        "listening_ports", absl::StrCat(get("--host", "127.0.0.1"), ":", mport),
+        "num_threads", "8", "enable_keep_alive", "yes", "keep_alive_timeout_ms", "5000", "tcp_nodelay", "1"};
     try {  // prometheus-cpp reports bind failures by throwing
-      exposer = std::make_unique<prometheus::Exposer>(absl::StrCat(get("--host", "127.0.0.1"), ":", mport));
+      exposer = std::make_unique<prometheus::Exposer>(options);
     } catch (const std::exception& e) {
       return Fail(absl::StrCat("cannot serve metrics on port ", mport, ": ", e.what()));
     }

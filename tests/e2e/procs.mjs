@@ -53,7 +53,9 @@ export async function check(name, fn) {
     console.log(`ok - ${name} ${took()}`);
   } catch (e) {
     failed++;
-    console.log(`FAIL - ${name} ${took()}: ${e?.stack ?? e}`);
+    // fetch's "fetch failed" says why only in its cause (refused, reset, closed).
+    const cause = e?.cause ? `\n  cause: ${e.cause?.stack ?? e.cause}` : "";
+    console.log(`FAIL - ${name} ${took()}: ${e?.stack ?? e}${cause}`);
   }
 }
 export function finish() {

@@ -8,7 +8,9 @@
 //   - every target is up;
 //   - every query of every panel of the shipped Grafana dashboard, with Grafana's
 //     variables expanded, evaluates without error to at least one series of
-//     finite, plausible values.
+//     finite, plausible values;
+//   - the router's and the workers' metrics endpoints keep HTTP/1.1 connections
+//     open, so clients that pool connections never have a scrape fail.
 // Exits 77 (ctest: skipped) only when no prometheus binary is installed.
 //   node prometheus_e2e.mjs --worker BIN --router BIN --model DIR --root DIR [--prometheus BIN]
 import { check, finish, parseArgs, start, startProc } from "./procs.mjs";
@@ -154,6 +156,58 @@ await check("worker down: the alerts fire while worker 1 is dead and resolve aft
     60000);
   const upAgain = await query('moeserve_worker_group_up{dp_rank="1"}');
   assert.equal(upAgain[0].value[1], "1");
+});
+
+// HTTP/1.1 persistence (RFC 9112 9.3): a response without "Connection: close"
+// leaves the connection open for the next request. Clients that pool
+// connections (undici's fetch, Python sessions) send their next scrape on it;
+// a server that closes anyway fails that scrape.
+function getOnOneConnection(addr, n, gapMs) {
+  const [host, port] = [addr.slice(0, addr.lastIndexOf(":")), Number(addr.slice(addr.lastIndexOf(":") + 1))];
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, host);
+    let buf = Buffer.alloc(0), done = 0, closed = false;
+    const send = () => sock.write(`GET /metrics HTTP/1.1\r\nHost: ${addr}\r\n\r\n`);
+    sock.on("connect", send);
+    sock.on("error", reject);
+    sock.on("close", () => {
+      closed = true;
+      if (done < n) reject(new Error(`the server closed the connection after ${done} of ${n} responses`));
+    });
+    sock.on("data", d => {
+      buf = Buffer.concat([buf, d]);
+      for (;;) {
+        const end = buf.indexOf("\r\n\r\n");
+        if (end < 0) return;
+        const head = buf.subarray(0, end).toString();
+        const length = Number(/^content-length:\s*(\d+)/im.exec(head)?.[1] ?? NaN);
+        if (!/^HTTP\/1\.1 200/.test(head) || !Number.isFinite(length)) return reject(new Error(`response: ${head}`));
+        if (buf.length < end + 4 + length) return;
+        buf = buf.subarray(end + 4 + length);
+        if (/^connection:\s*close/im.test(head)) return reject(new Error("the server asks to close (Connection: close)"));
+        if (++done === n) {
+          sock.end();
+          return resolve(done);
+        }
+        setTimeout(() => closed || send(), gapMs);
+      }
+    });
+  });
+}
+
+await check("the metrics endpoints keep connections they do not close; pooled fetches never fail", async () => {
+  for (const addr of [routerAddr, ...metricsPorts.map(p => `127.0.0.1:${p}`)]) {
+    assert.equal(await getOnOneConnection(addr, 3, 100), 3, addr);
+    let failures = 0;
+    for (let i = 0; i < 200; ++i) {
+      try {
+        await (await fetch(`http://${addr}/metrics`)).text();
+      } catch {
+        failures++;
+      }
+    }
+    assert.equal(failures, 0, `${addr}: back-to-back fetches failed`);
+  }
 });
 
 // Grafana's variables as it would expand them for a 10-minute view of 5-second scrapes.
