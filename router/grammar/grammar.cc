@@ -43,7 +43,7 @@ Expr Seq(std::vector<Expr> parts) {
   if (parts.size() == 1) return std::move(parts[0]);
   Expr e;
   e.kind = Expr::Kind::kSeq;
-  e.kids = std::move(parts);
+  e.kids = std::make_shared<const std::vector<Expr>>(std::move(parts));
   return e;
 }
 
@@ -51,7 +51,7 @@ Expr Alt(std::vector<Expr> options) {
   if (options.size() == 1) return std::move(options[0]);
   Expr e;
   e.kind = Expr::Kind::kAlt;
-  e.kids = std::move(options);
+  e.kids = std::make_shared<const std::vector<Expr>>(std::move(options));
   return e;
 }
 
@@ -60,7 +60,9 @@ Expr Repeat(Expr x, int min, int max) {
   e.kind = Expr::Kind::kRepeat;
   e.min = min;
   e.max = max;
-  e.kids.push_back(std::move(x));
+  std::vector<Expr> kid;
+  kid.push_back(std::move(x));
+  e.kids = std::make_shared<const std::vector<Expr>>(std::move(kid));
   return e;
 }
 
@@ -185,12 +187,12 @@ int32_t Grammar::Build(const Expr& e, int32_t from) {
     }
     case Expr::Kind::kSeq: {
       int32_t cur = from;
-      for (const Expr& k : e.kids) cur = Build(k, cur);
+      for (const Expr& k : *e.kids) cur = Build(k, cur);
       return cur;
     }
     case Expr::Kind::kAlt: {
       const int32_t end = NewNode();
-      for (const Expr& k : e.kids) {
+      for (const Expr& k : *e.kids) {
         const int32_t s = NewNode();
         AddEdge(from, Edge::kEps, 0, s);
         AddEdge(Build(k, s), Edge::kEps, 0, end);
@@ -198,7 +200,7 @@ int32_t Grammar::Build(const Expr& e, int32_t from) {
       return end;
     }
     case Expr::Kind::kRepeat: {
-      const Expr& k = e.kids[0];
+      const Expr& k = (*e.kids)[0];
       int32_t cur = from;
       for (int i = 0; i < e.min && !too_large_; ++i) cur = Build(k, cur);
       if (e.max < 0) {

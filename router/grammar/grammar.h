@@ -14,6 +14,7 @@
 
 #include <bitset>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -26,7 +27,9 @@ namespace moeserve::grammar {
 using ByteSet = std::bitset<256>;
 
 // A rule body: bytes, special tokens, sequences, alternatives, repetitions
-// and calls of other rules.
+// and calls of other rules. Immutable once built: sub-expressions are shared,
+// so a copy (an array's item schema repeated, a separator at every member)
+// costs no deep copy of the tree.
 struct Expr {
   enum class Kind { kEmpty, kBytes, kSpecial, kSeq, kAlt, kRepeat, kCall };
   Kind kind = Kind::kEmpty;
@@ -34,7 +37,7 @@ struct Expr {
   int32_t value = 0;   // kSpecial: the token id; kCall: the rule
   int min = 0;         // kRepeat
   int max = -1;        // kRepeat: -1 is unbounded
-  std::vector<Expr> kids;
+  std::shared_ptr<const std::vector<Expr>> kids;  // kSeq, kAlt; kRepeat: one
 };
 
 Expr Empty();
