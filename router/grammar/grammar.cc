@@ -201,8 +201,7 @@ int32_t Grammar::Build(const Expr& e, int32_t from) {
     }
     case Expr::Kind::kRepeat: {
       const Expr& k = (*e.kids)[0];
-      int32_t cur = from;
-      for (int i = 0; i < e.min && !too_large_; ++i) cur = Build(k, cur);
+      int32_t cur = BuildCopies(k, from, e.min, -1);
       if (e.max < 0) {
         const int32_t loop = NewNode();
         AddEdge(cur, Edge::kEps, 0, loop);
@@ -210,15 +209,28 @@ int32_t Grammar::Build(const Expr& e, int32_t from) {
         return loop;
       }
       const int32_t end = NewNode();
-      for (int i = e.min; i < e.max && !too_large_; ++i) {
-        AddEdge(cur, Edge::kEps, 0, end);
-        cur = Build(k, cur);
-      }
+      cur = BuildCopies(k, cur, e.max - e.min, end);
       AddEdge(cur, Edge::kEps, 0, end);
       return end;
     }
   }
   return from;
+}
+
+int32_t Grammar::BuildCopies(const Expr& e, int32_t cur, int count, int32_t exit) {
+  const int32_t first = static_cast<int32_t>(nodes_.size());
+  int32_t size = -1;
+  bool uniform = true;
+  for (int i = 0; i < count && !too_large_; ++i) {
+    const int32_t before = static_cast<int32_t>(nodes_.size());
+    if (exit >= 0) AddEdge(cur, Edge::kEps, 0, exit);
+    cur = Build(e, cur);
+    const int32_t made = static_cast<int32_t>(nodes_.size()) - before;
+    if (size < 0) size = made;
+    uniform = uniform && made == size;
+  }
+  if (count > 1 && size > 0 && uniform && !too_large_) copies_.push_back(Copies{first, size, count});
+  return cur;
 }
 
 absl::Status Grammar::Compile(int32_t root) {
@@ -228,6 +240,7 @@ absl::Status Grammar::Compile(int32_t root) {
   nodes_.clear();
   byte_sets_.clear();
   byte_set_index_.clear();
+  copies_.clear();
   rule_start_.assign(names_.size(), -1);
   for (int32_t r = 0; r < num_rules(); ++r) {
     rule_start_[r] = NewNode();

@@ -86,11 +86,29 @@ class Grammar {
   int32_t rule_start(int32_t r) const { return rule_start_[r]; }
   int32_t root() const { return root_; }
 
-  static constexpr size_t kMaxNodes = 4'000'000;
+  // A bounded repetition's copies of one expression, built one after another:
+  // copy c is nodes [first + c * size, first + (c + 1) * size), isomorphic to
+  // every other copy. Two copies with many copies still after them have the
+  // same future for as many symbols as a token can hold, so the same token
+  // tables (CompiledGrammar computes one copy's and shares it). Recorded
+  // inner repetitions first.
+  struct Copies {
+    int32_t first;
+    int32_t size;
+    int32_t count;
+  };
+  const std::vector<Copies>& copies() const { return copies_; }
+
+  // ~150 bytes a state: a grammar at the limit takes ~150 MB (a string's
+  // maxLength of ~20,000 characters).
+  static constexpr size_t kMaxNodes = 1'000'000;
 
  private:
   int32_t NewNode();
   int32_t Build(const Expr& e, int32_t from);
+  // Builds `count` copies of `e` in sequence from `cur` (with an epsilon edge
+  // to `exit` before each when exit >= 0); records them; returns the last end.
+  int32_t BuildCopies(const Expr& e, int32_t cur, int count, int32_t exit);
   void AddEdge(int32_t from, Edge::Kind kind, int32_t arg, int32_t to);
 
   std::vector<std::string> names_;
@@ -100,6 +118,7 @@ class Grammar {
   std::vector<ByteSet> byte_sets_;
   std::unordered_map<ByteSet, int32_t> byte_set_index_;
   std::vector<int32_t> rule_start_;
+  std::vector<Copies> copies_;
   int32_t root_ = -1;
   bool too_large_ = false;
 };

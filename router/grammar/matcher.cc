@@ -42,6 +42,7 @@ TokenTable::TokenTable(std::vector<std::string> bytes, std::vector<bool> special
   }
   sorted_offset_.push_back(0);
   for (int32_t id : sorted_) {
+    max_symbols_ = std::max(max_symbols_, static_cast<int32_t>(bytes_[id].size()));
     sorted_text_ += bytes_[id];
     sorted_offset_.push_back(static_cast<uint32_t>(sorted_text_.size()));
   }
@@ -186,12 +187,33 @@ int32_t GrammarRunner::NextBytes(int32_t state, const std::string& bytes, size_t
 // ---- CompiledGrammar ----
 
 CompiledGrammar::CompiledGrammar(Grammar g, std::shared_ptr<const TokenTable> tokens)
-    : g_(std::move(g)), tokens_(std::move(tokens)) {}
+    : g_(std::move(g)), tokens_(std::move(tokens)) {
+  // A token steps at most L symbols, and each copy of a repeated expression
+  // takes at least one symbol or none (then leaving it or taking the next copy
+  // are the same). So a table computed from a node in copy c, which sees at
+  // most L copies beyond c, is the same for every copy with at least L + 2
+  // copies after it, inside or outside the copy's own block. Copies are
+  // recorded inner ones first, so an outer copy maps onto its canonical copy
+  // whose inner copies are already mapped.
+  const int64_t reach = static_cast<int64_t>(tokens_->max_symbols()) + 2;
+  for (const Grammar::Copies& c : g_.copies()) {
+    if (c.count <= reach) continue;
+    if (table_node_.empty()) {
+      table_node_.resize(g_.nodes().size());
+      std::iota(table_node_.begin(), table_node_.end(), 0);
+    }
+    const int64_t canonical = c.count - reach;  // the copies before it map onto it
+    const int64_t base = c.first + canonical * c.size;
+    for (int64_t k = 0; k < canonical; ++k) {
+      for (int64_t j = 0; j < c.size; ++j) table_node_[c.first + k * c.size + j] = table_node_[base + j];
+    }
+  }
+}
 
 void CompiledGrammar::Precompute(int threads) const {
   std::vector<int32_t> todo;
   for (int32_t n = 0; n < static_cast<int32_t>(g_.nodes().size()); ++n) {
-    if (g_.node(n).consumes) todo.push_back(n);
+    if (g_.node(n).consumes && table_node(n) == n) todo.push_back(n);
   }
   std::atomic<size_t> next{0};
   auto work = [&] {
@@ -209,6 +231,7 @@ size_t CompiledGrammar::num_tables() const {
 }
 
 const CompiledGrammar::NodeTokens& CompiledGrammar::ForNode(int32_t node) const {
+  node = table_node(node);
   {
     absl::MutexLock lock(&mu_);
     if (auto it = tables_.find(node); it != tables_.end()) return *it->second;

@@ -57,6 +57,8 @@ class TokenTable {
   }
   // sorted()[first_byte_begin(b), first_byte_begin(b + 1)) are the tokens starting with byte b.
   int32_t first_byte_begin(int b) const { return first_byte_begin_[b]; }
+  // The most symbols one token steps (bytes of the longest; 1 for a special token).
+  int32_t max_symbols() const { return max_symbols_; }
 
  private:
   std::vector<std::string> bytes_;
@@ -66,6 +68,7 @@ class TokenTable {
   int32_t first_byte_begin_[257] = {};
   std::string sorted_text_;
   std::vector<uint32_t> sorted_offset_;
+  int32_t max_symbols_ = 1;
 };
 
 // A bitset over the vocabulary: bit t set = token t allowed.
@@ -135,13 +138,19 @@ class CompiledGrammar {
   const NodeTokens& ForNode(int32_t node) const;
   // Computes every node's table now (on `threads` threads), so no step waits for one.
   void Precompute(int threads) const;
-  // Nodes whose tables exist (for tests and metrics).
+  // Tables computed so far (for tests and metrics); nodes that share one count once.
   size_t num_tables() const;
+  // The node whose table `node` uses: itself, or the same node of another copy
+  // of a long bounded repetition (Grammar::Copies) with the same future for
+  // as many symbols as a token holds. A string's maxLength of 10,000 then
+  // costs the tables of ~130 characters, not 10,000.
+  int32_t table_node(int32_t node) const { return table_node_.empty() ? node : table_node_[node]; }
 
  private:
   std::unique_ptr<NodeTokens> Compute(int32_t node) const;
   Grammar g_;
   std::shared_ptr<const TokenTable> tokens_;
+  std::vector<int32_t> table_node_;  // empty: every node its own
   mutable absl::Mutex mu_;
   mutable absl::flat_hash_map<int32_t, std::unique_ptr<NodeTokens>> tables_ ABSL_GUARDED_BY(mu_);
 };

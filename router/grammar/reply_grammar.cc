@@ -88,8 +88,8 @@ absl::StatusOr<Grammar> BuildReplyGrammar(const ReplyRules& r, const text::Token
   return g;
 }
 
-ReplyGrammarCache::ReplyGrammarCache(const text::Tokenizer& tok, size_t capacity)
-    : tok_(tok), tokens_(TokenTable::FromTokenizer(tok)), capacity_(capacity) {}
+ReplyGrammarCache::ReplyGrammarCache(const text::Tokenizer& tok, size_t capacity, size_t max_states)
+    : tok_(tok), tokens_(TokenTable::FromTokenizer(tok)), capacity_(capacity), max_states_(max_states) {}
 
 absl::StatusOr<std::shared_ptr<const CompiledGrammar>> ReplyGrammarCache::Get(const ReplyRules& rules) {
   if (rules.unconstrained()) return std::shared_ptr<const CompiledGrammar>();
@@ -111,7 +111,11 @@ absl::StatusOr<std::shared_ptr<const CompiledGrammar>> ReplyGrammarCache::Get(co
   compiled->Precompute(static_cast<int>(std::clamp(std::thread::hardware_concurrency() / 2, 1u, 8u)));
   std::lock_guard<std::mutex> lock(mu_);
   lru_.emplace_front(key, compiled);
-  if (lru_.size() > capacity_) lru_.pop_back();
+  states_ += compiled->grammar().nodes().size();
+  while (lru_.size() > 1 && (lru_.size() > capacity_ || states_ > max_states_)) {
+    states_ -= lru_.back().second->grammar().nodes().size();
+    lru_.pop_back();
+  }
   return compiled;
 }
 

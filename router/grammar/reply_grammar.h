@@ -55,10 +55,12 @@ struct ReplyRules {
 // schema cannot be compiled.
 absl::StatusOr<Grammar> BuildReplyGrammar(const ReplyRules& rules, const text::Tokenizer& tok);
 
-// Compiled reply grammars by ReplyRules::Key(), least recently used out.
+// Compiled reply grammars by ReplyRules::Key(), least recently used out:
+// at most `capacity` of them and `max_states` grammar states in all (a large
+// grammar's NFA takes ~150 bytes a state), keeping the newest whatever its size.
 class ReplyGrammarCache {
  public:
-  ReplyGrammarCache(const text::Tokenizer& tok, size_t capacity = 64);
+  ReplyGrammarCache(const text::Tokenizer& tok, size_t capacity = 64, size_t max_states = 4'000'000);
   // nullptr when the rules constrain nothing.
   absl::StatusOr<std::shared_ptr<const CompiledGrammar>> Get(const ReplyRules& rules);
   const std::shared_ptr<const TokenTable>& tokens() const { return tokens_; }
@@ -67,6 +69,8 @@ class ReplyGrammarCache {
   const text::Tokenizer& tok_;
   std::shared_ptr<const TokenTable> tokens_;
   size_t capacity_;
+  size_t max_states_;
+  size_t states_ = 0;  // in lru_
   std::mutex mu_;
   std::list<std::pair<std::string, std::shared_ptr<const CompiledGrammar>>> lru_;  // most recent first
 };

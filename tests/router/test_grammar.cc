@@ -136,6 +136,49 @@ TEST(JsonSchemaTest, RefusesWhatItCannotHonour) {
 
 // The mask equals brute force at every step of random walks, on schemas that
 // exercise calls (recursion, generic values, many optional members).
+// Random walks through `compiled`'s language, choosing among the masked
+// tokens; at every step the mask must equal a brute force that replays the
+// document and then each token with a fresh runner (no token tables). Returns
+// how many walks ended in a complete document, each checked to be JSON with
+// the schema's required names.
+static int WalkAndCompareMasks(const char* text, const std::shared_ptr<const CompiledGrammar>& compiled, std::mt19937& rng,
+                        int walks, int max_steps) {
+  const json schema = json::parse(text);
+  const TokenTable& vocab = compiled->tokens();
+  int complete = 0;
+  for (int walk = 0; walk < walks; ++walk) {
+    GrammarMatcher m(compiled);
+    std::string doc;
+    for (int step = 0; step < max_steps; ++step) {
+      const TokenMask mask = m.Mask();
+      std::vector<int32_t> allowed;
+      GrammarRunner brute(compiled->grammar());
+      const int32_t s0 = brute.NextBytes(brute.Root(), doc);
+      for (int32_t t = 0; t < vocab.vocab_size(); ++t) {
+        const int32_t s = vocab.is_special(t) ? GrammarRunner::kDead : brute.NextBytes(s0, vocab.bytes(t));
+        const bool ok = s != GrammarRunner::kDead;
+        EXPECT_EQ(MaskHas(mask, t), ok) << text << " after '" << doc << "' token '" << vocab.bytes(t) << "'";
+        if (MaskHas(mask, t) != ok) return complete;
+        if (ok) allowed.push_back(t);
+        if (t > 300 && step % 4 != 0) break;  // full sweeps every 4th step keep the test fast
+      }
+      if (m.can_end() && rng() % 8 == 0) break;
+      if (allowed.empty()) break;
+      const int32_t pick = allowed[rng() % allowed.size()];
+      EXPECT_TRUE(m.Accept(pick));
+      doc += vocab.bytes(pick);
+    }
+    if (!m.can_end()) continue;
+    ++complete;
+    const json parsed = json::parse(doc, nullptr, /*allow_exceptions=*/false);
+    EXPECT_FALSE(parsed.is_discarded()) << text << ": " << doc;
+    if (schema.is_object() && schema.contains("required")) {
+      for (const auto& r : schema["required"]) EXPECT_TRUE(parsed.contains(r.get<std::string>())) << doc;
+    }
+  }
+  return complete;
+}
+
 TEST(GrammarMatcherTest, MaskEqualsBruteForceAlongRandomWalks) {
   const auto vocab = SmallVocab();
   const std::vector<const char*> schemas = {
@@ -148,39 +191,45 @@ TEST(GrammarMatcherTest, MaskEqualsBruteForceAlongRandomWalks) {
   std::mt19937 rng(7);
   int complete = 0;
   for (const char* text : schemas) {
-    const json schema = json::parse(text);
-    auto compiled = std::make_shared<CompiledGrammar>(Compile(schema), vocab);
-    for (int walk = 0; walk < 12; ++walk) {
-      GrammarMatcher m(compiled);
-      std::string doc;
-      for (int step = 0; step < 120; ++step) {
-        const TokenMask mask = m.Mask();
-        std::vector<int32_t> allowed;
-        // Brute force: a fresh runner replays the document, then each token byte by byte.
-        GrammarRunner brute(compiled->grammar());
-        const int32_t s0 = brute.NextBytes(brute.Root(), doc);
-        for (int32_t t = 0; t < vocab->vocab_size(); ++t) {
-          const int32_t s = vocab->is_special(t) ? GrammarRunner::kDead : brute.NextBytes(s0, vocab->bytes(t));
-          const bool ok = s != GrammarRunner::kDead;
-          ASSERT_EQ(MaskHas(mask, t), ok) << text << " after '" << doc << "' token '" << vocab->bytes(t) << "'";
-          if (ok) allowed.push_back(t);
-          if (t > 300 && step % 4 != 0) break;  // full sweeps every 4th step keep the test fast
-        }
-        if (m.can_end() && rng() % 8 == 0) break;
-        if (allowed.empty()) break;
-        // Prefer short tokens that close things, so walks end.
-        const int32_t pick = allowed[rng() % allowed.size()];
-        ASSERT_TRUE(m.Accept(pick));
-        doc += vocab->bytes(pick);
-      }
-      if (!m.can_end()) continue;
-      ++complete;
-      const json parsed = json::parse(doc, nullptr, /*allow_exceptions=*/false);
-      ASSERT_FALSE(parsed.is_discarded()) << text << ": " << doc;
-      if (schema.is_object() && schema.contains("required")) {
-        for (const auto& r : schema["required"]) EXPECT_TRUE(parsed.contains(r.get<std::string>())) << doc;
-      }
+    complete += WalkAndCompareMasks(text, std::make_shared<CompiledGrammar>(Compile(json::parse(text)), vocab), rng, 12, 120);
+    ASSERT_FALSE(HasFailure());
+  }
+  EXPECT_GT(complete, 5);
+}
+
+// Long bounded repetitions (maxLength, minLength, counted regex groups,
+// nested) share token tables between copies far from their ends: masks must
+// still equal the brute force everywhere, near the ends of the copies too.
+TEST(GrammarMatcherTest, LongRepetitionsShareTablesAndMasksStayExact) {
+  const auto vocab = SmallVocab();  // tokens of up to ~25 bytes: copies share once ~27 follow them
+  ASSERT_LE(vocab->max_symbols(), 30);
+  const std::vector<const char*> schemas = {
+      R"({"type":"object","properties":{"s":{"type":"string","maxLength":70}},"required":["s"]})",
+      R"({"type":"object","properties":{"s":{"type":"string","minLength":45,"maxLength":80}},"required":["s"]})",
+      R"({"type":"string","pattern":"^(ab|c){0,60}x$"})",
+      R"({"type":"string","pattern":"^(a?b?){40}$"})",
+      R"({"type":"string","pattern":"^([0-9]{2,35}-){2,40}$"})",
+      R"({"type":"array","items":{"type":"string","maxLength":40},"minItems":1,"maxItems":12})",
+  };
+  std::mt19937 rng(11);
+  int complete = 0;
+  for (const char* text : schemas) {
+    auto compiled = std::make_shared<CompiledGrammar>(Compile(json::parse(text)), vocab);
+    int shared = 0, own_tables = 0;
+    for (int32_t n = 0; n < static_cast<int32_t>(compiled->grammar().nodes().size()); ++n) {
+      shared += compiled->table_node(n) != n;
+      own_tables += compiled->table_node(n) == n && compiled->grammar().node(n).consumes;
     }
+    EXPECT_GT(shared, 0) << text << ": no copies share tables, so this test would not test it";
+    complete += WalkAndCompareMasks(text, compiled, rng, 10, 160);
+    ASSERT_FALSE(HasFailure());
+    // Precompute makes one table per group of nodes that share, and the
+    // walks' masks agree with them as above.
+    auto pre = std::make_shared<CompiledGrammar>(Compile(json::parse(text)), vocab);
+    pre->Precompute(2);
+    EXPECT_EQ(pre->num_tables(), static_cast<size_t>(own_tables)) << text;
+    WalkAndCompareMasks(text, pre, rng, 3, 160);
+    ASSERT_FALSE(HasFailure());
   }
   EXPECT_GT(complete, 5);
 }
