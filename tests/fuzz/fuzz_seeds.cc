@@ -1,5 +1,6 @@
 // Writes each fuzz target's seed corpus (made here, nothing downloaded):
 //   fuzz_seeds DIR   -> DIR/<target>/seed_N
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -46,6 +47,50 @@ int main(int argc, char** argv) {
     if (e.path().extension() == ".safetensors") Write(out / "fuzz_safetensors", n++, config + '\xff' + Read(e.path()));
   }
   Write(out / "fuzz_safetensors", n++, std::string("{}\xff", 3) + std::string(8, '\0'));
+
+  // Model directories: config.json, 0xff, the index, 0xff, then shards with
+  // 3-byte lengths (fuzz_checkpoint.cc). A one-layer model with a 64-token
+  // vocabulary keeps them near 20 KB: in several shards, and in one file
+  // without an index; MXFP4 and BF16 experts.
+  n = 0;
+  for (const char* experts : {"mxfp4", "bf16"}) {
+    for (int64_t shard_bytes : {int64_t{12} << 10, int64_t{1} << 30}) {
+      CheckpointGenOptions mo;
+      mo.config = *PresetConfig("tiny");
+      mo.config.num_hidden_layers = 1;
+      mo.config.layer_types.resize(1);
+      mo.config.hidden_size = 32;
+      mo.config.num_attention_heads = 2;
+      mo.config.num_key_value_heads = 1;
+      mo.config.head_dim = 16;
+      mo.config.intermediate_size = 32;
+      mo.config.num_local_experts = 4;
+      mo.config.num_experts_per_tok = 2;
+      mo.config.vocab_size = 64;
+      mo.experts = experts;
+      mo.max_shard_bytes = shard_bytes;
+      const fs::path dir = out / "tiny_model_dir";
+      fs::remove_all(dir);
+      if (absl::Status st = GenerateCheckpoint(dir.string(), mo); !st.ok()) {
+        std::fprintf(stderr, "fuzz_seeds: %s\n", st.ToString().c_str());
+        return 1;
+      }
+      std::vector<fs::path> files;
+      for (const auto& e : fs::directory_iterator(dir)) {
+        if (e.path().extension() == ".safetensors") files.push_back(e.path());
+      }
+      std::sort(files.begin(), files.end());
+      const bool single = shard_bytes > (int64_t{1} << 20);
+      std::string seed = Read(dir / "config.json") + '\xff' + (single ? "" : Read(dir / "model.safetensors.index.json")) + '\xff';
+      for (const fs::path& f : files) {
+        const std::string bytes = Read(f);
+        seed += {static_cast<char>(bytes.size() & 0xff), static_cast<char>((bytes.size() >> 8) & 0xff),
+                 static_cast<char>((bytes.size() >> 16) & 0xff)};
+        seed += bytes;
+      }
+      Write(out / "fuzz_checkpoint", n++, seed);
+    }
+  }
 
   // PEFT adapters: adapter_config.json, 0xff, adapter_model.safetensors; one
   // layer of the tiny model at rank 1 and 2 keeps them small.
