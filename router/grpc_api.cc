@@ -17,67 +17,6 @@ grpc::Status ToGrpc(const ApiError& e) {
                       e.param.empty() ? e.message : absl::StrCat(e.message, " (param: ", e.param, ")"));
 }
 
-// The request as a generation spec; nothing is translated through JSON.
-std::optional<ApiError> ToSpec(const ApiContext& ctx, const pb::GenerateRequest& r, GenerationSpec* spec) {
-  spec->model = r.model();
-  switch (r.input_case()) {
-    case pb::GenerateRequest::kText:
-      spec->chat = false;
-      spec->prompt = ctx.tokenizer->EncodeWithSpecials(r.text());
-      break;
-    case pb::GenerateRequest::kTokenIds:
-      spec->chat = false;
-      spec->prompt.assign(r.token_ids().ids().begin(), r.token_ids().ids().end());
-      break;
-    case pb::GenerateRequest::kChat: {
-      spec->chat = true;
-      for (const pb::ChatMessage& m : r.chat().messages()) {
-        text::ChatTurn t{m.role(), m.content(), m.reasoning_content(), {}, m.tool_call_id(), m.name()};
-        for (const pb::ToolCall& c : m.tool_calls()) t.tool_calls.push_back({c.id(), c.name(), c.arguments()});
-        spec->messages.push_back(std::move(t));
-      }
-      for (const pb::Tool& t : r.chat().tools()) {
-        text::ToolDescription d;
-        d.name = t.name();
-        d.description = t.description();
-        if (!t.parameters_json().empty()) {
-          ordered_json p = ordered_json::parse(t.parameters_json(), nullptr, false);
-          if (p.is_discarded() || !p.is_object()) {
-            return BadRequest(absl::StrCat("tool ", t.name(), ": parameters_json is not a JSON object"), "tools");
-          }
-          d.parameters = std::move(p);
-        }
-        spec->tools.push_back(std::move(d));
-      }
-      if (!r.chat().reasoning_effort().empty()) spec->reasoning_effort = r.chat().reasoning_effort();
-      break;
-    }
-    default: return BadRequest("one of text, token_ids or chat is required", "input");
-  }
-  if (r.has_max_tokens()) spec->max_tokens = r.max_tokens();
-  worker::v1::SamplingParams& sp = spec->sampling;
-  sp.set_temperature(r.has_temperature() ? r.temperature() : 1.0f);
-  sp.set_top_p(r.has_top_p() ? r.top_p() : 1.0f);
-  if (r.has_top_k()) sp.set_top_k(r.top_k() < 0 ? 0 : r.top_k());
-  if (r.has_min_p()) sp.set_min_p(r.min_p());
-  if (r.has_presence_penalty()) sp.set_presence_penalty(r.presence_penalty());
-  if (r.has_frequency_penalty()) sp.set_frequency_penalty(r.frequency_penalty());
-  if (r.has_repetition_penalty()) sp.set_repetition_penalty(r.repetition_penalty());
-  *sp.mutable_logit_bias() = r.logit_bias();
-  if (r.has_seed()) {
-    sp.set_has_seed(true);
-    sp.set_seed(static_cast<uint64_t>(r.seed()));
-  }
-  spec->stops.assign(r.stop().begin(), r.stop().end());
-  spec->stop_token_ids.assign(r.stop_token_ids().begin(), r.stop_token_ids().end());
-  if (spec->chat && r.top_logprobs() > 0 && !r.logprobs()) {
-    return BadRequest("'top_logprobs' needs 'logprobs': true", "top_logprobs");
-  }
-  sp.set_logprobs(r.logprobs() || (!spec->chat && r.top_logprobs() != 0));
-  sp.set_top_logprobs(r.top_logprobs());
-  spec->n = r.n() == 0 ? 1 : r.n();
-  return std::nullopt;
-}
 
 pb::FinishReason ToFinish(const std::string& s) {
   if (s == "length") return pb::FINISH_REASON_LENGTH;
@@ -230,6 +169,74 @@ class CallSink : public GenerationSink {
 
 }  // namespace
 
+std::optional<ApiError> GenerateRequestToSpec(const ApiContext& ctx, const pb::GenerateRequest& r,
+                                              GenerationSpec* spec) {
+  spec->model = r.model();
+  switch (r.input_case()) {
+    case pb::GenerateRequest::kText:
+      spec->chat = false;
+      spec->prompt = ctx.tokenizer->EncodeWithSpecials(r.text());
+      break;
+    case pb::GenerateRequest::kTokenIds:
+      spec->chat = false;
+      spec->prompt.assign(r.token_ids().ids().begin(), r.token_ids().ids().end());
+      break;
+    case pb::GenerateRequest::kChat: {
+      spec->chat = true;
+      for (const pb::ChatMessage& m : r.chat().messages()) {
+        text::ChatTurn t{m.role(), m.content(), m.reasoning_content(), {}, m.tool_call_id(), m.name()};
+        for (const pb::ToolCall& c : m.tool_calls()) t.tool_calls.push_back({c.id(), c.name(), c.arguments()});
+        spec->messages.push_back(std::move(t));
+      }
+      for (const pb::Tool& t : r.chat().tools()) {
+        text::ToolDescription d;
+        d.name = t.name();
+        d.description = t.description();
+        if (!t.parameters_json().empty()) {
+          // The HTTP APIs refuse bodies nested deeper than this before parsing;
+          // the schema renderer and the grammar compiler recurse on it.
+          if (JsonDepth(t.parameters_json(), kMaxJsonDepth + 1) > kMaxJsonDepth) {
+            return BadRequest(absl::StrCat("tool ", t.name(), ": parameters_json nests deeper than ", kMaxJsonDepth,
+                                           " levels"), "tools");
+          }
+          ordered_json p = ordered_json::parse(t.parameters_json(), nullptr, false);
+          if (p.is_discarded() || !p.is_object()) {
+            return BadRequest(absl::StrCat("tool ", t.name(), ": parameters_json is not a JSON object"), "tools");
+          }
+          d.parameters = std::move(p);
+        }
+        spec->tools.push_back(std::move(d));
+      }
+      if (!r.chat().reasoning_effort().empty()) spec->reasoning_effort = r.chat().reasoning_effort();
+      break;
+    }
+    default: return BadRequest("one of text, token_ids or chat is required", "input");
+  }
+  if (r.has_max_tokens()) spec->max_tokens = r.max_tokens();
+  worker::v1::SamplingParams& sp = spec->sampling;
+  sp.set_temperature(r.has_temperature() ? r.temperature() : 1.0f);
+  sp.set_top_p(r.has_top_p() ? r.top_p() : 1.0f);
+  if (r.has_top_k()) sp.set_top_k(r.top_k() < 0 ? 0 : r.top_k());
+  if (r.has_min_p()) sp.set_min_p(r.min_p());
+  if (r.has_presence_penalty()) sp.set_presence_penalty(r.presence_penalty());
+  if (r.has_frequency_penalty()) sp.set_frequency_penalty(r.frequency_penalty());
+  if (r.has_repetition_penalty()) sp.set_repetition_penalty(r.repetition_penalty());
+  *sp.mutable_logit_bias() = r.logit_bias();
+  if (r.has_seed()) {
+    sp.set_has_seed(true);
+    sp.set_seed(static_cast<uint64_t>(r.seed()));
+  }
+  spec->stops.assign(r.stop().begin(), r.stop().end());
+  spec->stop_token_ids.assign(r.stop_token_ids().begin(), r.stop_token_ids().end());
+  if (spec->chat && r.top_logprobs() > 0 && !r.logprobs()) {
+    return BadRequest("'top_logprobs' needs 'logprobs': true", "top_logprobs");
+  }
+  sp.set_logprobs(r.logprobs() || (!spec->chat && r.top_logprobs() != 0));
+  sp.set_top_logprobs(r.top_logprobs());
+  spec->n = r.n() == 0 ? 1 : r.n();
+  return std::nullopt;
+}
+
 GrpcApi::GrpcApi(ApiContext* api, std::string api_key) : api_(api), api_key_(std::move(api_key)) {}
 
 GrpcApi::~GrpcApi() { Stop(); }
@@ -264,7 +271,7 @@ grpc::Status GrpcApi::Run(grpc::ServerContext* ctx, const pb::GenerateRequest& r
                           const std::function<bool(const pb::GenerateResponse&)>& on_output) {
   if (grpc::Status st = Authorize(ctx); !st.ok()) return st;
   GenerationSpec spec;
-  if (auto err = ToSpec(*api_, req, &spec)) return ToGrpc(*err);
+  if (auto err = GenerateRequestToSpec(*api_, req, &spec)) return ToGrpc(*err);
   auto sink = std::make_shared<CallSink>(*api_, stream);
   std::shared_ptr<Generation> g;
   if (auto err = Generation::Start(api_, std::move(spec), NextResponseId(req.has_chat() ? "chatcmpl-" : "cmpl-"), sink,

@@ -11,6 +11,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -18,6 +19,12 @@
 #include "router/generation.h"
 
 namespace moeserve::router {
+
+// A GenerateRequest as a generation spec; nothing is translated through JSON.
+// Checks what only this codec sees (one input, tools' parameters_json as a
+// JSON object within kMaxJsonDepth); Generation::Prepare checks the rest.
+std::optional<ApiError> GenerateRequestToSpec(const ApiContext& ctx, const moeserve::v1::GenerateRequest& r,
+                                              GenerationSpec* spec);
 
 class GrpcApi final : public moeserve::v1::Moeserve::Service {
  public:

@@ -161,6 +161,15 @@ await check("errors map to gRPC codes with the HTTP API's messages", async () =>
   await expectCode(grpc.status.INVALID_ARGUMENT, unary("GenerateUnary", { chat: { messages: [] } }));
   await expectCode(grpc.status.INVALID_ARGUMENT, unary("Detokenize", { ids: [-1] }));
   await expectCode(grpc.status.INVALID_ARGUMENT, unary("GenerateUnary", { text: "x", stop: [""] }));
+  // A tool schema nested 100,000 deep (1 MB): refused like an HTTP body over
+  // the nesting limit, not rendered (the renderer and the grammar compiler
+  // recurse on it), and the router keeps serving.
+  const deep = '{"type":"object","properties":{"a":'.repeat(100000) + '{"type":"string"}' + "}}".repeat(100000);
+  const d = await expectCode(grpc.status.INVALID_ARGUMENT, unary("GenerateUnary",
+    { chat: { messages: [{ role: "user", content: "x" }], tools: [{ name: "f", parameters_json: deep }] } }));
+  assert.match(d.details, /nests deeper than 64 levels/);
+  const ok = await unary("GenerateUnary", { text: "x", max_tokens: 2, temperature: 0 });
+  assert.ok(ok.choices.length === 1);
   // The HTTP API answers the same request the same way.
   await assert.rejects(openai.completions.create({ model, prompt: "x", temperature: 5 }), e2 => e2.status === 400);
 });

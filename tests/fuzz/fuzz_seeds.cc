@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "base/harmony_tokens.h"
+#include "moeserve/v1/moeserve.pb.h"
 #include "moeserve/worker/v1/worker.pb.h"
 #include "tools/checkpoint_gen.h"
 #include "tools/lora_gen.h"
@@ -183,6 +184,63 @@ int main(int argc, char** argv) {
        {std::string(R"({"model":"gpt-oss-20b:latest","prompt":"Why is the sky blue?","system":"Be brief.","think":false,"options":{"num_predict":8}})"),
         std::string(R"({"model":"gpt-oss-20b","prompt":"<|start|>user<|message|>Hi<|end|>","raw":true,"stream":false})")}) {
     Write(out / "fuzz_openai_request", n++, "\x04" + r);
+  }
+
+  // Public gRPC API: GenerateRequest (text, token ids, chat with tools and
+  // sampling) after a 0 byte; DetokenizeRequest after a 1 byte.
+  n = 0;
+  {
+    auto generate = [&](const moeserve::v1::GenerateRequest& r) {
+      Write(out / "fuzz_grpc_request", n++, std::string(1, '\0') + r.SerializeAsString());
+    };
+    moeserve::v1::GenerateRequest r;
+    r.set_text("Once upon a time");
+    r.set_max_tokens(16);
+    r.set_temperature(0.7f);
+    r.add_stop("\n\n");
+    r.set_logprobs(true);
+    r.set_top_logprobs(2);
+    generate(r);
+    r.Clear();
+    for (int t : {1, 2, 3, 200006}) r.mutable_token_ids()->add_ids(t);
+    r.set_n(2);
+    r.set_seed(7);
+    r.set_top_k(40);
+    r.set_min_p(0.05f);
+    r.set_repetition_penalty(1.1f);
+    (*r.mutable_logit_bias())[13] = -5.f;
+    r.add_stop_token_ids(200012);
+    generate(r);
+    r.Clear();
+    r.set_model("gpt-oss-20b");
+    auto* chat = r.mutable_chat();
+    auto* m = chat->add_messages();
+    m->set_role("user");
+    m->set_content("Weather in Paris?");
+    m = chat->add_messages();
+    m->set_role("assistant");
+    m->set_reasoning_content("Call the tool.");
+    auto* call = m->add_tool_calls();
+    call->set_id("c1");
+    call->set_name("get_weather");
+    call->set_arguments(R"({"city":"Paris"})");
+    m = chat->add_messages();
+    m->set_role("tool");
+    m->set_tool_call_id("c1");
+    m->set_name("get_weather");
+    m->set_content("sunny");
+    auto* tool = chat->add_tools();
+    tool->set_name("get_weather");
+    tool->set_description("The weather in a city.");
+    tool->set_parameters_json(R"({"type":"object","properties":{"city":{"type":"string"},"days":{"type":"array","items":{"type":"integer"}}},"required":["city"]})");
+    chat->set_reasoning_effort("low");
+    r.set_presence_penalty(0.5f);
+    r.set_frequency_penalty(-0.5f);
+    r.set_top_p(0.9f);
+    generate(r);
+    moeserve::v1::DetokenizeRequest d;
+    for (int t : {200006, 1428, 200008, 12194, 200007, 0, 201087}) d.add_ids(t);
+    Write(out / "fuzz_grpc_request", n++, std::string(1, '\1') + d.SerializeAsString());
   }
 
   // Worker steps: a prefill, a decode diff, bad block ids, bad sampling.
