@@ -5,14 +5,13 @@
 // rendered, sampling, stop strings, logprobs, n, tool_choice). Any input must
 // give a request within the documented limits or an error with a 4xx status;
 // never a crash or an exception. First byte: its low 3 bits choose the API.
-#include <cmath>
 #include <cstdint>
 #include <string_view>
 
 #include "router/ollama_api.h"
 #include "router/openai_api.h"
 #include "router/responses_api.h"
-#include "tests/fuzz/fuzz_util.h"
+#include "tests/fuzz/fuzz_request.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace moeserve;
@@ -23,15 +22,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (JsonDepth(body, kMaxJsonDepth + 1) > kMaxJsonDepth) return 0;
   const auto j = ordered_json::parse(body, nullptr, false);
   if (j.is_discarded() || !j.is_object()) return 0;
-  static ApiContext ctx = [] {
-    ApiContext c;
-    c.tokenizer = &fuzz::Tok();
-    c.served_model_name = "gpt-oss-20b";
-    c.current_date = "2026-12-01";
-    c.eos_token_ids = {200002, 199999, 200012};
-    return c;
-  }();
-  constexpr int64_t kMaxModelLen = 4096;
+  const ApiContext& ctx = fuzz::RequestContext();
   static ResponseStore store(16, std::chrono::seconds(60));
   GenerationSpec spec;
   std::optional<ApiError> err;
@@ -46,30 +37,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     err = DecodeOllama(ctx, api == 3, j, &spec, &o);
     if (!err && o.load_only) return 0;
   }
-  Generation::Prepared d;
-  if (!err) err = Generation::Prepare(ctx, spec, kMaxModelLen, &d);
-  if (err) {
-    if (err->status < 400 || err->status >= 500 || err->message.empty()) __builtin_trap();
-    return 0;
-  }
-  const RequestLimits& lim = ctx.limits;
-  const int64_t vocab = fuzz::Tok().vocab_size();
-  for (int32_t id : d.request.prompt) {
-    if (id < 0 || id >= vocab) __builtin_trap();
-  }
-  for (int32_t id : d.request.stop_token_ids) {
-    if (id < 0 || id >= vocab) __builtin_trap();
-  }
-  if (spec.n < 1 || spec.n > lim.max_n || d.request.max_tokens < 1) __builtin_trap();
-  if (static_cast<int>(spec.stops.size()) > lim.max_stop) __builtin_trap();
-  for (const auto& s : spec.stops) {
-    if (s.empty()) __builtin_trap();
-  }
-  const auto& sp = d.request.sampling;
-  if (!(sp.temperature() >= 0 && sp.temperature() <= 2) || !(sp.top_p() > 0 && sp.top_p() <= 1) ||
-      !(sp.min_p() >= 0 && sp.min_p() <= 1) || sp.top_logprobs() < 0 || sp.top_logprobs() > lim.max_top_logprobs ||
-      !std::isfinite(sp.presence_penalty()) || !std::isfinite(sp.frequency_penalty())) {
-    __builtin_trap();
-  }
+  fuzz::CheckPrepared(err, spec);
   return 0;
 }
