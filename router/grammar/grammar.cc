@@ -154,7 +154,7 @@ void Grammar::Define(int32_t rule, Expr body) {
 }
 
 int32_t Grammar::NewNode() {
-  if (nodes_.size() >= kMaxNodes) too_large_ = true;
+  if (nodes_.size() >= max_nodes_) too_large_ = true;
   nodes_.emplace_back();
   return static_cast<int32_t>(nodes_.size() - 1);
 }
@@ -250,7 +250,7 @@ absl::Status Grammar::Compile(int32_t root) {
   }
   if (too_large_) {
     return absl::InvalidArgumentError(
-        absl::StrCat("the grammar is too large (over ", kMaxNodes, " states); use fewer or smaller bounds"));
+        absl::StrCat("the grammar is too large (over ", max_nodes_, " states); use fewer or smaller bounds"));
   }
   root_ = root;
   for (Node& n : nodes_) {

@@ -102,6 +102,9 @@ class Grammar {
   // ~150 bytes a state: a grammar at the limit takes ~150 MB (a string's
   // maxLength of ~18,000 characters, ~55 states each).
   static constexpr size_t kMaxNodes = 1'000'000;
+  // A lower limit for Compile() (the fuzz target's, whose every input compiles
+  // a grammar and throws the large ones away).
+  void set_max_nodes(size_t n) { max_nodes_ = n; }
 
  private:
   int32_t NewNode();
@@ -121,6 +124,7 @@ class Grammar {
   std::vector<Copies> copies_;
   int32_t root_ = -1;
   bool too_large_ = false;
+  size_t max_nodes_ = kMaxNodes;
 };
 
 }  // namespace moeserve::grammar

@@ -1092,8 +1092,9 @@ Expr AnyJsonObject(Grammar* g) {
   return c.AnyObject();
 }
 
-absl::StatusOr<Grammar> JsonSchemaGrammar(const json& schema) {
+absl::StatusOr<Grammar> JsonSchemaGrammar(const json& schema, size_t max_nodes) {
   Grammar g;
+  g.set_max_nodes(max_nodes);
   const int32_t root = g.AddRule("root");
   absl::StatusOr<Expr> e = JsonSchemaExpr(&g, schema);
   if (!e.ok()) return e.status();

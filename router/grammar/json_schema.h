@@ -30,7 +30,9 @@ namespace moeserve::grammar {
 absl::StatusOr<Expr> JsonSchemaExpr(Grammar* g, const nlohmann::ordered_json& schema);
 // Any JSON object (response_format json_object).
 Expr AnyJsonObject(Grammar* g);
-// A complete grammar for `schema` alone (tests, benchmarks).
-absl::StatusOr<Grammar> JsonSchemaGrammar(const nlohmann::ordered_json& schema);
+// A complete grammar for `schema` alone (tests, benchmarks, fuzzing), of at
+// most `max_nodes` states.
+absl::StatusOr<Grammar> JsonSchemaGrammar(const nlohmann::ordered_json& schema,
+                                          size_t max_nodes = Grammar::kMaxNodes);
 
 }  // namespace moeserve::grammar

@@ -1,11 +1,13 @@
 // Writes each fuzz target's seed corpus (made here, nothing downloaded):
-//   fuzz_seeds DIR   -> DIR/<target>/seed_N
+//   fuzz_seeds DIR   -> DIR/<target>/seed_N, and DIR/<target>/carried_N from
+//                       tests/fuzz/corpus/<target>.b64
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "base/harmony_tokens.h"
 #include "moeserve/v1/moeserve.pb.h"
 #include "moeserve/worker/v1/worker.pb.h"
@@ -292,6 +294,23 @@ int main(int argc, char** argv) {
     m->set_id(2);
     for (int32_t t : {3, 9, 27}) m->mutable_mask()->add_allowed(t);
     step(r);
+  }
+
+  // Corpora carried from earlier long runs (tests/fuzz/corpus/<target>.b64:
+  // one input per line, base64), so a long run can go on where the last one
+  // stopped. They were made by the fuzzers from the seeds above.
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(MOESERVE_FUZZ_CORPUS_DIR, ec)) {
+    if (e.path().extension() != ".b64") continue;
+    std::ifstream in(e.path());
+    n = 0;
+    for (std::string line; std::getline(in, line);) {
+      std::string bytes;
+      if (line.empty() || !absl::Base64Unescape(line, &bytes)) continue;
+      const fs::path dir = out / e.path().stem();
+      fs::create_directories(dir);
+      std::ofstream(dir / ("carried_" + std::to_string(n++)), std::ios::binary) << bytes;
+    }
   }
   return 0;
 }
