@@ -2,6 +2,7 @@
 //   fuzz_seeds DIR   -> DIR/<target>/seed_N, and DIR/<target>/carried_N from
 //                       tests/fuzz/corpus/<target>.b64
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -304,9 +305,15 @@ int main(int argc, char** argv) {
     if (e.path().extension() != ".b64") continue;
     std::ifstream in(e.path());
     n = 0;
+    int line_no = 0;
     for (std::string line; std::getline(in, line);) {
+      ++line_no;
       std::string bytes;
-      if (line.empty() || !absl::Base64Unescape(line, &bytes)) continue;
+      if (line.empty()) continue;
+      if (!absl::Base64Unescape(line, &bytes)) {
+        std::fprintf(stderr, "fuzz_seeds: %s:%d is not base64\n", e.path().c_str(), line_no);
+        return 1;
+      }
       const fs::path dir = out / e.path().stem();
       fs::create_directories(dir);
       std::ofstream(dir / ("carried_" + std::to_string(n++)), std::ios::binary) << bytes;
